@@ -1,0 +1,149 @@
+"""Sampling options: one schema, one default per field, one ordered merge.
+
+Defaults follow Ollama's (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1,
+repeat_last_n 64). Layers merge in order: built-in defaults, then the recipe's
+`parameters`, then the request's options. "Unset" stays absent until the merge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanocommander.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Everything that shapes the choice of the next token; none of it needs a reload."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF, e.g. from JSON mode or a JSON schema
+
+
+# name -> accepted Python types; ints are accepted where floats are expected.
+SAMPLING_KEYS: dict[str, tuple[type, ...]] = {
+    "temperature": (float, int),
+    "top_k": (int,),
+    "top_p": (float, int),
+    "min_p": (float, int),
+    "typical_p": (float, int),
+    "repeat_penalty": (float, int),
+    "repeat_last_n": (int,),
+    "presence_penalty": (float, int),
+    "frequency_penalty": (float, int),
+    "seed": (int,),
+    "mirostat": (int,),
+    "mirostat_tau": (float, int),
+    "mirostat_eta": (float, int),
+    "dry_multiplier": (float, int),
+    "dry_base": (float, int),
+    "dry_allowed_length": (int,),
+    "dry_penalty_last_n": (int,),
+    "dry_sequence_breakers": (list, tuple),
+    "xtc_probability": (float, int),
+    "xtc_threshold": (float, int),
+    "dynatemp_range": (float, int),
+    "dynatemp_exponent": (float, int),
+    "logit_bias": (dict,),
+}
+
+# Per-request controls that are not sampler settings.
+CONTROL_KEYS: dict[str, tuple[type, ...]] = {
+    "num_predict": (int,),
+    "stop": (list, tuple, str),
+    "alpha": (float, int),
+    "member": (str,),
+}
+
+# Load-time settings: changing them means a reload, so requests may not change them per call.
+LOAD_KEYS: dict[str, tuple[type, ...]] = {
+    "num_ctx": (int,),
+    "num_batch": (int,),
+    "num_thread": (int,),
+    "num_gpu": (int,),
+}
+
+# Options Ollama retired or llama.cpp lacks; accepted and ignored so old clients keep working.
+IGNORED_KEYS = frozenset(
+    {"tfs_z", "penalize_newline", "use_mlock", "use_mmap", "numa", "low_vram", "f16_kv", "logits_all",
+     "vocab_only", "main_gpu", "num_keep", "num_gqa", "rope_frequency_base", "rope_frequency_scale"}
+)
+
+ALL_KEYS = {**SAMPLING_KEYS, **CONTROL_KEYS, **LOAD_KEYS}
+
+MEMBERS = ("composite", "large", "base", "tuned")
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Type-check one option value; returns it normalised (floats as float, stop as tuple)."""
+    types = ALL_KEYS[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        names = "number" if float in types else " or ".join(sorted({t.__name__ for t in types}))
+        raise InvalidRequest(f'option "{key}" must be of type {names}')
+    if float in types:
+        value = float(value)
+    if key == "stop":
+        items = [value] if isinstance(value, str) else list(value)
+        if not all(isinstance(s, str) for s in items):
+            raise InvalidRequest('option "stop" must be a string or a list of strings')
+        return tuple(s for s in items if s)
+    if key == "dry_sequence_breakers":
+        return tuple(str(s) for s in value)
+    if key == "logit_bias":
+        try:
+            return {int(k): float(v) for k, v in value.items()}
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest('option "logit_bias" must map token ids to numbers') from exc
+    if key == "member" and value not in MEMBERS:
+        raise InvalidRequest(f'option "member" must be one of {", ".join(MEMBERS)}')
+    return value
+
+
+def clean_options(options: Mapping[str, Any] | None, *, unknown: str = "ignore") -> dict[str, Any]:
+    """Validate a mapping of options; unknown keys are ignored (Ollama's habit) or raise.
+
+    Null values are treated as unset, as clients often send every field.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if value is None or key in IGNORED_KEYS:
+            continue
+        if key not in ALL_KEYS:
+            if unknown == "raise":
+                raise InvalidRequest(f'unknown option "{key}"')
+            continue
+        out[key] = check_value(key, value)
+    return out
+
+
+def merge_sampling(*layers: Mapping[str, Any]) -> SamplingOptions:
+    """Merge option layers (later wins) into a SamplingOptions; non-sampling keys are skipped."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if k in SAMPLING_KEYS or k == "grammar"})
+    return dataclasses.replace(SamplingOptions(), **merged)

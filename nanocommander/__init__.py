@@ -1,0 +1,1 @@
+"""NanoCommander: proxy-tuned composite models (large + alpha * (tuned - base)) served locally."""

@@ -1,0 +1,5 @@
+import sys
+
+from nanocommander.cli import main
+
+sys.exit(main())
