@@ -1,0 +1,77 @@
+"""Chat templates: the Jinja2 template a GGUF carries, rendered the way llama.cpp renders it.
+
+Ollama applies a Modelfile's SYSTEM and MESSAGE as defaults: the recipe's system
+prompt is used when the conversation has none, and its messages come first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from nanocommander.errors import InvalidRequest
+
+FALLBACK_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _raise(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.filters["tojson"] = _tojson
+    return env
+
+
+_ENV = _environment()
+
+
+class ChatTemplate:
+    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = ""):
+        self.source = source or FALLBACK_CHATML
+        self.bos_token, self.eos_token = bos_token, eos_token
+        try:
+            self._template = _ENV.from_string(self.source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise InvalidRequest(f"chat template does not parse: {exc}") from None
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None,
+               add_generation_prompt: bool = True) -> str:
+        try:
+            return self._template.render(
+                messages=[dict(m) for m in messages], tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt, bos_token=self.bos_token, eos_token=self.eos_token)
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(f"chat template failed: {exc}") from None
+
+
+def apply_defaults(messages: Sequence[Mapping[str, Any]], *, system: str | None,
+                   preset: Sequence[Mapping[str, str]] = ()) -> list[dict[str, Any]]:
+    """Recipe defaults as Ollama applies a Modelfile's: preset messages first, system only if none given."""
+    out = [dict(m) for m in preset] + [dict(m) for m in messages]
+    if system and not any(m.get("role") == "system" for m in out):
+        out.insert(0, {"role": "system", "content": system})
+    for m in out:
+        if not isinstance(m.get("role"), str):
+            raise InvalidRequest("every message needs a string 'role'")
+        content = m.get("content")
+        if content is None:
+            m["content"] = ""
+        elif not isinstance(content, str):
+            raise InvalidRequest("message 'content' must be a string")
+    return out

@@ -1,0 +1,133 @@
+"""Sampling over fused logits with llama.cpp's own sampler chain.
+
+The composite's logits exist only in numpy, so instead of `llama_sampler_sample`
+(which reads a context's logits) we fill a `llama_token_data_array` from the
+fused vector and run two chains over it:
+
+* `history`: logit bias, repetition/presence/frequency penalties and DRY. It also
+  sees the prompt, so penalties cover the recent prompt tokens as llama.cpp's
+  server does.
+* `choice`: grammar, then either mirostat or top-k, typical, top-p, min-p, XTC,
+  (dynamic) temperature and the seeded distribution; or greedy at temperature 0.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals
+
+from nanocommander.engine.options import SamplingOptions
+from nanocommander.errors import InvalidRequest
+
+DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+
+
+class Sampler:
+    def __init__(self, opts: SamplingOptions, vocab, n_vocab: int):
+        self.opts, self.n_vocab = opts, n_vocab
+        self._data = _internals.LlamaTokenDataArray(n_vocab=n_vocab)
+        seed = opts.seed if opts.seed is not None and opts.seed >= 0 else random.getrandbits(32)
+        self.seed = seed & 0xFFFFFFFF
+        self.history = self._chain()
+        self.choice = self._chain()
+        self._build_history(vocab)
+        self._build_choice(vocab)
+
+    @staticmethod
+    def _chain():
+        return llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def _add(self, chain, sampler) -> None:
+        if not sampler:
+            raise InvalidRequest("llama.cpp refused a sampler setting")
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    def _build_history(self, vocab) -> None:
+        o = self.opts
+        bias = {t: b for t, b in o.logit_bias.items() if 0 <= t < self.n_vocab}
+        if bias:
+            arr = (llama_cpp.llama_logit_bias * len(bias))()
+            for i, (tok, b) in enumerate(bias.items()):
+                arr[i].token, arr[i].bias = tok, (-np.inf if b == -np.inf else b)
+            self._add(self.history, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), arr))
+        last_n = o.repeat_last_n
+        if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
+            self._add(self.history, llama_cpp.llama_sampler_init_penalties(
+                self.n_vocab, last_n, o.repeat_penalty, o.frequency_penalty, o.presence_penalty))
+        if o.dry_multiplier > 0:
+            breakers = (ctypes.c_char_p * len(o.dry_sequence_breakers))(
+                *[s.encode() for s in o.dry_sequence_breakers])
+            self._add(self.history, llama_cpp.llama_sampler_init_dry(
+                vocab, o.dry_multiplier, o.dry_base, o.dry_allowed_length, o.dry_penalty_last_n,
+                breakers, len(o.dry_sequence_breakers)))
+
+    def _build_choice(self, vocab) -> None:
+        o = self.opts
+        if o.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(vocab, o.grammar.encode(), b"root")
+            if not grammar:
+                raise InvalidRequest("invalid grammar (GBNF could not be parsed)")
+            self._add(self.choice, grammar)
+        if o.temperature <= 0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_greedy())
+            return
+        if o.mirostat == 1:
+            self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
+            self._add(self.choice, llama_cpp.llama_sampler_init_mirostat(
+                self.n_vocab, self.seed, o.mirostat_tau, o.mirostat_eta, 100))
+            return
+        if o.mirostat == 2:
+            self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
+            self._add(self.choice, llama_cpp.llama_sampler_init_mirostat_v2(self.seed, o.mirostat_tau, o.mirostat_eta))
+            return
+        if o.top_k > 0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_top_k(o.top_k))
+        if o.typical_p < 1.0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_typical(o.typical_p, 1))
+        if o.top_p < 1.0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_top_p(o.top_p, 1))
+        if o.min_p > 0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_min_p(o.min_p, 1))
+        if o.xtc_probability > 0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_xtc(o.xtc_probability, o.xtc_threshold, 1, self.seed))
+        if o.dynatemp_range > 0:
+            self._add(self.choice, llama_cpp.llama_sampler_init_temp_ext(
+                o.temperature, o.dynatemp_range, o.dynatemp_exponent))
+        else:
+            self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
+        self._add(self.choice, llama_cpp.llama_sampler_init_dist(self.seed))
+
+    def accept_prompt(self, tokens: list[int]) -> None:
+        """Let the penalty samplers see the recent prompt (not the grammar: it constrains output only)."""
+        window = max(self.opts.repeat_last_n, self.opts.dry_penalty_last_n, 0)
+        for tok in tokens[-window:] if window else ():
+            llama_cpp.llama_sampler_accept(self.history, tok)
+
+    def sample(self, logits: np.ndarray) -> int:
+        """Choose the next token from a logits vector of length n_vocab."""
+        self._data.copy_logits(logits)
+        cur = ctypes.byref(self._data.candidates)
+        llama_cpp.llama_sampler_apply(self.history, cur)
+        llama_cpp.llama_sampler_apply(self.choice, cur)
+        sel = self._data.candidates.selected
+        if sel < 0:
+            raise InvalidRequest("no token satisfies the grammar and sampler settings")
+        return int(self._data.candidates.data[sel].id)
+
+    def accept(self, token: int) -> None:
+        llama_cpp.llama_sampler_accept(self.history, token)
+        llama_cpp.llama_sampler_accept(self.choice, token)
+
+    def close(self) -> None:
+        for name in ("history", "choice"):
+            chain = getattr(self, name, None)
+            if chain:
+                llama_cpp.llama_sampler_free(chain)
+                setattr(self, name, None)
+
+    def __del__(self) -> None:
+        self.close()
