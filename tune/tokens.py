@@ -52,7 +52,7 @@ class Summary:
 class GGUFTokenizer:
     """The tokenizer and chat template stored in a GGUF, loaded without weights."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, template: ChatTemplate | None = None):
         self.path = Path(path)
         try:
             self.llm = llama_cpp.Llama(model_path=str(self.path), vocab_only=True, verbose=False)
@@ -62,7 +62,7 @@ class GGUFTokenizer:
         self.vocab = self.llm._model.vocab
         self.add_bos = bool(self.llm._model.add_bos_token())
         self.bos_id, self.eos_id = self.llm.token_bos(), self.llm.token_eos()
-        self.template = ChatTemplate(
+        self.template = template or ChatTemplate(
             self.metadata.get("tokenizer.chat_template"),
             bos_token=self._text(self.bos_id),
             eos_token=self._text(self.eos_id),

@@ -1,0 +1,168 @@
+"""CLI verbs `tune` and `eval`.
+
+Importing this module must stay cheap and torch-free (the core install has no
+torch): training modules are imported inside the handlers, and a missing extra
+becomes an install hint instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from nanocommander.tune.errors import MissingExtra, TrainingError
+
+TRAIN_EXTRAS = ("torch", "transformers", "peft")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="LoRA fine-tune a small GGUF on chat data; writes a llama.cpp adapter",
+        description="LoRA SFT of BASE on DATA (JSONL), exported as a llama.cpp LoRA GGUF. "
+        "Needs: pip install 'nanocommander[tune]'.",
+    )
+    p.add_argument("--base", required=True, help="the small base GGUF (path or hf.co/user/repo:file.gguf)")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="training JSONL (messages, conversations, instruction/output, prompt/completion or text)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="adapter file to write (.gguf)")
+    p.add_argument(
+        "--format",
+        choices=("messages", "sharegpt", "alpaca", "completion", "text"),
+        help="force the data format instead of detecting it",
+    )
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (no warmup)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (scale = alpha/rank)")
+    p.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(rank) (folded into the export)")
+    p.add_argument("--max-length", type=int, default=2048, help="truncate examples to this many tokens")
+    p.add_argument(
+        "--eval-split", type=float, default=0.1, help="fraction of examples held out for eval loss"
+    )
+    p.add_argument("--batch-size", type=int, default=2, help="micro-batch size")
+    p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per optimizer step")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--eval-every", type=int, help="optimizer steps between evals (default: 4 per epoch)")
+    p.add_argument("--save-every", type=int, default=50, help="optimizer steps between checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this --out")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--skip-bad", action="store_true", help="drop malformed records instead of stopping")
+    p.add_argument("--no-check", action="store_true", help="skip the llama.cpp vs PEFT self-check")
+    p.add_argument(
+        "--into", metavar="NAME", help="also write a composite recipe NAME.yaml next to the adapter"
+    )
+    p.add_argument("--large", type=Path, help="the large GGUF of the --into composite")
+    p.add_argument("--recipe", type=Path, help="start --into from this recipe (keeps its large and settings)")
+    p.add_argument("--alpha", type=float, help="composite alpha written into the recipe (default 1.0)")
+    p.set_defaults(func=run_tune)
+
+    e = sub.add_parser(
+        "eval",
+        help="compare large, tuned and composite on held-out conversations",
+        description="Mean per-token NLL of the reference assistant answers under each model.",
+    )
+    e.add_argument("recipe", type=Path, help="composite recipe YAML")
+    e.add_argument("--data", required=True, type=Path, help="held-out JSONL (same formats as tune)")
+    e.add_argument("--format", choices=("messages", "sharegpt", "alpaca", "completion", "text"))
+    e.add_argument(
+        "--alpha", help="composite alpha(s), comma-separated, e.g. 0.5,1.0 (default: the recipe's)"
+    )
+    e.add_argument("--samples", type=int, default=0, help="also show N greedy replies side by side")
+    e.add_argument("--num-predict", type=int, default=64, help="max tokens per sample reply")
+    e.add_argument("--limit", type=int, help="score only the first N examples")
+    e.add_argument("--max-length", type=int, default=1024)
+    e.add_argument("--json", type=Path, help="write the report as JSON here")
+    e.set_defaults(func=run_eval)
+
+
+def _require_extras() -> None:
+    for name in TRAIN_EXTRAS:
+        if importlib.util.find_spec(name) is None:
+            raise MissingExtra(name)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    _require_extras()
+    from nanocommander.tune.hfmodel import resolve_base
+    from nanocommander.tune.into import build_recipe, register, write_recipe
+    from nanocommander.tune.train import TrainConfig, train
+
+    if args.into and not (args.large or args.recipe):
+        raise TrainingError("--into NAME needs --large LARGE.gguf or --recipe EXISTING.yaml")
+    base = resolve_base(args.base)
+    cfg = TrainConfig(
+        base=base,
+        data=args.data,
+        out=args.out,
+        format=args.format,
+        epochs=args.epochs,
+        lr=args.lr,
+        rank=args.rank,
+        alpha=args.lora_alpha,
+        rslora=args.rslora,
+        max_length=args.max_length,
+        eval_split=args.eval_split,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_steps=args.max_steps,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+        skip_bad=args.skip_bad,
+        check=not args.no_check,
+    )
+    result = train(cfg)
+    print(
+        f"loss {_fmt(result.first_loss)} -> {_fmt(result.last_loss)}; eval loss {_fmt(result.eval_before)} -> "
+        f"{_fmt(result.eval_after)} over {result.steps} steps",
+        file=sys.stderr,
+    )
+    print(f"metrics: {result.metrics}\nplot: {result.plot}", file=sys.stderr)
+    if args.into or args.recipe:
+        recipe = build_recipe(
+            adapter=result.adapter,
+            base=base,
+            name=args.into,
+            large=args.large,
+            existing=args.recipe,
+            alpha=args.alpha,
+        )
+        path = write_recipe(recipe, result.adapter.parent)
+        print(f"recipe: {path}; {register(path, recipe.name)}", file=sys.stderr)
+    print(result.adapter)
+    return 130 if result.interrupted else 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from nanocommander.tune.evaluate import evaluate, format_samples, parse_alphas, write_json
+
+    report = evaluate(
+        args.recipe,
+        args.data,
+        alphas=parse_alphas(args.alpha),
+        fmt=args.format,
+        max_length=args.max_length,
+        limit=args.limit,
+        samples=args.samples,
+        num_predict=args.num_predict,
+    )
+    print(report.table())
+    if report.samples:
+        print(format_samples(report.samples))
+    if args.json:
+        print(f"report: {write_json(report, args.json)}", file=sys.stderr)
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,91 @@
+"""Put a freshly trained adapter into a composite recipe (`tune --into NAME --large LARGE`).
+
+The recipe is written next to the adapter with the adapter as the tuned member
+over the base it was trained on, then read back with `Recipe.load` so a bad
+recipe fails here rather than at serve time. With `--recipe EXISTING.yaml` the
+existing recipe is kept and only its base and tuned members change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+from nanocommander.tune.errors import TrainingError
+
+from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
+
+
+def build_recipe(
+    *,
+    adapter: Path,
+    base: Path,
+    name: str | None = None,
+    large: Path | None = None,
+    existing: Path | None = None,
+    alpha: float | None = None,
+) -> Recipe:
+    """A Recipe whose tuned member is `{adapter: ...}` over `base`; from scratch or from `existing`."""
+    base_spec = MemberSpec(role="base", source=Source(path=base.resolve()))
+    tuned_spec = MemberSpec(role="tuned", adapter=Source(path=adapter.resolve()))
+    if existing is not None:
+        recipe = Recipe.load(existing)
+        recipe = recipe.replace_member("base", dataclasses.replace(recipe.base, source=base_spec.source))
+        recipe = recipe.replace_member("tuned", tuned_spec)
+        changes: dict = {"path": None}
+        if name:
+            changes["name"] = name
+        if alpha is not None:
+            changes["alpha"] = alpha
+        return dataclasses.replace(recipe, **changes)
+    if not name or large is None:
+        raise TrainingError("--into NAME needs --large LARGE.gguf (or --recipe EXISTING.yaml)")
+    if not RECIPE_NAME.match(name):
+        raise TrainingError(f"--into '{name}': use letters, digits, '_', '-', '.' (at most 80)")
+    if not large.is_file():
+        raise TrainingError(f"--large: file not found: {large}")
+    return Recipe(
+        name=name,
+        large=MemberSpec(role="large", source=Source(path=large.resolve())),
+        base=base_spec,
+        tuned=tuned_spec,
+        alpha=1.0 if alpha is None else alpha,
+    )
+
+
+def write_recipe(recipe: Recipe, folder: Path) -> Path:
+    """Write `<name>.yaml` into `folder` with paths relative to it, and check it loads."""
+    path = folder / f"{recipe.name}.yaml"
+    data = recipe.to_dict()
+    for member in data["members"].values():  # relative paths keep the folder movable
+        if "path" in member:
+            member["path"] = _relative(Path(member["path"]), folder)
+        if isinstance(member.get("adapter"), str):
+            member["adapter"] = _relative(Path(member["adapter"]), folder)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    Recipe.load(path)  # raises RecipeError naming the line if anything is off
+    return path
+
+
+def register(recipe_path: Path, name: str) -> str:
+    """Register with the store when the registry offers it; otherwise say which command does."""
+    try:
+        from nanocommander.registry import store  # type: ignore[attr-defined]
+
+        create = store.create
+    except (ImportError, AttributeError):
+        return f"to add it to the store run: nanocommander create {name} -f {recipe_path}"
+    create(name, recipe_path)
+    return f"registered as {name}"
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return os.path.relpath(path, folder.resolve())
+    except ValueError:  # another drive on Windows
+        return str(path)
