@@ -74,6 +74,7 @@ def read_info(path: str | Path) -> BaseInfo:
 def load_torch_model(info: BaseInfo, *, device: str, dtype: str = "float32"):
     """Dequantize the GGUF into a transformers causal LM on `device`."""
     torch, transformers = _require("torch"), _require("transformers")
+    quiet_libraries()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -84,6 +85,14 @@ def load_torch_model(info: BaseInfo, *, device: str, dtype: str = "float32"):
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise TrainingError(f"transformers cannot load {info.path.name}: {exc}") from None
     return model.to(device)
+
+
+def quiet_libraries() -> None:
+    """Drop warnings about the libraries' internals (deprecations, PEFT's missing config.json)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
 
 
 def resolve_base(spec: str) -> Path:

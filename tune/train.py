@@ -194,7 +194,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         log(f"eval: {eval_summary}")
 
     torch.manual_seed(cfg.seed)
-    _quiet_libraries()
     device = pick_device(cfg.device)
     model = load_torch_model(info, device=device)
     lora = LoraConfig(
@@ -312,14 +311,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"{check}; the adapter at {adapter} does not reproduce the trained model in llama.cpp"
         )
     return result
-
-
-def _quiet_libraries() -> None:
-    """Drop warnings that are about the libraries' internals, not about this run."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
 
 
 def _autocast(device: str):
