@@ -47,6 +47,18 @@ def make_model(kind: str, seed: int = 0):
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0, 0.3)
+    elif (
+        kind == "gemma3"
+    ):  # head_dim 256 = query_pre_attn_scalar, as in Gemma 3 1B-12B (llama.cpp assumes it)
+        common.update(num_attention_heads=2, num_key_value_heads=1)
+        config = transformers.Gemma3TextConfig(
+            head_dim=256, query_pre_attn_scalar=256, sliding_window=512, tie_word_embeddings=True, **common
+        )
+        model = transformers.Gemma3ForCausalLM(config)
+        with torch.no_grad():  # Gemma's norms are (1 + w); random w makes the +1 offset matter
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(0, 0.3)
     else:
         raise ValueError(kind)
     return model.eval()
@@ -65,7 +77,17 @@ _NAMES = {
 }
 
 
-def gguf_name(hf: str) -> str | None:
+_GEMMA3_NAMES = {
+    **_NAMES,
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+}
+
+
+def gguf_name(hf: str, gemma: bool = False) -> str | None:
     if hf == "model.embed_tokens.weight":
         return "token_embd.weight"
     if hf == "model.norm.weight":
@@ -73,7 +95,8 @@ def gguf_name(hf: str) -> str | None:
     if hf == "lm_head.weight":
         return "output.weight"
     parts = hf.split(".")  # model.layers.N.<module path>.<weight|bias>
-    return f"blk.{parts[2]}.{_NAMES['.'.join(parts[3:-1])]}.{parts[-1]}"
+    names = _GEMMA3_NAMES if gemma else _NAMES
+    return f"blk.{parts[2]}.{names['.'.join(parts[3:-1])]}.{parts[-1]}"
 
 
 def write_gguf(model, path: Path) -> Path:
@@ -89,8 +112,25 @@ def write_gguf(model, path: Path) -> Path:
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if arch == "gemma3_text":
+        arch = "gemma3"
+        w = gguf.GGUFWriter(str(path), arch)  # restart: the architecture prefixes every key
+        w.add_name("tiny-gemma3")
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_block_count(cfg.num_hidden_layers)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(cfg.num_attention_heads)
+        w.add_head_count_kv(cfg.num_key_value_heads)
+        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_sliding_window(cfg.sliding_window)
+        w.add_rope_freq_base(float(cfg.rope_parameters["full_attention"]["rope_theta"]))
+    else:
+        w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_rope_dimension_count(head_dim)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     tokens, types, merges = tiny_models.vocabulary()
     w.add_tokenizer_model("gpt2")
@@ -109,7 +149,9 @@ def write_gguf(model, path: Path) -> Path:
         data = tensor.detach().float().numpy().copy()
         if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
             data = permute_rows(data, N_HEAD if ".q_proj." in name else N_HEAD_KV)
-        w.add_tensor(gguf_name(name), np.ascontiguousarray(data))
+        if arch == "gemma3" and "norm" in name:
+            data = data + 1.0  # llama.cpp stores Gemma norms with the +1 folded in
+        w.add_tensor(gguf_name(name, gemma=arch == "gemma3"), np.ascontiguousarray(data))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
