@@ -110,7 +110,9 @@ class Composite:
         if self.closed:
             return
         self.closed = True
-        with self._lock:
+        # A generator suspended between tokens holds the lock; it stops at its next step.
+        locked = self._lock.acquire(timeout=10)
+        try:
             self._executor.shutdown(wait=True)
             self._gen_executor.shutdown(wait=False)
             models = {id(m.model): m.model for m in self.members.values()}
@@ -121,6 +123,9 @@ class Composite:
                     continue
                 self.pool.release(self.members[role].model)
             models.clear()
+        finally:
+            if locked:
+                self._lock.release()
 
     # -- text ------------------------------------------------------------------------------
 
@@ -240,8 +245,9 @@ class Composite:
             t_eval = time.perf_counter()
             stats.prompt_eval_s = t_eval - t_start
             reason = DoneReason.LENGTH
+            held: list[int] = []  # tokens whose text is still held back (partial UTF-8, stop prefix)
             while True:
-                if cancel is not None and cancel.is_set():
+                if self.closed or (cancel is not None and cancel.is_set()):
                     reason = DoneReason.CANCEL
                     break
                 token = sampler.sample(logits)
@@ -251,9 +257,11 @@ class Composite:
                     break
                 stats.eval_count += 1
                 tokens.append(token)
+                held.append(token)
                 piece, stopped = text.push(self.primary.piece(token))
                 if piece:
-                    yield Chunk(piece, [token])
+                    yield Chunk(piece, held)
+                    held = []
                 if stopped:
                     reason = DoneReason.STOP
                     break
@@ -263,7 +271,7 @@ class Composite:
             tail = text.flush() if reason != DoneReason.STOP or not text.stopped else ""
             stats.eval_s = time.perf_counter() - t_eval
             stats.total_s = time.perf_counter() - t_start
-            yield Chunk(tail, [], done=True, done_reason=reason, stats=stats)
+            yield Chunk(tail, held, done=True, done_reason=reason, stats=stats)
         finally:
             sampler.close()
 
