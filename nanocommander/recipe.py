@@ -178,7 +178,7 @@ class _Parser:
         name = self.string(top["name"], "name")
         if not RECIPE_NAME.match(name):
             raise self.error(top["name"][1], "name", "use letters, digits, '_', '-', '.' (at most 80)")
-        members_node = top["members"][1]
+        members_node = top["members"][0]  # point at the `members:` line itself
         members = self.mapping(top["members"], "members", ROLES)
         specs = {}
         for role in ROLES:
