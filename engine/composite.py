@@ -191,6 +191,9 @@ class Composite:
         return [self.members["large"], self.members["base"], self.members["tuned"]], alpha
 
     def _eval(self, members: list[Member], tokens: list[int]) -> list[np.ndarray]:
+        share = len(members) if self.concurrent else 1  # concurrent members split the cores
+        for m in members:
+            m.use_threads(share)
         if self.concurrent and len(members) > 1:
             futures = [self._executor.submit(m.eval, tokens) for m in members]
             return [f.result() for f in futures]

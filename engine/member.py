@@ -97,7 +97,9 @@ class Member:
         params.n_ctx = n_ctx
         params.n_batch = min(n_batch, n_ctx)
         params.n_ubatch = min(n_batch, n_ctx)
-        params.n_threads = params.n_threads_batch = threads or default_threads()
+        self.threads = threads or default_threads()
+        self._share = 1
+        params.n_threads = params.n_threads_batch = self.threads
         params.no_perf = True
         try:
             self.ctx = _internals.LlamaContext(model=model.model, params=params, verbose=False)
@@ -142,6 +144,13 @@ class Member:
         self.stats.evaluated += len(todo)
         self.stats.calls += 1
         return self.logits()
+
+    def use_threads(self, share: int) -> None:
+        """Use threads/share threads, so members decoding at once don't oversubscribe the cores."""
+        if share != self._share:
+            n = max(1, self.threads // share)
+            llama_cpp.llama_set_n_threads(self.ctx.ctx, n, n)
+            self._share = share
 
     def logits(self) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, -1)
