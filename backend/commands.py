@@ -1,0 +1,62 @@
+"""`nanocommander serve`: the Ollama/OpenAI/KoboldCpp-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from nanocommander.backend.config import Settings, parse_host
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over the Ollama, OpenAI and KoboldCpp APIs")
+    p.add_argument("recipes", nargs="*", help="recipe YAML files to serve besides the store's models")
+    p.add_argument("--host", help="host[:port] to listen on (default 127.0.0.1:11434, or NANOCOMMANDER_HOST)")
+    p.add_argument("--kobold-port", type=int, help="also listen on this port (KoboldCpp's default is 5001)")
+    p.add_argument("--default-model", help="the model Kobold clients get (they name none)")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow binding beyond loopback without NANOCOMMANDER_API_KEY",
+    )
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from nanocommander.recipe import Recipe
+
+    host, port = parse_host(args.host) if args.host else (None, None)
+    settings = Settings.from_env(
+        host=host,
+        port=port,
+        kobold_port=args.kobold_port,
+        default_model=args.default_model,
+        insecure_no_auth=args.insecure_no_auth or None,
+    )
+    settings.check()
+    recipes = [Recipe.load(path) for path in args.recipes]
+    asyncio.run(run_server(settings, recipes))
+    return 0
+
+
+async def run_server(settings: Settings, recipes) -> None:
+    from aiohttp import web
+    from nanocommander.backend.server import create_app
+
+    app = create_app(settings, recipes)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    ports = [settings.port] + ([settings.kobold_port] if settings.kobold_port else [])
+    for port in ports:
+        await web.TCPSite(runner, settings.host, port).start()
+    names = ", ".join(r.name for r in recipes) or "the store's models"
+    print(
+        f"nanocommander listening on http://{settings.host}:{settings.port} ({names})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

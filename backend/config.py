@@ -1,0 +1,110 @@
+"""Server settings, read once at startup from the command line and the environment (Ollama's habits)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
+
+
+def parse_host(value: str | None) -> tuple[str, int]:
+    """`host`, `host:port`, `:port` or `http://host:port`, as OLLAMA_HOST accepts."""
+    if not value:
+        return DEFAULT_HOST, DEFAULT_PORT
+    value = value.split("://", 1)[-1].rstrip("/")
+    host, _, port = value.rpartition(":") if value.count(":") == 1 or value.startswith("[") else ("", "", "")
+    if not _:
+        return value or DEFAULT_HOST, DEFAULT_PORT
+    return (host.strip("[]") or DEFAULT_HOST), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_duration(value: object, default: float) -> float:
+    """Ollama keep_alive: seconds as a number, or "5m", "1h30m", "10s", "-1"; negative means forever."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a number or a duration string")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, num = 0.0, ""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch in ".-":
+            num += ch
+            i += 1
+            continue
+        unit = "ms" if text[i : i + 2] == "ms" else ch
+        if unit not in units or not num:
+            raise ValueError(f"invalid duration {value!r}")
+        total += float(num) * units[unit]
+        num = ""
+        i += len(unit)
+    if num:
+        raise ValueError(f"invalid duration {value!r}")
+    return total
+
+
+@dataclass
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    kobold_port: int | None = None
+    origins: list[str] = field(default_factory=list)
+    api_key: str | None = None
+    insecure_no_auth: bool = False
+    keep_alive: float = 300.0
+    num_parallel: int = 1
+    max_queue: int = 512
+    max_body: int = 32 * 1024 * 1024
+    default_model: str | None = None
+    recipes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        host, port = parse_host(env.get("NANOCOMMANDER_HOST"))
+        s = cls(
+            host=host,
+            port=port,
+            origins=[o.strip() for o in env.get("NANOCOMMANDER_ORIGINS", "").split(",") if o.strip()],
+            api_key=env.get("NANOCOMMANDER_API_KEY") or None,
+            keep_alive=parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0),
+            num_parallel=int(env.get("NANOCOMMANDER_NUM_PARALLEL", "1")),
+            max_queue=int(env.get("NANOCOMMANDER_MAX_QUEUE", "512")),
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(s, key, value)
+        return s
+
+    def check(self) -> None:
+        """Refuse to expose an unauthenticated server beyond loopback unless explicitly waived."""
+        if not is_loopback(self.host) and not self.api_key and not self.insecure_no_auth:
+            raise SystemExit(
+                f"refusing to listen on {self.host} without NANOCOMMANDER_API_KEY; set a key, or pass "
+                "--insecure-no-auth if this network is trusted"
+            )
+
+    def origin_allowed(self, origin: str) -> bool:
+        if "*" in self.origins or origin in self.origins:
+            return True
+        host = origin.split("://", 1)[-1].split(":", 1)[0].strip("[]")
+        return host in ("localhost", "127.0.0.1", "::1")

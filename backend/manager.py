@@ -1,0 +1,162 @@
+"""Loaded models: load on first use, keep alive for a while, one queue per model.
+
+Composites that share member files share the loaded weights through one ModelPool.
+Generation runs on the engine's worker thread; the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanocommander.backend.config import Settings
+from nanocommander.engine.composite import Composite
+from nanocommander.engine.pool import ModelPool
+from nanocommander.engine.types import Chunk, GenerateRequest
+
+from nanocommander.errors import InvalidName, ModelNotFound, ServerBusy
+from nanocommander.recipe import Recipe
+
+
+def canonical(name: str) -> str:
+    """`name` -> `name:latest`, lower-cased, as Ollama resolves names."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidName("model name is required")
+    last = name.rsplit("/", 1)[-1]
+    return (name if ":" in last else f"{name}:latest").lower()
+
+
+@dataclass
+class Loaded:
+    name: str
+    composite: Composite
+    slots: asyncio.Semaphore
+    waiting: int = 0
+    active: int = 0
+    keep_alive: float = 300.0
+    expires_at: float = field(default_factory=lambda: time.time() + 300)
+    last_used: float = field(default_factory=time.time)
+
+
+class Catalog:
+    """Where model names come from: recipes named on the command line, then the store."""
+
+    def __init__(self, recipes: list[Recipe]):
+        self.recipes = {canonical(r.name): r for r in recipes}
+
+    def lookup(self, name: str) -> tuple[str, Recipe]:
+        key = canonical(name)
+        if key in self.recipes:
+            return key, self.recipes[key]
+        try:
+            from nanocommander.registry import resolve
+        except ImportError:
+            raise ModelNotFound(name) from None
+        return key, resolve(key)
+
+    def entries(self) -> list[tuple[str, Recipe, float]]:
+        out = []
+        for key, recipe in self.recipes.items():
+            mtime = recipe.path.stat().st_mtime if recipe.path and Path(recipe.path).exists() else time.time()
+            out.append((key, recipe, mtime))
+        try:
+            from nanocommander.registry import list_models
+        except ImportError:
+            return out
+        for entry in list_models():
+            key = canonical(entry["name"])
+            if key not in self.recipes:
+                with contextlib.suppress(Exception):
+                    out.append((key, self.lookup(key)[1], float(entry.get("modified", time.time()))))
+        return out
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, catalog: Catalog):
+        self.settings, self.catalog = settings, catalog
+        self.pool = ModelPool()
+        self.loaded: dict[str, Loaded] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.last_used_name: str | None = None
+        self._reaper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for name in list(self.loaded):
+            await self.unload(name)
+
+    async def get(self, name: str, keep_alive: float | None = None) -> Loaded:
+        key, recipe = self.catalog.lookup(name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            loaded = self.loaded.get(key)
+            if loaded is None:
+                comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
+                loaded = Loaded(key, comp, asyncio.Semaphore(max(1, self.settings.num_parallel)))
+                self.loaded[key] = loaded
+        self.touch(loaded, keep_alive)
+        self.last_used_name = key
+        return loaded
+
+    def touch(self, loaded: Loaded, keep_alive: float | None) -> None:
+        ka = self.settings.keep_alive if keep_alive is None else keep_alive
+        loaded.keep_alive = ka
+        loaded.last_used = time.time()
+        loaded.expires_at = float("inf") if ka < 0 else time.time() + ka
+
+    async def unload(self, name: str) -> bool:
+        loaded = self.loaded.pop(canonical(name), None)
+        if loaded is None:
+            return False
+        await asyncio.to_thread(loaded.composite.close)
+        return True
+
+    async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
+        """Queue for the model, then stream; leaving early cancels the generation within one token."""
+        if loaded.waiting >= self.settings.max_queue:
+            raise ServerBusy("server busy, please try again; the model's queue is full")
+        loaded.waiting += 1
+        try:
+            await loaded.slots.acquire()
+        finally:
+            loaded.waiting -= 1
+        loaded.active += 1
+        try:
+            async for chunk in loaded.composite.stream(req):
+                yield chunk
+        finally:
+            loaded.active -= 1
+            loaded.slots.release()
+            self.touch(loaded, loaded.keep_alive)
+            if loaded.keep_alive == 0 and loaded.active == 0 and loaded.waiting == 0:
+                await self.unload(loaded.name)
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for name, loaded in list(self.loaded.items()):
+                if loaded.active == 0 and loaded.waiting == 0 and loaded.expires_at <= now:
+                    await self.unload(name)
+
+    def default_name(self) -> str | None:
+        """Kobold clients name no model: the configured default, else the only one, else the last used."""
+        if self.settings.default_model:
+            return canonical(self.settings.default_model)
+        names = [key for key, _, _ in self.catalog.entries()]
+        if len(names) == 1:
+            return names[0]
+        return self.last_used_name or (names[0] if names else None)
+
+    def ps(self) -> list[dict[str, Any]]:
+        return [{"name": l.name, "loaded": l, "info": l.composite.info()} for l in self.loaded.values()]

@@ -1,0 +1,184 @@
+"""Ollama's model-management endpoints over the registry: pull, push, create, copy, delete, blobs.
+
+Pulls stream the registry's Ollama-shaped progress events as NDJSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from nanocommander.backend.server import MANAGER, read_json
+from nanocommander.backend.streaming import ndjson, stream_response
+
+from nanocommander.errors import DigestMismatch, InvalidRequest, ModelNotFound
+from nanocommander.recipe import Recipe
+
+DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+
+
+def _store():
+    from nanocommander.registry.store import Store
+
+    return Store()
+
+
+def _name(body: dict) -> str:
+    name = body.get("model") or body.get("name") or ""
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest('"model" is required')
+    return name
+
+
+async def _events(gen: Iterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Run a blocking progress iterator on a thread, yielding its events as they come."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    def work() -> None:
+        try:
+            for event in gen:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+        except BaseException as exc:  # delivered to the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, end)
+
+    task = loop.run_in_executor(None, work)
+    while (item := await queue.get()) is not end:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    await task
+
+
+async def _progress(request: web.Request, body: dict, gen: Iterator[dict[str, Any]]) -> web.StreamResponse:
+    if body.get("stream", True) is False:
+        last: dict[str, Any] = {}
+        async for event in _events(gen):
+            last = event
+        return web.json_response({"status": last.get("status", "success")})
+    return await stream_response(
+        request,
+        _events(gen),
+        content_type="application/x-ndjson",
+        encode=ndjson,
+        on_error=lambda msg: ndjson({"error": msg}),
+    )
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    from nanocommander.registry import hub
+
+    return await _progress(request, body, hub.pull(_name(body), _store()))
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    from nanocommander.registry import hub
+
+    target = body.get("destination") or body.get("target")
+    return await _progress(request, body, hub.push(_name(body), target, _store()))
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    """From a recipe (YAML text in `recipe`, or a path in `path`) or an existing model (`from`)."""
+    body = await read_json(request)
+    name = _name(body)
+    store = _store()
+    if body.get("recipe"):
+        recipe = Recipe.parse(str(body["recipe"]), file="<request>", check_files=True)
+    elif body.get("path"):
+        recipe = Recipe.load(str(body["path"]))
+    elif body.get("from"):
+        recipe = request.app[MANAGER].catalog.lookup(str(body["from"]))[1]
+    else:
+        raise InvalidRequest('give "recipe" (YAML text), "path" or "from"')
+    for key in ("system", "template"):
+        if isinstance(body.get(key), str):
+            from dataclasses import replace
+
+            recipe = replace(recipe, **{key: body[key]})
+
+    def gen() -> Iterator[dict[str, Any]]:
+        yield {"status": "using recipe"}
+        store.create(name, recipe)
+        yield {"status": "writing manifest"}
+        yield {"status": "success"}
+
+    return await _progress(request, body, gen())
+
+
+async def copy(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    source, dest = body.get("source"), body.get("destination")
+    if not isinstance(source, str) or not isinstance(dest, str):
+        raise InvalidRequest('"source" and "destination" are required')
+    manager = request.app[MANAGER]
+    if manager.catalog.recipes.get(source.lower()) or source.lower() + ":latest" in manager.catalog.recipes:
+        _store().create(dest, manager.catalog.lookup(source)[1])
+    else:
+        _store().copy(source, dest)
+    return web.Response(status=200)
+
+
+async def delete(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = _name(body)
+    await request.app[MANAGER].unload(name)
+    if not _store().remove(name):
+        raise ModelNotFound(name)
+    return web.Response(status=200)
+
+
+def _blob_path(digest: str) -> Path:
+    m = DIGEST.match(digest)
+    if not m:
+        raise InvalidRequest(f"invalid digest {digest!r}; expected sha256:<64 hex>")
+    return _store().root / "blobs" / f"sha256-{m.group(1)}"
+
+
+async def blob_head(request: web.Request) -> web.Response:
+    path = _blob_path(request.match_info["digest"])
+    if not path.exists():
+        return web.json_response({"error": f'blob "{request.match_info["digest"]}" not found'}, status=404)
+    return web.Response(status=200)
+
+
+async def blob_post(request: web.Request) -> web.Response:
+    path = _blob_path(request.match_info["digest"])
+    expected = path.name.removeprefix("sha256-")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for data in request.content.iter_chunked(1 << 20):
+                h.update(data)
+                out.write(data)
+        if h.hexdigest() != expected:
+            raise DigestMismatch("upload", expected, h.hexdigest())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return web.Response(status=201)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/api/pull", pull)
+    app.router.add_post("/api/push", push)
+    app.router.add_post("/api/create", create)
+    app.router.add_post("/api/copy", copy)
+    app.router.add_delete("/api/delete", delete)
+    app.router.add_route("HEAD", "/api/blobs/{digest}", blob_head)
+    app.router.add_post("/api/blobs/{digest}", blob_post)

@@ -1,0 +1,150 @@
+"""The aiohttp application: settings, model manager, middleware, and one route module per protocol.
+
+Each protocol module (ollama_routes, openai_routes, kobold_routes) exposes
+`setup_routes(app)` and an `error_body(status, message)` for its own error envelope.
+The middleware picks the envelope by path, so no handler formats errors by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from nanocommander.backend.config import Settings
+from nanocommander.backend.manager import Catalog, ModelManager
+
+from nanocommander.errors import (
+    ContextOverflow,
+    InsufficientMemory,
+    InvalidName,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    NanoCommanderError,
+    RecipeError,
+    ServerBusy,
+    TokenizerMismatch,
+)
+from nanocommander.recipe import Recipe
+
+SETTINGS = web.AppKey("settings", Settings)
+MANAGER = web.AppKey("manager", ModelManager)
+VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
+
+STATUS = [  # (exception class, HTTP status); first match wins
+    (ModelNotFound, 404),
+    (ServerBusy, 503),
+    (InsufficientMemory, 507),
+    (ContextOverflow, 400),
+    (InvalidName, 400),
+    (InvalidRequest, 400),
+    (RecipeError, 400),
+    (TokenizerMismatch, 400),
+    (ModelLoadError, 500),
+    (NanoCommanderError, 500),
+]
+
+
+def status_for(exc: Exception) -> int:
+    return next((code for cls, code in STATUS if isinstance(exc, cls)), 500)
+
+
+def protocol_of(path: str) -> str:
+    if path.startswith("/v1/") or path == "/v1":
+        return "openai"
+    if path.startswith(("/api/v1", "/api/extra", "/api/latest", "/props")):
+        return "kobold"
+    return "ollama"
+
+
+def error_response(path: str, status: int, message: str) -> web.Response:
+    kind = protocol_of(path)
+    if kind == "openai":
+        etype = "invalid_request_error" if status < 500 else "server_error"
+        body: Any = {"error": {"message": message, "type": etype, "param": None, "code": None}}
+        if status == 404:
+            body["error"]["code"] = "model_not_found"
+    elif kind == "kobold":
+        etype = {400: "bad_input", 404: "not_found", 503: "service_unavailable"}.get(status, "server_error")
+        body = {"detail": {"msg": message, "type": etype}}
+    else:
+        body = {"error": message}
+    return web.json_response(body, status=status)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is {}; anything else is a 400."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the JSON body must be an object")
+    return body
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """CORS, the optional bearer key, and every error in the protocol's own envelope."""
+    settings = request.app[SETTINGS]
+    origin = request.headers.get("Origin")
+    cors = {}
+    if origin and settings.origin_allowed(origin):
+        cors = {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS, HEAD",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, "
+            "OpenAI-Beta, x-stainless-*, apikey, genkey",
+            "Vary": "Origin",
+        }
+    if request.method == "OPTIONS":
+        return web.Response(status=204 if cors else 403, headers=cors)
+    try:
+        if settings.api_key and request.path not in ("/", "/api/version"):
+            if request.headers.get("Authorization", "") != f"Bearer {settings.api_key}":
+                return _with(
+                    error_response(request.path, 401, "unauthorized: missing or invalid API key"), cors
+                )
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(
+            request.path, 413, f"request body too large (limit {settings.max_body} bytes)"
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(request.path, exc.status, exc.reason or "error")
+    except NanoCommanderError as exc:
+        response = error_response(request.path, status_for(exc), str(exc))
+    if not response.prepared:
+        _with(response, cors)
+    return response
+
+
+def _with(response: web.StreamResponse, headers: dict[str, str]) -> web.StreamResponse:
+    response.headers.update(headers)
+    return response
+
+
+async def _lifecycle(app: web.Application):
+    await app[MANAGER].start()
+    yield
+    await app[MANAGER].stop()
+
+
+def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.Application:
+    from nanocommander.backend import kobold_routes, ollama_routes, openai_routes
+
+    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    app[SETTINGS] = settings
+    app[MANAGER] = ModelManager(settings, Catalog(recipes or []))
+    app.cleanup_ctx.append(_lifecycle)
+    ollama_routes.setup_routes(app)
+    openai_routes.setup_routes(app)
+    kobold_routes.setup_routes(app)
+    return app

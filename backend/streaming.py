@@ -1,0 +1,62 @@
+"""Writing streams: NDJSON (Ollama) and SSE (OpenAI, KoboldCpp), one object per write, flushed per token.
+
+The first item is fetched before the response starts, so early failures (unknown
+model, bad options) still get a proper status; a failure after that ends the
+stream with an error object. A client that goes away stops the generation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from nanocommander.errors import NanoCommanderError
+
+
+async def _first(items: AsyncIterator[Any]) -> tuple[bool, Any]:
+    try:
+        return True, await items.__anext__()
+    except StopAsyncIteration:
+        return False, None
+
+
+async def stream_response(
+    request: web.Request,
+    items: AsyncIterator[Any],
+    *,
+    content_type: str,
+    encode: Callable[[Any], bytes],
+    on_error: Callable[[str], bytes],
+    trailer: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    has_first, first = await _first(items)
+    response = web.StreamResponse(
+        headers={"Content-Type": content_type, "Cache-Control": "no-cache", **(headers or {})}
+    )
+    await response.prepare(request)
+    try:
+        if has_first:
+            await response.write(encode(first))
+            async for item in items:
+                await response.write(encode(item))
+        if trailer:
+            await response.write(trailer)
+    except (ConnectionResetError, ConnectionError):
+        pass  # client went away; closing `items` below cancels the generation
+    except NanoCommanderError as exc:
+        await response.write(on_error(str(exc)))
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+    return response
+
+
+def ndjson(item: dict[str, Any]) -> bytes:
+    return (json.dumps(item, ensure_ascii=False) + "\n").encode()
+
+
+def sse(item: Any) -> bytes:
+    return f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode()
