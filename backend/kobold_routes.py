@@ -258,7 +258,7 @@ def setup_routes(app: web.Application) -> None:
     r = app.router
     for prefix in ("/api/v1", "/api/latest"):
         r.add_get(f"{prefix}/model", model)
-        r.add_get(f"{prefix}/info/version", lambda _req: _json({"result": "1.2.5"}))
+        r.add_get(f"{prefix}/info/version", info_version)
         r.add_get(f"{prefix}/config/max_length", _value(lambda req: 1024))
         r.add_get(f"{prefix}/config/max_context_length", _value(_max_ctx))
         r.add_post(f"{prefix}/generate", generate)
@@ -275,5 +275,5 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/props", props)
 
 
-async def _json(body: dict) -> web.Response:
-    return web.json_response(body)
+async def info_version(request: web.Request) -> web.Response:
+    return web.json_response({"result": "1.2.5"})

@@ -159,4 +159,4 @@ class ModelManager:
         return self.last_used_name or (names[0] if names else None)
 
     def ps(self) -> list[dict[str, Any]]:
-        return [{"name": l.name, "loaded": l, "info": l.composite.info()} for l in self.loaded.values()]
+        return [{"name": l.name, "loaded": l, "info": l.composite.info()} for l in self.loaded.values()]  # noqa: E741
