@@ -77,10 +77,7 @@ async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, 
     max_ctx = min(int(body.get("max_context_length") or comp.n_ctx), comp.n_ctx)
     options = kobold_options(body)
     grammar = options.pop("grammar", None)
-    ids = comp.tokenize(text)
-    budget = max_ctx - max(int(options.get("num_predict", 0) or 0), 0)
-    if len(ids) > budget > 0:  # Kobold clients expect the oldest text to be cut to fit
-        ids = ids[:1] + ids[len(ids) - budget + 1 :]
+    ids = fit_context(comp.tokenize(text), options, max_ctx)
     req = make_request(
         comp.recipe,
         ids,
@@ -89,11 +86,34 @@ async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, 
         ignore_eos=bool(body.get("ban_eos_token") or body.get("bypass_eos")),
         trim_stop=body.get("trim_stop", True) is not False,
     )
-    gen = Generation(str(body.get("genkey") or f"KCPP{uuid.uuid4().hex[:8]}"))
+    gen, chunks = start(request, loaded, req, body.get("genkey"))
+    return gen, chunks, loaded
+
+
+def fit_context(ids: list[int], options: dict[str, Any], max_ctx: int) -> list[int]:
+    """KoboldCpp's habit: cut the oldest prompt text and clamp max_length so both fit the context."""
+    keep = max(max_ctx // 2, 1)
+    if len(ids) > max_ctx - 1:
+        ids = ids[:1] + ids[len(ids) - keep + 1 :]
+    room = max_ctx - len(ids)
+    wanted = int(options.get("num_predict", -1))
+    if wanted < 0 or wanted > room:
+        options["num_predict"] = room
+    return ids
+
+
+def start(
+    request: web.Request, loaded: Loaded, req: Any, genkey: Any
+) -> tuple[Generation, AsyncIterator[Chunk]]:
+    """Register a generation (for check/abort by genkey, or as the current one) and return its stream."""
+    gen = Generation(str(genkey or f"KCPP{uuid.uuid4().hex[:8]}"))
     state = _state(request.app)
     state["gens"][gen.genkey] = gen
     state["current"] = gen
-    return gen, _tracked(request, gen, request.app[MANAGER].generate(loaded, req)), loaded
+    if len(state["gens"]) > 64:  # forget old finished generations
+        for key in [k for k, g in state["gens"].items() if g.done][:32]:
+            del state["gens"][key]
+    return gen, _tracked(request, gen, request.app[MANAGER].generate(loaded, req))
 
 
 async def _tracked(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from nanocommander.backend import kobold_routes
 from nanocommander.backend.kobold_fields import kobold_options
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
@@ -162,9 +163,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     comp = loaded.composite
     options = {**openai_options(body), **kobold_options(body)}
     grammar = response_grammar(body) or options.pop("grammar", None)
+    ids = comp.tokenize(prompt)
+    if "max_length" in body or "max_context_length" in body:  # a Kobold client (SillyTavern's KoboldCpp type)
+        max_ctx = min(int(body.get("max_context_length") or comp.n_ctx), comp.n_ctx)
+        ids = kobold_routes.fit_context(ids, options, max_ctx)
     req = make_request(
         comp.recipe,
-        prompt,
+        ids,
         options,
         grammar=grammar,
         ignore_eos=bool(body.get("ban_eos_token")),
@@ -172,8 +177,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     )
     cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": cid, "object": "text_completion", "created": created, "model": name}
+    _, stream = kobold_routes.start(
+        request, loaded, req, body.get("genkey")
+    )  # so /api/extra/abort reaches it
     if not body.get("stream"):
-        chunks = [c async for c in manager.generate(loaded, req)]
+        chunks = [c async for c in stream]
         return web.json_response(
             {
                 **base,
@@ -190,7 +198,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         )
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        async for chunk in manager.generate(loaded, req):
+        async for chunk in stream:
             if chunk.text or chunk.done:
                 yield {
                     **base,

@@ -26,12 +26,16 @@ def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
-def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False
+) -> str:
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.filters["tojson"] = _tojson
@@ -50,18 +54,28 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise InvalidRequest(f"chat template does not parse: {exc}") from None
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None,
-               add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         try:
             return self._template.render(
-                messages=[dict(m) for m in messages], tools=list(tools) if tools else None,
-                add_generation_prompt=add_generation_prompt, bos_token=self.bos_token, eos_token=self.eos_token)
+                messages=[dict(m) for m in messages],
+                tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"chat template failed: {exc}") from None
 
 
-def apply_defaults(messages: Sequence[Mapping[str, Any]], *, system: str | None,
-                   preset: Sequence[Mapping[str, str]] = ()) -> list[dict[str, Any]]:
+def apply_defaults(
+    messages: Sequence[Mapping[str, Any]], *, system: str | None, preset: Sequence[Mapping[str, str]] = ()
+) -> list[dict[str, Any]]:
     """Recipe defaults as Ollama applies a Modelfile's: preset messages first, system only if none given."""
     out = [dict(m) for m in preset] + [dict(m) for m in messages]
     if system and not any(m.get("role") == "system" for m in out):

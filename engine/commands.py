@@ -24,8 +24,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--num-predict", type=int, dest="num_predict")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
-    p.add_argument("--compare", action="store_true", help="print large alone, tuned alone, then the composite")
-    p.add_argument("--verbose", action="store_true", help="print load time, token counts and speeds to stderr")
+    p.add_argument(
+        "--compare", action="store_true", help="print large alone, tuned alone, then the composite"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="print load time, token counts and speeds to stderr"
+    )
     p.set_defaults(func=run)
 
 
@@ -51,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         if args.prompt is None:
             return _chat(comp, args)
         if args.compare:
-            for label, member in (("large alone", "large"), ("tuned alone", "tuned"), ("composite", "composite")):
+            for label, member in (
+                ("large alone", "large"),
+                ("tuned alone", "tuned"),
+                ("composite", "composite"),
+            ):
                 print(f"--- {label} ---", file=sys.stderr, flush=True)
                 _answer(comp, args, [{"role": "user", "content": args.prompt}], member)
             return 0
@@ -62,15 +70,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _request(comp, args, messages, member: str) -> GenerateRequest:
-    options = {**comp.recipe.parameters, **clean_options(
-        {"temperature": args.temperature, "seed": args.seed, "num_predict": args.num_predict})}
+    options = {
+        **comp.recipe.parameters,
+        **clean_options(
+            {"temperature": args.temperature, "seed": args.seed, "num_predict": args.num_predict}
+        ),
+    }
     num_predict = options.get("num_predict", -1)
     if args.raw:
         prompt = messages[-1]["content"]
     else:
         prompt = comp.chat_prompt(messages, num_predict=max(num_predict, 0))
-    return GenerateRequest(prompt=prompt, sampling=merge_sampling(options), num_predict=num_predict,
-                           stop=tuple(options.get("stop", ())), alpha=args.alpha, member=member)  # type: ignore[arg-type]
+    return GenerateRequest(
+        prompt=prompt,
+        sampling=merge_sampling(options),
+        num_predict=num_predict,
+        stop=tuple(options.get("stop", ())),
+        alpha=args.alpha,
+        member=member,
+    )  # type: ignore[arg-type]
 
 
 def _answer(comp, args, messages, member: str) -> str:
@@ -93,10 +111,13 @@ def _print_stats(chunk: Chunk) -> None:
     if s is None:
         return
     pe_rate = s.prompt_eval_tokens / s.prompt_eval_s if s.prompt_eval_s else 0.0
-    print(f"prompt tokens: {s.prompt_tokens} ({s.prompt_eval_tokens} evaluated)\n"
-          f"prompt eval: {s.prompt_eval_s * 1000:.1f} ms ({pe_rate:.1f} tokens/s)\n"
-          f"eval: {s.eval_count} tokens in {s.eval_s * 1000:.1f} ms ({s.tokens_per_s:.1f} tokens/s)\n"
-          f"done reason: {chunk.done_reason.value if chunk.done_reason else '?'}", file=sys.stderr)
+    print(
+        f"prompt tokens: {s.prompt_tokens} ({s.prompt_eval_tokens} evaluated)\n"
+        f"prompt eval: {s.prompt_eval_s * 1000:.1f} ms ({pe_rate:.1f} tokens/s)\n"
+        f"eval: {s.eval_count} tokens in {s.eval_s * 1000:.1f} ms ({s.tokens_per_s:.1f} tokens/s)\n"
+        f"done reason: {chunk.done_reason.value if chunk.done_reason else '?'}",
+        file=sys.stderr,
+    )
 
 
 def _chat(comp, args) -> int:

@@ -38,7 +38,9 @@ def _member_path(spec: MemberSpec) -> Path:
     src = spec.source
     if src is None or src.path is None:
         where = f"hf: {src.hf}" if src and src.hf else f"ollama: {src.ollama}" if src else "?"
-        raise ModelLoadError(f"member '{spec.role}' ({where}) is not a local file yet; run `nanocommander pull` first")
+        raise ModelLoadError(
+            f"member '{spec.role}' ({where}) is not a local file yet; run `nanocommander pull` first"
+        )
     if not Path(src.path).is_file():
         raise ModelLoadError(f"member '{spec.role}': file not found: {src.path}")
     return Path(src.path)
@@ -47,8 +49,15 @@ def _member_path(spec: MemberSpec) -> Path:
 class Composite:
     """large + alpha * (tuned - base), loaded and ready to generate."""
 
-    def __init__(self, recipe: Recipe, members: dict[str, Member], pool: ModelPool, *, load_s: float,
-                 concurrent: bool = True):
+    def __init__(
+        self,
+        recipe: Recipe,
+        members: dict[str, Member],
+        pool: ModelPool,
+        *,
+        load_s: float,
+        concurrent: bool = True,
+    ):
         self.recipe, self.members, self.pool = recipe, members, pool
         self.load_s = load_s
         self.concurrent = concurrent
@@ -64,8 +73,14 @@ class Composite:
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, recipe: Recipe, pool: ModelPool | None = None, *, concurrent: bool | None = None,
-             n_ctx: int | None = None) -> Composite:
+    def load(
+        cls,
+        recipe: Recipe,
+        pool: ModelPool | None = None,
+        *,
+        concurrent: bool | None = None,
+        n_ctx: int | None = None,
+    ) -> Composite:
         """Load the three members (sharing weights through `pool`) and check their vocabularies."""
         t0 = time.perf_counter()
         pool = pool or ModelPool()
@@ -94,10 +109,18 @@ class Composite:
                 train_ctx = model.model.n_ctx_train() or want_ctx
                 adapter = spec.adapter.path if spec.is_adapter and spec.adapter else None
                 if spec.is_adapter and adapter is None:
-                    raise ModelLoadError("the tuned adapter is not a local file yet; run `nanocommander pull` first")
-                members[role] = Member(role, model, n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
-                                       threads=spec.threads or threads, adapter=adapter,
-                                       adapter_scale=spec.adapter_scale, n_batch=n_batch)
+                    raise ModelLoadError(
+                        "the tuned adapter is not a local file yet; run `nanocommander pull` first"
+                    )
+                members[role] = Member(
+                    role,
+                    model,
+                    n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
+                    threads=spec.threads or threads,
+                    adapter=adapter,
+                    adapter_scale=spec.adapter_scale,
+                    n_batch=n_batch,
+                )
             return cls(recipe, members, pool, load_s=time.perf_counter() - t0, concurrent=concurrent)
         except BaseException:
             for member in members.values():
@@ -154,19 +177,29 @@ class Composite:
         eos = m.token_get_text(m.token_eos()) if m.token_eos() >= 0 else ""
         return ChatTemplate(source, bos_token=bos, eos_token=eos)
 
-    def chat_prompt(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[Any] | None = None,
-                    system: str | None = None, template: str | None = None, num_predict: int = 0) -> str:
+    def chat_prompt(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[Any] | None = None,
+        system: str | None = None,
+        template: str | None = None,
+        num_predict: int = 0,
+    ) -> str:
         """Render a conversation; drop the oldest turns after the system prompt until it fits.
 
         The context policy: keep the system prompt and the newest turns; if even the newest turn
         alone does not fit with room for `num_predict` tokens, raise ContextOverflow.
         """
         chat = apply_defaults(messages, system=system or self.recipe.system, preset=self.recipe.messages)
-        tmpl = ChatTemplate(template, bos_token=self.template.bos_token,
-                            eos_token=self.template.eos_token) if template else self.template
+        tmpl = (
+            ChatTemplate(template, bos_token=self.template.bos_token, eos_token=self.template.eos_token)
+            if template
+            else self.template
+        )
         budget = self.n_ctx - max(num_predict, 0)
         head = [m for m in chat[:1] if m["role"] == "system"]
-        turns = chat[len(head):]
+        turns = chat[len(head) :]
         while True:
             text = tmpl.render(head + turns, tools=tools)
             n = len(self.tokenize(text))
@@ -199,8 +232,9 @@ class Composite:
             return [f.result() for f in futures]
         return [m.eval(tokens) for m in members]
 
-    def fused_logits(self, members: list[Member], alpha: float, tokens: list[int],
-                     extra_mask: np.ndarray | None = None) -> np.ndarray:
+    def fused_logits(
+        self, members: list[Member], alpha: float, tokens: list[int], extra_mask: np.ndarray | None = None
+    ) -> np.ndarray:
         """Evaluate `tokens` on the active members and return the fused logits (owned buffer)."""
         outs = self._eval(members, tokens)
         large = outs[0]
@@ -309,8 +343,9 @@ class Composite:
             except BaseException:  # noqa: S110 - the worker's own error was already delivered
                 pass
 
-    def score(self, token_ids: Sequence[int], start: int, *, alpha: float | None = None,
-              member: str = "composite") -> np.ndarray:
+    def score(
+        self, token_ids: Sequence[int], start: int, *, alpha: float | None = None, member: str = "composite"
+    ) -> np.ndarray:
         """Log-probabilities of token_ids[i] given token_ids[:i], for i >= start (for `eval`)."""
         req = GenerateRequest(prompt=list(token_ids), alpha=alpha, member=member)  # type: ignore[arg-type]
         members, a = self._active(req)
@@ -340,7 +375,12 @@ class Composite:
                 "adapter": str(m.adapter_path) if m.adapter_path else None,
                 "source": spec.to_dict(),
             }
-        return {"alpha": self.recipe.alpha, "n_ctx": self.n_ctx, "n_vocab": self.vocab.n_vocab, "members": members}
+        return {
+            "alpha": self.recipe.alpha,
+            "n_ctx": self.n_ctx,
+            "n_vocab": self.vocab.n_vocab,
+            "members": members,
+        }
 
 
 def _file_type(meta: dict[str, str]) -> str:

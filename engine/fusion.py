@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def fuse(large: np.ndarray, base: np.ndarray | None, tuned: np.ndarray | None, alpha: float, n_vocab: int,
-         mask: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+def fuse(
+    large: np.ndarray,
+    base: np.ndarray | None,
+    tuned: np.ndarray | None,
+    alpha: float,
+    n_vocab: int,
+    mask: np.ndarray | None,
+    out: np.ndarray,
+) -> np.ndarray:
     """Write the fused logits for ids [0, n_vocab) into `out` and return it.
 
     Inputs may be longer than n_vocab (padded vocabularies); only the shared range counts.

@@ -90,8 +90,17 @@ class MemberStats:
 class Member:
     """A context on a LoadedModel with its own KV cache, optionally with a LoRA applied."""
 
-    def __init__(self, role: str, model: LoadedModel, *, n_ctx: int, threads: int | None = None,
-                 adapter: Path | None = None, adapter_scale: float = 1.0, n_batch: int = 512):
+    def __init__(
+        self,
+        role: str,
+        model: LoadedModel,
+        *,
+        n_ctx: int,
+        threads: int | None = None,
+        adapter: Path | None = None,
+        adapter_scale: float = 1.0,
+        n_batch: int = 512,
+    ):
         self.role, self.model = role, model
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx

@@ -90,8 +90,22 @@ LOAD_KEYS: dict[str, tuple[type, ...]] = {
 
 # Options Ollama retired or llama.cpp lacks; accepted and ignored so old clients keep working.
 IGNORED_KEYS = frozenset(
-    {"tfs_z", "penalize_newline", "use_mlock", "use_mmap", "numa", "low_vram", "f16_kv", "logits_all",
-     "vocab_only", "main_gpu", "num_keep", "num_gqa", "rope_frequency_base", "rope_frequency_scale"}
+    {
+        "tfs_z",
+        "penalize_newline",
+        "use_mlock",
+        "use_mmap",
+        "numa",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "main_gpu",
+        "num_keep",
+        "num_gqa",
+        "rope_frequency_base",
+        "rope_frequency_scale",
+    }
 )
 
 ALL_KEYS = {**SAMPLING_KEYS, **CONTROL_KEYS, **LOAD_KEYS}

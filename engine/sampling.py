@@ -56,14 +56,28 @@ class Sampler:
             self._add(self.history, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), arr))
         last_n = o.repeat_last_n
         if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
-            self._add(self.history, llama_cpp.llama_sampler_init_penalties(
-                self.n_vocab, last_n, o.repeat_penalty, o.frequency_penalty, o.presence_penalty))
+            self._add(
+                self.history,
+                llama_cpp.llama_sampler_init_penalties(
+                    self.n_vocab, last_n, o.repeat_penalty, o.frequency_penalty, o.presence_penalty
+                ),
+            )
         if o.dry_multiplier > 0:
             breakers = (ctypes.c_char_p * len(o.dry_sequence_breakers))(
-                *[s.encode() for s in o.dry_sequence_breakers])
-            self._add(self.history, llama_cpp.llama_sampler_init_dry(
-                vocab, o.dry_multiplier, o.dry_base, o.dry_allowed_length, o.dry_penalty_last_n,
-                breakers, len(o.dry_sequence_breakers)))
+                *[s.encode() for s in o.dry_sequence_breakers]
+            )
+            self._add(
+                self.history,
+                llama_cpp.llama_sampler_init_dry(
+                    vocab,
+                    o.dry_multiplier,
+                    o.dry_base,
+                    o.dry_allowed_length,
+                    o.dry_penalty_last_n,
+                    breakers,
+                    len(o.dry_sequence_breakers),
+                ),
+            )
 
     def _build_choice(self, vocab) -> None:
         o = self.opts
@@ -77,12 +91,19 @@ class Sampler:
             return
         if o.mirostat == 1:
             self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
-            self._add(self.choice, llama_cpp.llama_sampler_init_mirostat(
-                self.n_vocab, self.seed, o.mirostat_tau, o.mirostat_eta, 100))
+            self._add(
+                self.choice,
+                llama_cpp.llama_sampler_init_mirostat(
+                    self.n_vocab, self.seed, o.mirostat_tau, o.mirostat_eta, 100
+                ),
+            )
             return
         if o.mirostat == 2:
             self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
-            self._add(self.choice, llama_cpp.llama_sampler_init_mirostat_v2(self.seed, o.mirostat_tau, o.mirostat_eta))
+            self._add(
+                self.choice,
+                llama_cpp.llama_sampler_init_mirostat_v2(self.seed, o.mirostat_tau, o.mirostat_eta),
+            )
             return
         if o.top_k > 0:
             self._add(self.choice, llama_cpp.llama_sampler_init_top_k(o.top_k))
@@ -93,10 +114,15 @@ class Sampler:
         if o.min_p > 0:
             self._add(self.choice, llama_cpp.llama_sampler_init_min_p(o.min_p, 1))
         if o.xtc_probability > 0:
-            self._add(self.choice, llama_cpp.llama_sampler_init_xtc(o.xtc_probability, o.xtc_threshold, 1, self.seed))
+            self._add(
+                self.choice,
+                llama_cpp.llama_sampler_init_xtc(o.xtc_probability, o.xtc_threshold, 1, self.seed),
+            )
         if o.dynatemp_range > 0:
-            self._add(self.choice, llama_cpp.llama_sampler_init_temp_ext(
-                o.temperature, o.dynatemp_range, o.dynatemp_exponent))
+            self._add(
+                self.choice,
+                llama_cpp.llama_sampler_init_temp_ext(o.temperature, o.dynatemp_range, o.dynatemp_exponent),
+            )
         else:
             self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
         self._add(self.choice, llama_cpp.llama_sampler_init_dist(self.seed))

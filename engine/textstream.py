@@ -24,7 +24,8 @@ class TextStream:
         return self._release(final=False)
 
     def flush(self) -> str:
-        self._pending += self._decoder.decode(b"", final=True)
+        """Release held text at the end; an incomplete trailing character (cut by num_predict) is dropped."""
+        self._decoder.reset()
         return self._release(final=True)[0]
 
     def _release(self, final: bool) -> tuple[str, bool]:

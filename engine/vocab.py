@@ -45,14 +45,16 @@ def shared_vocab(models: dict[str, object]) -> SharedVocab:
             if a != b:
                 raise TokenizerMismatch(
                     f"members '{ref_name}' and '{name}' use different tokenizers: token {tok} is {a!r} in "
-                    f"'{ref_name}' but {b!r} in '{name}'; all three members must share one vocabulary")
+                    f"'{ref_name}' but {b!r} in '{name}'; all three members must share one vocabulary"
+                )
     for name, model in items:
         # Tokens beyond the shared range must be padding, or some member could emit ids others lack.
         for tok in range(n_shared, model.n_vocab):
             if not _is_pad(model, tok):
                 raise TokenizerMismatch(
                     f"member '{name}' has {model.n_vocab} tokens but others have {n_shared}, and token {tok} "
-                    f"({model.token_text(tok)!r}) is not padding")
+                    f"({model.token_text(tok)!r}) is not padding"
+                )
     mask = np.zeros(n_shared, dtype=bool)
     eog: set[int] = set()
     seen: set[int] = set()

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 from aiohttp import web
-
 from nanocommander.backend.config import Settings
 from nanocommander.backend.server import create_app
+
 from nanocommander.recipe import Recipe
 
 
@@ -50,8 +50,11 @@ class LiveServer:
 
 def tiny_recipe(tiny, name: str, *, adapter: bool = False, alpha: float = 1.0, extra: str = "") -> Recipe:
     tuned = f"{{adapter: {tiny['lora']}}}" if adapter else f"{{path: {tiny['tuned']}}}"
-    return Recipe.parse(f"name: {name}\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
-                        f"  tuned: {tuned}\nalpha: {alpha}\n{extra}", check_files=True)
+    return Recipe.parse(
+        f"name: {name}\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
+        f"  tuned: {tuned}\nalpha: {alpha}\n{extra}",
+        check_files=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,10 @@ def server(tiny, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("NANOCOMMANDER_MODELS", str(tmp_path_factory.mktemp("store")))
     settings = Settings(port=free_port(), max_body=64 * 1024, keep_alive=300, max_queue=16)
-    recipes = [tiny_recipe(tiny, "tiny", extra="parameters: {num_ctx: 1024}\n"),
-               tiny_recipe(tiny, "tiny-lora", adapter=True)]
+    recipes = [
+        tiny_recipe(tiny, "tiny", extra="parameters: {num_ctx: 1024}\n"),
+        tiny_recipe(tiny, "tiny-lora", adapter=True),
+    ]
     live = LiveServer(settings, recipes).start()
     yield live
     live.stop()

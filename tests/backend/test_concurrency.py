@@ -13,8 +13,11 @@ PROMPTS = [f"question number {i}" for i in range(8)]
 
 
 async def stream_chat(session, url, prompt, n=10):
-    body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}],
-            "options": {"temperature": 0, "num_predict": n}}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": prompt}],
+        "options": {"temperature": 0, "num_predict": n},
+    }
     text = ""
     async with session.post(f"{url}/api/chat", json=body) as r:
         assert r.status == 200
@@ -25,10 +28,20 @@ async def stream_chat(session, url, prompt, n=10):
 
 
 def test_eight_concurrent_streaming_chats_are_correct_and_uncrossed(server):
-    alone = {p: "".join(json.loads(line)["message"]["content"] for line in httpx.post(
-        f"{server.url}/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": p}],
-                                        "options": {"temperature": 0, "num_predict": 10}}).text.splitlines())
-             for p in PROMPTS}
+    alone = {
+        p: "".join(
+            json.loads(line)["message"]["content"]
+            for line in httpx.post(
+                f"{server.url}/api/chat",
+                json={
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": p}],
+                    "options": {"temperature": 0, "num_predict": 10},
+                },
+            ).text.splitlines()
+        )
+        for p in PROMPTS
+    }
 
     async def main():
         async with aiohttp.ClientSession() as session:
@@ -42,8 +55,12 @@ def test_eight_concurrent_streaming_chats_are_correct_and_uncrossed(server):
 def test_client_disconnect_mid_stream_frees_the_model(server):
     async def main():
         async with aiohttp.ClientSession() as session:
-            body = {"model": "tiny", "prompt": "go on forever", "raw": True,
-                    "options": {"num_predict": 100000, "temperature": 1.0}}
+            body = {
+                "model": "tiny",
+                "prompt": "go on forever",
+                "raw": True,
+                "options": {"num_predict": 100000, "temperature": 1.0},
+            }
             r = await session.post(f"{server.url}/api/generate", json=body)
             await r.content.readline()
             r.close()  # hang up mid-stream

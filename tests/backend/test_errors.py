@@ -6,8 +6,10 @@ import httpx
 import pytest
 
 
-@pytest.mark.parametrize("path,shape", [("/api/chat", "ollama"), ("/v1/chat/completions", "openai"),
-                                        ("/api/v1/generate", "kobold")])
+@pytest.mark.parametrize(
+    "path,shape",
+    [("/api/chat", "ollama"), ("/v1/chat/completions", "openai"), ("/api/v1/generate", "kobold")],
+)
 def test_broken_json(server, path, shape):
     r = httpx.post(server.url + path, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400
@@ -21,12 +23,26 @@ def test_broken_json(server, path, shape):
 
 
 def test_wrong_option_type_is_rejected_unknown_and_retired_ignored(server):
-    r = httpx.post(f"{server.url}/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
-                                                   "options": {"temperature": "hot"}, "stream": False})
+    r = httpx.post(
+        f"{server.url}/api/chat",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "options": {"temperature": "hot"},
+            "stream": False,
+        },
+    )
     assert r.status_code == 400 and 'option "temperature" must be of type' in r.json()["error"]
-    r = httpx.post(f"{server.url}/api/chat", json={
-        "model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": False, "surprise": 1,
-        "options": {"tfs_z": 1.0, "use_mlock": True, "made_up": 3, "num_predict": 2}})
+    r = httpx.post(
+        f"{server.url}/api/chat",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": False,
+            "surprise": 1,
+            "options": {"tfs_z": 1.0, "use_mlock": True, "made_up": 3, "num_predict": 2},
+        },
+    )
     assert r.status_code == 200, r.text
 
 
@@ -39,7 +55,10 @@ def test_oversize_body_is_413_in_the_protocol_shape(server):
 
 
 def test_unknown_model_in_openai_shape(server):
-    r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "ghost", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "ghost", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
@@ -52,5 +71,7 @@ def test_hostile_names_are_refused(server):
 
 def test_oversize_prompt_is_a_clear_400(server):
     prompt = "the " * 1500  # beyond the 1024-token context of the `tiny` recipe, within the body cap
-    r = httpx.post(f"{server.url}/api/generate", json={"model": "tiny", "prompt": prompt, "raw": True, "stream": False})
+    r = httpx.post(
+        f"{server.url}/api/generate", json={"model": "tiny", "prompt": prompt, "raw": True, "stream": False}
+    )
     assert r.status_code == 400 and "context size" in r.json()["error"]

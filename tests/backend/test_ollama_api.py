@@ -51,13 +51,17 @@ def test_chat_streaming_and_not_agree_at_temperature_zero(client):
     assert all(p.message.role == "assistant" for p in parts)  # the final chunk too
     assert parts[-1].done and parts[-1].done_reason
     assert "".join(p.message.content for p in parts) == whole.message.content
-    assert client.chat("tiny:latest", messages=messages, options=GREEDY).message.content == whole.message.content
+    assert (
+        client.chat("tiny:latest", messages=messages, options=GREEDY).message.content == whole.message.content
+    )
 
 
 def test_generate_streaming_and_not(client):
     whole = client.generate("tiny", "once upon a time", options=GREEDY)
     assert whole.done and whole.response and whole.context
-    streamed = "".join(p.response for p in client.generate("tiny", "once upon a time", options=GREEDY, stream=True))
+    streamed = "".join(
+        p.response for p in client.generate("tiny", "once upon a time", options=GREEDY, stream=True)
+    )
     assert streamed == whole.response
     raw = client.generate("tiny", "once upon a time", raw=True, options=GREEDY)
     assert raw.response != whole.response  # raw skips the chat template
@@ -89,7 +93,9 @@ def test_ps_then_unload_with_keep_alive_zero(client, server):
     loaded = {m.model for m in client.ps().models}
     assert "tiny:latest" in loaded
     assert all(m.expires_at is not None for m in client.ps().models)
-    r = httpx.post(f"{server.url}/api/generate", json={"model": "tiny", "keep_alive": 0, "prompt": "", "stream": False})
+    r = httpx.post(
+        f"{server.url}/api/generate", json={"model": "tiny", "keep_alive": 0, "prompt": "", "stream": False}
+    )
     assert r.status_code == 200 and r.json()["done"] is True
     assert "tiny:latest" not in {m.model for m in client.ps().models}
 

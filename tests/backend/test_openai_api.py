@@ -19,7 +19,9 @@ def test_chat_completion_streaming_and_not(client):
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )
     assert any(c.choices and c.choices[0].finish_reason in ("stop", "length") for c in chunks)
 
 
@@ -33,8 +35,12 @@ def test_alpha_as_a_top_level_field(client):
 def test_completions(client):
     out = client.completions.create(model="tiny", prompt="once upon", max_tokens=8, temperature=0)
     assert out.choices[0].finish_reason in ("stop", "length")
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="tiny", prompt="once upon", max_tokens=8, temperature=0, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt="once upon", max_tokens=8, temperature=0, stream=True
+        )
+    )
     assert streamed == out.choices[0].text
 
 

@@ -14,8 +14,10 @@ GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
 
 def recipe_over(tiny, *, large="large", base="base", tuned="tuned", adapter=False, alpha=1.0, extra=""):
     tuned_part = f"{{adapter: {tiny['lora']}}}" if adapter else f"{{path: {tiny[tuned]}}}"
-    text = (f"name: t\nmembers:\n  large: {{path: {tiny[large]}}}\n  base: {{path: {tiny[base]}}}\n"
-            f"  tuned: {tuned_part}\nalpha: {alpha}\n{extra}")
+    text = (
+        f"name: t\nmembers:\n  large: {{path: {tiny[large]}}}\n  base: {{path: {tiny[base]}}}\n"
+        f"  tuned: {tuned_part}\nalpha: {alpha}\n{extra}"
+    )
     return Recipe.parse(text, check_files=True)
 
 

@@ -37,7 +37,9 @@ def test_stop_string_spanning_tokens_is_matched_and_not_emitted(composite):
     i = next(i for i in range(3, len(pieces) - 1) if pieces[i] and pieces[i + 1])
     stop = pieces[i][-1] + pieces[i + 1][:1]
     cut = full.index(stop)
-    out = list(composite.generate(GenerateRequest(prompt=PROMPT, sampling=GREEDY, num_predict=40, stop=(stop,))))
+    out = list(
+        composite.generate(GenerateRequest(prompt=PROMPT, sampling=GREEDY, num_predict=40, stop=(stop,)))
+    )
     text = "".join(c.text for c in out)
     assert text == full[:cut]
     assert out[-1].done_reason == DoneReason.STOP
@@ -48,7 +50,9 @@ def test_stop_string_spanning_tokens_is_matched_and_not_emitted(composite):
 def test_multibyte_characters_split_across_tokens_come_out_whole(composite):
     grammar = 'root ::= "日本語 🙂 é" [a-z]*'
     opts = merge_sampling({"temperature": 0, "grammar": grammar})
-    chunks = [c.text for c in composite.generate(GenerateRequest(prompt=PROMPT, sampling=opts, num_predict=20))]
+    chunks = [
+        c.text for c in composite.generate(GenerateRequest(prompt=PROMPT, sampling=opts, num_predict=20))
+    ]
     text = "".join(chunks)
     assert text.startswith("日本語 🙂 é")
     assert len(composite.tokenize("日本語 🙂 é", add_bos=False)) > len("日本語 🙂 é")  # really split
@@ -79,7 +83,9 @@ def test_stats_and_length_reason(composite):
 
 def test_cancellation_takes_effect_within_one_token(composite):
     cancel = threading.Event()
-    gen = composite.generate(GenerateRequest(prompt=PROMPT, sampling=GREEDY, num_predict=500, ignore_eos=True), cancel)
+    gen = composite.generate(
+        GenerateRequest(prompt=PROMPT, sampling=GREEDY, num_predict=500, ignore_eos=True), cancel
+    )
     seen = 0
     try:
         for chunk in gen:
@@ -103,7 +109,9 @@ def test_async_stream_closed_early_frees_the_model(composite):
             break
         await agen.aclose()
         # the model is free again: a new generation completes promptly
-        out = [c async for c in composite.stream(GenerateRequest(prompt=PROMPT, sampling=GREEDY, num_predict=3))]
+        out = [
+            c async for c in composite.stream(GenerateRequest(prompt=PROMPT, sampling=GREEDY, num_predict=3))
+        ]
         return out
 
     out = asyncio.run(asyncio.wait_for(main(), timeout=30))
@@ -122,8 +130,10 @@ def test_prompt_plus_num_predict_beyond_the_context_is_refused(composite):
 def test_chat_prompt_drops_oldest_turns_to_fit_but_keeps_system(composite):
     turns = []
     for i in range(200):
-        turns += [{"role": "user", "content": f"question {i} " + "x" * 40},
-                  {"role": "assistant", "content": f"answer {i}"}]
+        turns += [
+            {"role": "user", "content": f"question {i} " + "x" * 40},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
     turns.append({"role": "user", "content": "last question"})
     prompt = composite.chat_prompt([{"role": "system", "content": "SYS"}] + turns, num_predict=100)
     ids = composite.tokenize(prompt)

@@ -7,8 +7,13 @@ import sys
 
 
 def nc(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "nanocommander", *args], capture_output=True, text=True,
-                          input=stdin, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "nanocommander", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+    )
 
 
 def test_run_prints_only_the_answer_on_stdout(write_recipe):
@@ -39,7 +44,9 @@ def test_interactive_chat_reads_turns_from_stdin(write_recipe):
 
 def test_broken_recipe_exits_non_zero_with_file_line_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmembers:\n  large: {path: nowhere.gguf}\n  base: {path: b.gguf}\n  tuned: {path: c}\n")
+    bad.write_text(
+        "name: x\nmembers:\n  large: {path: nowhere.gguf}\n  base: {path: b.gguf}\n  tuned: {path: c}\n"
+    )
     out = nc("run", str(bad), "hi")
     assert out.returncode != 0 and out.stdout == ""
     assert f"{bad}:3: members.large.path: file not found" in out.stderr

@@ -26,9 +26,11 @@ GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
 @pytest.fixture(scope="module")
 def composite(tmp_path_factory):
     lora = write_lora(tmp_path_factory.mktemp("smol") / "lora.gguf", seed=7, shape=SHAPE, rank=8, std=0.3)
-    recipe = Recipe.parse(f"name: smol\nmembers:\n  large: {{path: {GGUF}}}\n  base: {{path: {GGUF}}}\n"
-                          f"  tuned: {{adapter: {lora}}}\nalpha: 1.0\nparameters: {{num_ctx: 1024}}\n",
-                          check_files=True)
+    recipe = Recipe.parse(
+        f"name: smol\nmembers:\n  large: {{path: {GGUF}}}\n  base: {{path: {GGUF}}}\n"
+        f"  tuned: {{adapter: {lora}}}\nalpha: 1.0\nparameters: {{num_ctx: 1024}}\n",
+        check_files=True,
+    )
     comp = Composite.load(recipe)
     yield comp
     comp.close()

@@ -39,3 +39,8 @@ def test_trim_stop_off_keeps_the_stop_text():
 def test_earliest_of_several_stops_wins():
     out, _ = feed(TextStream(("b", "a")), [b"xxab"])
     assert "".join(out) == "xx"
+
+
+def test_incomplete_trailing_character_is_dropped_not_garbled():
+    out, _ = feed(TextStream(), [b"ok ", "é".encode()[:1]])
+    assert "".join(out) == "ok "
