@@ -40,6 +40,8 @@ class Valves(BaseModel):
     connection: Literal["ollama", "openai"] = Field(
         "ollama", description="How NanoCommander is connected in Open WebUI: as an Ollama API (alpha goes in "
         "options) or as an OpenAI API (alpha goes at the top level of the request)")
+    seed: int | None = Field(42, description="One sampling seed for all three compared replies, so they differ "
+                             "only by model; empty: random")
     timeout: float = Field(300.0, gt=0, description="Seconds to wait for each reply in the comparison")
 
 
@@ -137,6 +139,8 @@ class Action(_Common):
                 await _status(__event_emitter__, f"Asking the {member} model...", False)
                 payload = {"model": model, "messages": messages, "stream": False,
                            "options": {"member": member, "alpha": alpha}}
+                if self.valves.seed is not None:
+                    payload["options"]["seed"] = self.valves.seed
                 try:
                     async with session.post(url, json=payload) as response:
                         data = await response.json(content_type=None)

@@ -191,6 +191,11 @@ async def test_action_side_by_side_against_backend(live_server):
     assert len(cells) == 3 and all(c and "(error" not in c and "(no reply" not in c for c in cells), row
     assert any(e["type"] == "message" and e["data"]["content"] == md for e in events)
     assert events[-1] == {"type": "status", "data": {"description": "Comparison done", "done": True}}
+    assert cells[0] != cells[1]  # large and tuned are different models
+
+    zero = await action.action(body, __user__={"valves": {"alpha": 0.0}})  # composite at alpha 0 is the large
+    large, _, composite = [c.strip() for c in zero["content"].strip().splitlines()[-1].strip("|").split("|")]
+    assert composite == large == cells[0]
 
 
 async def test_action_reports_server_errors(live_server):

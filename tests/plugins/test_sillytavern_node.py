@@ -1,0 +1,20 @@
+"""Run the SillyTavern extension's Node tests (tests/plugins/*.test.mjs) from the main pytest run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_sillytavern_extension_node_tests():
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "plugins").glob("*.test.mjs"))
+    assert files
+    result = subprocess.run(["node", "--test", *files], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout
