@@ -262,8 +262,19 @@ def open_webui():
     server.shutdown()
 
 
+def main(argv: list[str]) -> int:
+    """The `plugins` command alone (so other areas' commands cannot break these tests)."""
+    import argparse
+
+    from nanocommander.plugins import commands
+
+    parser = argparse.ArgumentParser(prog="nanocommander")
+    commands.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
 def test_install_creates_then_updates(open_webui, capsys):
-    from nanocommander.cli import main
 
     content = FUNCTION_FILE.read_text(encoding="utf-8")
     argv = ["plugins", "install", "open-webui", "--url", open_webui, "--token", "sk-test"]
@@ -284,8 +295,6 @@ def test_install_creates_then_updates(open_webui, capsys):
 
 
 def test_install_bad_token_fails(open_webui, capsys):
-    from nanocommander.cli import main
-
     assert main(["plugins", "install", "open-webui", "--url", open_webui, "--token", "wrong"]) == 1
     assert "HTTP 401" in capsys.readouterr().err
 
