@@ -35,7 +35,7 @@ def serve(args: argparse.Namespace) -> int:
         insecure_no_auth=args.insecure_no_auth or None,
     )
     settings.check()
-    recipes = [Recipe.load(path) for path in args.recipes]
+    recipes = [_local(Recipe.load(path), path) for path in args.recipes]
     asyncio.run(run_server(settings, recipes))
     return 0
 
@@ -60,3 +60,27 @@ async def run_server(settings: Settings, recipes) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def _local(recipe, path: str):
+    """A recipe whose members are on the Hub is pulled into the store first (with progress), then served."""
+    if all(m.source is None or m.source.path is not None for m in recipe.members) and (
+            recipe.tuned.adapter is None or recipe.tuned.adapter.path is not None):
+        return recipe
+    from tqdm import tqdm
+
+    from nanocommander.registry import Registry
+
+    registry = Registry()
+    bars: dict[str, tqdm] = {}
+    for event in registry.pull(path):
+        if "total" in event and event.get("digest"):
+            bar = bars.get(event["digest"]) or bars.setdefault(
+                event["digest"], tqdm(total=event["total"], unit="B", unit_scale=True, desc=event["status"],
+                                      file=sys.stderr))
+            bar.update(event.get("completed", 0) - bar.n)
+        else:
+            print(event.get("status", ""), file=sys.stderr)
+    for bar in bars.values():
+        bar.close()
+    return registry.resolve(recipe.name)

@@ -66,9 +66,17 @@ class Catalog:
             mtime = recipe.path.stat().st_mtime if recipe.path and Path(recipe.path).exists() else time.time()
             out.append((key, recipe, mtime))
         try:
-            from nanocommander.registry import list_models
-        except ImportError:
+            from nanocommander.registry import Registry
+
+            stored = Registry().list()
+        except Exception:  # no store yet, or an unreadable one: serve the command-line recipes
             return out
+        for entry in stored:
+            key = canonical(entry.name.display())
+            if key not in self.recipes:
+                with contextlib.suppress(Exception):
+                    out.append((key, self.lookup(key)[1], entry.modified_at.timestamp()))
+        return out
         for entry in list_models():
             key = canonical(entry["name"])
             if key not in self.recipes:

@@ -18,16 +18,15 @@ from aiohttp import web
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 
-from nanocommander.errors import DigestMismatch, InvalidRequest, ModelNotFound
-from nanocommander.recipe import Recipe
+from nanocommander.errors import DigestMismatch, InvalidRequest
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 
 
-def _store():
-    from nanocommander.registry.store import Store
+def _registry():
+    from nanocommander.registry import Registry
 
-    return Store()
+    return Registry()
 
 
 def _name(body: dict) -> str:
@@ -77,45 +76,29 @@ async def _progress(request: web.Request, body: dict, gen: Iterator[dict[str, An
 
 async def pull(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    from nanocommander.registry import hub
-
-    return await _progress(request, body, hub.pull(_name(body), _store()))
+    return await _progress(request, body, _registry().pull(_name(body)))
 
 
 async def push(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    from nanocommander.registry import hub
-
-    target = body.get("destination") or body.get("target")
-    return await _progress(request, body, hub.push(_name(body), target, _store()))
+    target = body.get("destination") or body.get("target") or _name(body)
+    return await _progress(request, body, _registry().push(_name(body), str(target)))
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     """From a recipe (YAML text in `recipe`, or a path in `path`) or an existing model (`from`)."""
     body = await read_json(request)
     name = _name(body)
-    store = _store()
+    registry = _registry()
     if body.get("recipe"):
-        recipe = Recipe.parse(str(body["recipe"]), file="<request>", check_files=True)
+        events = registry.create(name, text=str(body["recipe"]))
     elif body.get("path"):
-        recipe = Recipe.load(str(body["path"]))
+        events = registry.create(name, path=str(body["path"]))
     elif body.get("from"):
-        recipe = request.app[MANAGER].catalog.lookup(str(body["from"]))[1]
+        events = registry.create(name, recipe=request.app[MANAGER].catalog.lookup(str(body["from"]))[1])
     else:
         raise InvalidRequest('give "recipe" (YAML text), "path" or "from"')
-    for key in ("system", "template"):
-        if isinstance(body.get(key), str):
-            from dataclasses import replace
-
-            recipe = replace(recipe, **{key: body[key]})
-
-    def gen() -> Iterator[dict[str, Any]]:
-        yield {"status": "using recipe"}
-        store.create(name, recipe)
-        yield {"status": "writing manifest"}
-        yield {"status": "success"}
-
-    return await _progress(request, body, gen())
+    return await _progress(request, body, events)
 
 
 async def copy(request: web.Request) -> web.Response:
@@ -124,10 +107,12 @@ async def copy(request: web.Request) -> web.Response:
     if not isinstance(source, str) or not isinstance(dest, str):
         raise InvalidRequest('"source" and "destination" are required')
     manager = request.app[MANAGER]
-    if manager.catalog.recipes.get(source.lower()) or source.lower() + ":latest" in manager.catalog.recipes:
-        _store().create(dest, manager.catalog.lookup(source)[1])
+    key, recipe = manager.catalog.lookup(source)
+    if key in manager.catalog.recipes:  # a command-line recipe: register it under the new name
+        for _event in _registry().create(dest, recipe=recipe):
+            pass
     else:
-        _store().copy(source, dest)
+        _registry().copy(source, dest)
     return web.Response(status=200)
 
 
@@ -135,8 +120,7 @@ async def delete(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = _name(body)
     await request.app[MANAGER].unload(name)
-    if not _store().remove(name):
-        raise ModelNotFound(name)
+    _registry().delete(name)
     return web.Response(status=200)
 
 
@@ -144,7 +128,7 @@ def _blob_path(digest: str) -> Path:
     m = DIGEST.match(digest)
     if not m:
         raise InvalidRequest(f"invalid digest {digest!r}; expected sha256:<64 hex>")
-    return _store().root / "blobs" / f"sha256-{m.group(1)}"
+    return _registry().store.root / "blobs" / f"sha256-{m.group(1)}"
 
 
 async def blob_head(request: web.Request) -> web.Response:
