@@ -227,8 +227,9 @@ def main(argv: list[str]) -> int:
 
 
 def test_install_creates_then_updates(open_webui, capsys):
+    from nanocommander.plugins import commands
 
-    content = FUNCTION_FILE.read_text(encoding="utf-8")
+    content = commands.FUNCTION_FILE.read_text(encoding="utf-8")  # the file the installed package ships
     argv = ["plugins", "install", "open-webui", "--url", open_webui, "--token", "sk-test"]
     assert main(argv + ["--server-url", "http://nc:11434"]) == 0
     funcs = FakeOpenWebUI.functions
