@@ -136,7 +136,7 @@ class ModelManager:
         if self._reaper:
             self._reaper.cancel()
         for name in list(self.loaded):
-            await self.unload(name)
+            await self.unload(name, force=True)
 
     async def get(self, name: str, keep_alive: float | None = None) -> Loaded:
         key, recipe = self.catalog.lookup(name)
@@ -167,10 +167,16 @@ class ModelManager:
                 "unload other models or use smaller members"
             )
 
-    async def unload(self, name: str) -> bool:
-        loaded = self.loaded.pop(canonical(name), None)
+    async def unload(self, name: str, *, force: bool = False) -> bool:
+        """Unload now if idle; a model in use is unloaded when its last request ends (as Ollama does)."""
+        key = canonical(name)
+        loaded = self.loaded.get(key)
         if loaded is None:
             return False
+        if not force and (loaded.active or loaded.waiting):
+            loaded.keep_alive, loaded.expires_at = 0, time.time()
+            return True
+        del self.loaded[key]
         await asyncio.to_thread(loaded.composite.close)
         return True
 

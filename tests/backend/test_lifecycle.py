@@ -127,3 +127,22 @@ def test_queue_beyond_the_limit_is_503_and_hanging_up_frees_it(live):
         timeout=10,
     )
     assert r.status_code == 200 and time.perf_counter() - t0 < 5
+
+
+def test_unloading_a_model_in_use_waits_for_its_requests(live):
+    body = {**LONG, "options": {**LONG["options"], "num_predict": 300}}
+
+    async def main():
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(f"{live.url}/api/generate", json=body)
+            assert r.status == 200
+            await r.content.readline()
+            unload = await s.post(f"{live.url}/api/generate", json={"model": "tiny", "keep_alive": 0})
+            reason = (await unload.json())["done_reason"]
+            lines = [json.loads(line) async for line in r.content]
+            return reason, lines
+
+    reason, lines = asyncio.run(main())
+    assert reason == "unload"
+    assert lines[-1]["done"] and lines[-1]["done_reason"] == "length" and lines[-1]["eval_count"] == 300
+    assert "tiny:latest" not in ps(live)  # and once it finished, the model went away
