@@ -8,12 +8,15 @@ stream with an error object. A client that goes away stops the generation.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from nanocommander.errors import NanoCommanderError
+
+log = logging.getLogger("nanocommander.server")
 
 
 async def _first(items: AsyncIterator[Any]) -> tuple[bool, Any]:
@@ -49,6 +52,9 @@ async def stream_response(
         pass  # client went away; closing `items` below cancels the generation
     except NanoCommanderError as exc:
         await response.write(on_error(str(exc)))
+    except Exception as exc:  # a bug after the first byte: still end with an error object, and log it
+        log.exception("stream failed on %s", request.path)
+        await response.write(on_error(f"internal error: {type(exc).__name__}: {exc}"))
     finally:
         await items.aclose()  # type: ignore[attr-defined]
     return response
