@@ -4,23 +4,26 @@ Settings are read from the environment at call time (HF_ENDPOINT, HF_TOKEN,
 HF_HUB_OFFLINE, HF_HUB_CACHE / HF_HOME) and passed explicitly, because
 huggingface_hub freezes its own copies at import time.
 
-Member GGUFs are not fetched with `hf_hub_download`: since huggingface_hub 1.x it
-deletes a partial file when a download fails (PR #4228), so an interrupted pull
-would start over. Instead this module asks the Hub for the file's metadata
-(`get_hf_file_metadata`, which gives the commit, ETag and size) and streams it with
-huggingface_hub's own `http_get` into a `partial/` file that survives failures;
-the next pull continues it with an HTTP Range request. Files already in the HF
+Member GGUFs are not fetched with `hf_hub_download`: huggingface_hub 2.x deletes a
+partial file when a download fails (PR #4228), so an interrupted pull would start
+over. Instead this module asks the Hub for the file's metadata
+(`get_hf_file_metadata`: commit, ETag, size, URL) and streams it through
+huggingface_hub's own HTTP session (`get_session`, same auth headers, proxies and
+transport hooks) into a `partial/` file that survives failures; the next pull
+continues it with an HTTP Range request. Files already in the HF
 cache are linked, not copied. Small text files (recipes) do use `hf_hub_download`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from nanocommander.errors import RegistryError
 
@@ -180,34 +183,7 @@ class Cancelled(Exception):
     """The consumer of a pull went away; the partial file is kept for the next pull."""
 
 
-class _ProgressFile:
-    """Wraps the partial file so http_get's writes report progress and honour cancellation."""
-
-    def __init__(self, f: BinaryIO, done: int, progress, cancel: threading.Event | None):
-        self.f, self.done, self.progress, self.cancel = f, done, progress, cancel
-
-    def write(self, data: bytes) -> int:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled()
-        n = self.f.write(data)
-        self.done += len(data)
-        if self.progress:
-            self.progress(self.done)
-        return n
-
-    def seek(self, *args):  # http_get rewinds when a server ignores Range and answers 200
-        pos = self.f.seek(*args)
-        self.done = pos
-        return pos
-
-    def truncate(self, *args):
-        return self.f.truncate(*args)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def flush(self) -> None:
-        self.f.flush()
+RETRIES = 3  # connection drops in a row, without any new byte, before a pull gives up
 
 
 def fetch_to_partial(
@@ -220,47 +196,73 @@ def fetch_to_partial(
 ) -> None:
     """Download `remote` into `partial`, continuing from the bytes already there.
 
+    Every byte received is written at once (huggingface_hub's http_get buffers 10 MB
+    chunks and loses them on a drop), so a dropped connection is resumed with a Range
+    request right away, and a pull that gives up leaves `partial` for the next one.
+
     Raises:
         RegistryError: the transfer failed; `partial` keeps what arrived so the next call resumes.
     """
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
-    from tqdm.auto import tqdm
-
-    class Silent(tqdm):  # the CLI draws its own bars from our progress events
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
     settings.require_online(f"{remote.repo}/{remote.filename}")
-    have = partial.stat().st_size if partial.exists() else 0
-    if remote.size is not None and have > remote.size:  # not the same file any more
-        partial.unlink()
-        have = 0
-    headers = build_hf_headers(token=settings.token)
     try:
-        with open(partial, "ab") as f:
-            http_get(
-                remote.url,
-                _ProgressFile(f, have, progress, cancel),
-                resume_size=have,
-                headers=headers,
-                expected_size=remote.size,
-                displayed_filename=remote.filename,
-                tqdm_class=Silent,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-    except Cancelled:
-        raise
-    except OSError as exc:
-        from nanocommander.registry.store import disk_error
+        import httpx2 as httpx  # what huggingface_hub 2.x uses
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        import httpx  # type: ignore[no-redef]
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-        if exc.errno is not None:
-            raise disk_error(exc, f"downloading {remote.repo}/{remote.filename}") from exc
-        raise _interrupted(remote, partial, exc) from exc
-    except Exception as exc:  # noqa: BLE001
-        raise _interrupted(remote, partial, exc) from exc
+    headers = build_hf_headers(token=settings.token)
+    headers["Accept-Encoding"] = "identity"  # byte offsets must be offsets into the file itself
+    failures = 0
+    while True:
+        have = partial.stat().st_size if partial.exists() else 0
+        if remote.size is not None and have > remote.size:  # not the same file any more
+            partial.unlink()
+            have = 0
+        if remote.size is not None and have == remote.size:
+            return
+        start = have
+        try:
+            with open(partial, "ab") as f:
+                ranged = {**headers, "Range": f"bytes={have}-"} if have else headers
+                with get_session().stream(
+                    "GET",
+                    remote.url,
+                    headers=ranged,
+                    follow_redirects=True,
+                    timeout=httpx.Timeout(30.0, read=60.0),
+                ) as response:
+                    hf_raise_for_status(response)
+                    if have and response.status_code != 206:  # the server ignored Range: start over
+                        f.truncate(0)
+                        have = 0
+                    for chunk in response.iter_bytes():
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled()
+                        f.write(chunk)
+                        have += len(chunk)
+                        if progress:
+                            progress(have)
+                f.flush()
+                os.fsync(f.fileno())
+            if remote.size is None or have == remote.size:
+                return
+            raise RegistryError(
+                f"{remote.repo}/{remote.filename}: the Hub sent {have} of {remote.size} bytes"
+            )
+        except (Cancelled, RegistryError):
+            raise
+        except httpx.TransportError as exc:
+            got = partial.stat().st_size if partial.exists() else 0
+            failures = 0 if got > start else failures + 1
+            if failures >= RETRIES:
+                raise _interrupted(remote, partial, exc) from exc
+            time.sleep(0.2 * (failures + 1))
+        except Exception as exc:  # noqa: BLE001 - HTTP errors from the Hub, local disk errors
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                from nanocommander.registry.store import disk_error
+
+                raise disk_error(exc, f"downloading {remote.repo}/{remote.filename}") from exc
+            raise _interrupted(remote, partial, exc) from exc
 
 
 def _interrupted(remote: RemoteFile, partial: Path, exc: BaseException) -> RegistryError:

@@ -45,9 +45,11 @@ def hub(monkeypatch):
 def published(hub, tiny) -> dict[str, tuple[str, str, bytes]]:
     """The tiny models on the fake Hub: role -> (repo, file, bytes)."""
     out = {}
-    for role, repo, file in (("large", "org/tiny-large-GGUF", "tiny-large-F32.gguf"),
-                             ("base", "org/tiny-base-GGUF", "tiny-base-F32.gguf"),
-                             ("tuned", "org/tiny-tuned-GGUF", "tiny-tuned-F32.gguf")):
+    for role, repo, file in (
+        ("large", "org/tiny-large-GGUF", "tiny-large-F32.gguf"),
+        ("base", "org/tiny-base-GGUF", "tiny-base-F32.gguf"),
+        ("tuned", "org/tiny-tuned-GGUF", "tiny-tuned-F32.gguf"),
+    ):
         data = tiny[role].read_bytes()
         hub.commit(repo, {file: data, "README.md": f"# {role}\n".encode()})
         out[role] = (repo, file, data)
@@ -61,11 +63,12 @@ def hub_recipe(tmp_path, published):
     def write(name: str = "tiny", *, tuned: str | None = None, extra: str = "") -> Path:
         (lr, lf, _), (br, bf, _), (tr, tf, _) = published["large"], published["base"], published["tuned"]
         tuned = tuned or f"{{hf: {tr}, file: {tf}}}"
-        text = (f"name: {name}\nmembers:\n  large: {{hf: {lr}, file: {lf}}}\n  base: {{hf: {br}, file: {bf}}}\n"
-                f"  tuned: {tuned}\nalpha: 0.5\nparameters: {{temperature: 0.2, num_ctx: 512}}\n{extra}")
+        text = (
+            f"name: {name}\nmembers:\n  large: {{hf: {lr}, file: {lf}}}\n  base: {{hf: {br}, file: {bf}}}\n"
+            f"  tuned: {tuned}\nalpha: 0.5\nparameters: {{temperature: 0.2, num_ctx: 512}}\n{extra}"
+        )
         path = tmp_path / f"{name}.yaml"
         path.write_text(text)
         return path
 
     return write
-

@@ -145,18 +145,29 @@ class FakeHub:
 
     async def model_info(self, request: web.Request) -> web.Response:
         repo_id, sha, files = self._find(request)
-        return web.json_response({"id": repo_id, "sha": sha, "private": False,
-                                  "siblings": [{"rfilename": f} for f in sorted(files)]})
+        return web.json_response(
+            {
+                "id": repo_id,
+                "sha": sha,
+                "private": False,
+                "siblings": [{"rfilename": f} for f in sorted(files)],
+            }
+        )
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
         repo_id, sha, files = self._find(request)
         path = request.match_info["path"]
         if path not in files:
-            raise web.HTTPNotFound(headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha},
-                                   text="Entry not found")
+            raise web.HTTPNotFound(
+                headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}, text="Entry not found"
+            )
         data = files[path]
         lfs = path.endswith(".gguf")
-        etag = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        etag = (
+            hashlib.sha256(data).hexdigest()
+            if lfs
+            else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        )
         headers = {"ETag": f'"{etag}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if lfs:
             headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
@@ -212,8 +223,14 @@ class FakeHub:
 
     async def preupload(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                             "oid": None} for f in body["files"]]})
+        return web.json_response(
+            {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                    for f in body["files"]
+                ]
+            }
+        )
 
     async def commit_endpoint(self, request: web.Request) -> web.Response:
         repo_id = f"{request.match_info['user']}/{request.match_info['repo']}"
@@ -228,4 +245,6 @@ class FakeHub:
             elif line["key"] not in ("header", "deletedFile"):
                 return web.json_response({"error": f"unsupported {line['key']}"}, status=400)
         sha = self.commit(repo_id, files)
-        return web.json_response({"success": True, "commitOid": sha, "commitUrl": f"{self.url}/{repo_id}/commit/{sha}"})
+        return web.json_response(
+            {"success": True, "commitOid": sha, "commitUrl": f"{self.url}/{repo_id}/commit/{sha}"}
+        )

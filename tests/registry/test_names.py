@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nanocommander.registry import Name, Registry
 
 from nanocommander.errors import InvalidName
-from nanocommander.registry import Name, Registry
 
 VALID = [
     ("tiny", ("local", "library", "tiny", "latest"), "tiny:latest"),
@@ -15,8 +15,11 @@ VALID = [
     ("me/tiny", ("local", "me", "tiny", "latest"), "me/tiny:latest"),
     ("me/tiny.q4:1.0", ("local", "me", "tiny.q4", "1.0"), "me/tiny.q4:1.0"),
     ("hf.co/user/repo", ("hf.co", "user", "repo", "latest"), "hf.co/user/repo:latest"),
-    ("hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M", ("hf.co", "bartowski", "Llama-3.2-1B-GGUF", "Q4_K_M"),
-     "hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M"),
+    (
+        "hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M",
+        ("hf.co", "bartowski", "Llama-3.2-1B-GGUF", "Q4_K_M"),
+        "hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M",
+    ),
     ("huggingface.co/user/repo:x", ("hf.co", "user", "repo", "x"), "hf.co/user/repo:x"),
     ("https://hf.co/user/repo", ("hf.co", "user", "repo", "latest"), "hf.co/user/repo:latest"),
     ("localhost:8080/ns/m:t", ("localhost:8080", "ns", "m", "t"), "localhost:8080/ns/m:t"),
@@ -25,9 +28,36 @@ VALID = [
 ]
 
 HOSTILE = [
-    "", " ", "../x", "..", ".", "x/..", "a/../b", "/etc/passwd", "/abs", "a//b", "a/b/c/d", "x:", ":tag",
-    "bad name", "x;rm -rf", "x\x00y", "x\ny", "ns.dot/x", "-x", ".hidden", "x:../y", "x:a:b", "m" * 97,
-    "a" * 700, "hf.co/../x", "héllo", "x/y/", "C:\\x", "~/x", "$HOME",
+    "",
+    " ",
+    "../x",
+    "..",
+    ".",
+    "x/..",
+    "a/../b",
+    "/etc/passwd",
+    "/abs",
+    "a//b",
+    "a/b/c/d",
+    "x:",
+    ":tag",
+    "bad name",
+    "x;rm -rf",
+    "x\x00y",
+    "x\ny",
+    "ns.dot/x",
+    "-x",
+    ".hidden",
+    "x:../y",
+    "x:a:b",
+    "m" * 97,
+    "a" * 700,
+    "hf.co/../x",
+    "héllo",
+    "x/y/",
+    "C:\\x",
+    "~/x",
+    "$HOME",
 ]
 
 
@@ -56,9 +86,15 @@ def test_lookup_is_case_insensitive():
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_names_touch_nothing(text, isolated, tmp_path):
     reg = Registry()
-    for call in (lambda: reg.copy(text, "ok"), lambda: reg.copy("ok", text), lambda: reg.delete(text),
-                 lambda: reg.show(text), lambda: reg.resolve(text), lambda: reg.create(text, text="x"),
-                 lambda: reg.push(text, "hf.co/a/b")):
+    for call in (
+        lambda: reg.copy(text, "ok"),
+        lambda: reg.copy("ok", text),
+        lambda: reg.delete(text),
+        lambda: reg.show(text),
+        lambda: reg.resolve(text),
+        lambda: reg.create(text, text="x"),
+        lambda: reg.push(text, "hf.co/a/b"),
+    ):
         with pytest.raises(InvalidName):
             call()
     assert not isolated.exists()  # the store was not even created

@@ -6,9 +6,9 @@ import hashlib
 import os
 
 import pytest
+from nanocommander.registry import Registry, read_gguf
 
 from nanocommander.errors import ModelNotFound, RegistryError
-from nanocommander.registry import Registry, read_gguf
 
 
 def blobs(models) -> set[str]:
@@ -114,12 +114,16 @@ def test_show_reports_members_and_memory(hub, published, hub_recipe, tiny):
 
 
 def test_quant_tag_picks_the_matching_gguf(hub, published, tiny, tmp_path):
-    hub.commit("org/multi-GGUF", {"m-Q8_0.gguf": tiny["padded"].read_bytes(),
-                                  "m-F32.gguf": tiny["base"].read_bytes()})
+    hub.commit(
+        "org/multi-GGUF",
+        {"m-Q8_0.gguf": tiny["padded"].read_bytes(), "m-F32.gguf": tiny["base"].read_bytes()},
+    )
     (lr, lf, _), (tr, tf, _) = published["large"], published["tuned"]
     path = tmp_path / "q.yaml"
-    path.write_text(f"name: q\nmembers:\n  large: {{hf: {lr}, file: {lf}}}\n  base: {{hf: hf.co/org/multi-GGUF:f32}}\n"
-                    f"  tuned: {{hf: {tr}, file: {tf}}}\n")
+    path.write_text(
+        f"name: q\nmembers:\n  large: {{hf: {lr}, file: {lf}}}\n  base: {{hf: hf.co/org/multi-GGUF:f32}}\n"
+        f"  tuned: {{hf: {tr}, file: {tf}}}\n"
+    )
     reg = Registry()
     list(reg.pull(path))
     src = reg.resolve("q").base.source
