@@ -213,7 +213,13 @@ class FakeHub:
         body = await request.json()
         repo_id = f"{body.get('organization')}/{body['name']}"
         if repo_id in self.repos:
-            return web.json_response({"error": "You already created this model repo"}, status=409)
+            return web.json_response(
+                {
+                    "error": "You already created this model repo",  # the Hub adds the url
+                    "url": f"{self.url}/{repo_id}",
+                },
+                status=409,
+            )
         self.repos[repo_id] = Repo()
         self.commit(repo_id, {".gitattributes": b"*.gguf filter=lfs diff=lfs merge=lfs -text\n"})
         return web.json_response({"url": f"{self.url}/{repo_id}", "name": repo_id})
