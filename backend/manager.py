@@ -19,7 +19,7 @@ from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
 
-from nanocommander.errors import InvalidName, ModelNotFound, ServerBusy
+from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
 
 
@@ -30,6 +30,47 @@ def canonical(name: str) -> str:
         raise InvalidName("model name is required")
     last = name.rsplit("/", 1)[-1]
     return (name if ":" in last else f"{name}:latest").lower()
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def memory_estimate(recipe: Recipe, loaded: set[Path] | None = None) -> tuple[int, int | None]:
+    """(bytes needed, bytes free): the registry's estimate when it offers one, else the distinct
+    member and adapter files not yet loaded (weights dominate; the KV cache of the tiny contexts
+    we default to is small next to them) against MemAvailable."""
+    files = _member_files(recipe)
+    shared = files & {p.resolve() for p in loaded or ()}
+    try:
+        from nanocommander.registry import estimate_memory
+
+        estimate = estimate_memory(recipe)
+        return max(int(estimate.total) - sum(p.stat().st_size for p in shared), 0), estimate.free
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+    return sum(p.stat().st_size for p in files - shared if p.exists()), free_memory()
+
+
+def _member_files(recipe: Recipe) -> set[Path]:
+    out = set()
+    for spec in recipe.members:
+        for src in (spec.source, spec.adapter):
+            if src is not None and src.path is not None:
+                out.add(Path(src.path).resolve())
+    return out
+
+
+def free_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, None where unknown (then nothing is refused)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 @dataclass
@@ -77,12 +118,6 @@ class Catalog:
                 with contextlib.suppress(Exception):
                     out.append((key, self.lookup(key)[1], entry.modified_at.timestamp()))
         return out
-        for entry in list_models():
-            key = canonical(entry["name"])
-            if key not in self.recipes:
-                with contextlib.suppress(Exception):
-                    out.append((key, self.lookup(key)[1], float(entry.get("modified", time.time()))))
-        return out
 
 
 class ModelManager:
@@ -109,6 +144,7 @@ class ModelManager:
         async with lock:
             loaded = self.loaded.get(key)
             if loaded is None:
+                await asyncio.to_thread(self.check_memory, recipe)
                 comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
                 loaded = Loaded(key, comp, asyncio.Semaphore(max(1, self.settings.num_parallel)))
                 self.loaded[key] = loaded
@@ -121,6 +157,15 @@ class ModelManager:
         loaded.keep_alive = ka
         loaded.last_used = time.time()
         loaded.expires_at = float("inf") if ka < 0 else time.time() + ka
+
+    def check_memory(self, recipe: Recipe) -> None:
+        """Refuse a model whose estimate exceeds free memory (weights already in the pool are free)."""
+        needed, free = memory_estimate(recipe, set(self.pool.loaded()))
+        if free is not None and needed > free:
+            raise InsufficientMemory(
+                f"model requires more system memory ({gib(needed)}) than is available ({gib(free)}); "
+                "unload other models or use smaller members"
+            )
 
     async def unload(self, name: str) -> bool:
         loaded = self.loaded.pop(canonical(name), None)

@@ -1,297 +1,162 @@
-"""Ollama's native API (/api/*) translated to and from the engine's request and chunk types."""
+"""Ollama's native API (/api/*): thin handlers over ollama_api's pure translators and the manager."""
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend.config import parse_duration
+from nanocommander.backend import ollama_api as wire
+from nanocommander.backend.manager import Loaded, canonical
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
-from nanocommander.backend.translate import describe, grammar_for_format, make_request, size_label
-from nanocommander.engine.types import Chunk
+from nanocommander.backend.translate import describe, make_request
+from nanocommander.engine.types import GenerateRequest
 
-from nanocommander.errors import InvalidRequest, ModelNotFound
-
-
-def now_iso(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(ts or time.time(), tz=timezone.utc).astimezone().isoformat()
+from nanocommander.errors import InvalidRequest
 
 
-def ns(seconds: float) -> int:
-    return int(seconds * 1e9)
-
-
-def _str(body: dict, key: str, default: str = "") -> str:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise InvalidRequest(f'"{key}" must be a string')
-    return value
-
-
-def _model_name(body: dict) -> str:
-    return _str(body, "model") or _str(body, "name")
-
-
-def _options(body: dict) -> dict[str, Any]:
-    options = body.get("options") or {}
-    if not isinstance(options, dict):
-        raise InvalidRequest('"options" must be an object')
-    return options
-
-
-def _keep_alive(body: dict) -> float | None:
-    if body.get("keep_alive") is None:
-        return None
-    try:
-        return parse_duration(body["keep_alive"], 300.0)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-
-
-def final_fields(chunk: Chunk) -> dict[str, Any]:
-    s = chunk.stats
-    assert s is not None
-    return {
-        "done_reason": "stop" if chunk.done_reason and chunk.done_reason.value == "stop" else "length",
-        "total_duration": ns(s.total_s + s.load_s),
-        "load_duration": ns(s.load_s),
-        "prompt_eval_count": s.prompt_tokens,
-        "prompt_eval_duration": ns(s.prompt_eval_s),
-        "eval_count": s.eval_count,
-        "eval_duration": ns(s.eval_s),
-    }
-
-
-def details(info: dict[str, Any]) -> dict[str, Any]:
-    large = info["members"].get("large", {})
-    arch = large.get("architecture", "unknown")
-    return {
-        "parent_model": "",
-        "format": "gguf",
-        "family": arch,
-        "families": [arch],
-        "parameter_size": size_label(large.get("parameter_count", 0)),
-        "quantization_level": large.get("quantization", "unknown"),
-    }
+async def _lifecycle(
+    request: web.Request, model: str, keep_alive: float | None, *, chat: bool
+) -> web.Response:
+    """An empty prompt loads the model; with keep_alive 0 it unloads it (Open WebUI's unload call)."""
+    manager = request.app[MANAGER]
+    if keep_alive == 0:
+        if not await manager.unload(model):
+            manager.catalog.lookup(model)  # 404 for a model that does not exist at all
+        return web.json_response(wire.lifecycle_item(model, "unload", chat=chat))
+    await manager.get(model, keep_alive)
+    return web.json_response(wire.lifecycle_item(model, "load", chat=chat))
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+    call = wire.parse_generate(await read_json(request))
+    if call.lifecycle:
+        return await _lifecycle(request, call.model, call.keep_alive, chat=False)
     manager = request.app[MANAGER]
-    name = _model_name(body)
-    keep_alive = _keep_alive(body)
-    prompt, raw = _str(body, "prompt"), bool(body.get("raw", False))
-    if not prompt and not body.get("context"):
-        if keep_alive == 0:  # Open WebUI's unload call
-            await manager.unload(name) or manager.catalog.lookup(name)
-            return web.json_response(
-                {
-                    "model": name,
-                    "created_at": now_iso(),
-                    "response": "",
-                    "done": True,
-                    "done_reason": "unload",
-                }
-            )
-        loaded = await manager.get(name, keep_alive)
-        return web.json_response(
-            {"model": name, "created_at": now_iso(), "response": "", "done": True, "done_reason": "load"}
-        )
-    loaded = await manager.get(name, keep_alive)
+    loaded = await manager.get(call.model, call.keep_alive)
     comp = loaded.composite
-    options = _options(body)
-    if raw:
-        text = prompt
-    else:
-        messages = [{"role": "user", "content": prompt}]
+    if call.raw:
+        ids = comp.tokenize(call.prompt)
+    else:  # the prompt is one user turn through the chat template, as Ollama wraps it
         text = comp.chat_prompt(
-            messages,
-            system=_str(body, "system") or None,
-            template=_str(body, "template") or None,
-            num_predict=int(options.get("num_predict") or 0),
+            [{"role": "user", "content": call.prompt}],
+            system=call.system,
+            template=call.template,
+            num_predict=max(int(call.options.get("num_predict", 0)), 0),
         )
-    context = body.get("context") or []
-    if not isinstance(context, list):
-        raise InvalidRequest('"context" must be a list of token ids')
-    ids = list(context) + comp.tokenize(text, add_bos=not context)
-    req = make_request(comp.recipe, ids, options, grammar=grammar_for_format(body.get("format")))
+        ids = list(call.context) + comp.tokenize(text, add_bos=not call.context)
+    req = make_request(comp.recipe, ids, dict(call.options), grammar=call.grammar)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        out_ids: list[int] = []
+        out: list[int] = []
         async for chunk in manager.generate(loaded, req):
-            out_ids += chunk.token_ids
-            item = {"model": name, "created_at": now_iso(), "response": chunk.text, "done": chunk.done}
-            if chunk.done:
-                item.update(final_fields(chunk), context=ids + out_ids)
-            yield item
+            out += chunk.token_ids
+            yield wire.generate_item(call.model, chunk, None if call.raw else ids + out)
 
-    return await respond(
-        request, body, items(), lambda parts: {**parts[-1], "response": "".join(p["response"] for p in parts)}
-    )
+    return await _respond(request, call.stream, items(), wire.fold_generate)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+    call = wire.parse_chat(await read_json(request))
+    if not call.messages:
+        return await _lifecycle(request, call.model, call.keep_alive, chat=True)
     manager = request.app[MANAGER]
-    name = _model_name(body)
-    messages = body.get("messages") or []
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise InvalidRequest('"messages" must be a list of objects')
-    keep_alive = _keep_alive(body)
-    if not messages and keep_alive == 0:
-        await manager.unload(name)
-        return web.json_response(
-            {
-                "model": name,
-                "created_at": now_iso(),
-                "message": {"role": "assistant", "content": ""},
-                "done": True,
-                "done_reason": "unload",
-            }
-        )
-    loaded = await manager.get(name, keep_alive)
-    if not messages:
-        return web.json_response(
-            {
-                "model": name,
-                "created_at": now_iso(),
-                "message": {"role": "assistant", "content": ""},
-                "done": True,
-                "done_reason": "load",
-            }
-        )
-    comp = loaded.composite
-    options = _options(body)
-    tools = body.get("tools") or None
-    chat_messages = [
-        {k: v for k, v in m.items() if k in ("role", "content", "tool_calls", "tool_call_id", "name")}
-        for m in messages
-    ]
-    text = comp.chat_prompt(chat_messages, tools=tools, num_predict=int(options.get("num_predict") or 0))
-    req = make_request(comp.recipe, text, options, grammar=grammar_for_format(body.get("format")))
+    loaded = await manager.get(call.model, call.keep_alive)
+    req = _chat_request(loaded, call)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         async for chunk in manager.generate(loaded, req):
-            item = {
-                "model": name,
-                "created_at": now_iso(),
-                "message": {"role": "assistant", "content": chunk.text},
-                "done": chunk.done,
-            }
-            if chunk.done:
-                item.update(final_fields(chunk))
-            yield item
+            yield wire.chat_item(call.model, chunk)
 
-    return await respond(
-        request,
-        body,
-        items(),
-        lambda parts: {
-            **parts[-1],
-            "message": {"role": "assistant", "content": "".join(p["message"]["content"] for p in parts)},
-        },
+    return await _respond(request, call.stream, items(), wire.fold_chat)
+
+
+def _chat_request(loaded: Loaded, call: wire.ChatCall) -> GenerateRequest:
+    comp = loaded.composite
+    text = comp.chat_prompt(
+        list(call.messages),
+        tools=list(call.tools) if call.tools else None,
+        num_predict=max(int(call.options.get("num_predict", 0)), 0),
     )
+    return make_request(comp.recipe, text, dict(call.options), grammar=call.grammar)
 
 
-async def respond(request: web.Request, body: dict, items: AsyncIterator[dict], fold) -> web.StreamResponse:
-    """Stream NDJSON by default (Ollama's default), or fold the stream into one object."""
-    if body.get("stream", True) is False:
-        parts = [item async for item in items]
-        return web.json_response(fold(parts))
+async def _respond(
+    request: web.Request,
+    stream: bool,
+    items: AsyncIterator[dict[str, Any]],
+    fold: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> web.StreamResponse:
+    """NDJSON by default (Ollama's default), or the stream folded into one object."""
+    if not stream:
+        return web.json_response(fold([item async for item in items]))
     return await stream_response(
         request,
         items,
         content_type="application/x-ndjson",
         encode=ndjson,
-        on_error=lambda msg: ndjson({"error": msg}),
+        on_error=lambda msg: ndjson(wire.error_body(500, msg)),
     )
-
-
-def model_entry(name: str, recipe, modified: float) -> dict[str, Any]:
-    info = describe(recipe)
-    return {
-        "name": name,
-        "model": name,
-        "modified_at": now_iso(modified),
-        "size": info["size"],
-        "digest": info["digest"],
-        "details": details(info),
-        "composite": {"alpha": info["alpha"], "members": list(info["members"])},
-    }
 
 
 async def tags(request: web.Request) -> web.Response:
     entries = request.app[MANAGER].catalog.entries()
-    return web.json_response({"models": [model_entry(n, r, m) for n, r, m in entries]})
+    return web.json_response({"models": [wire.tag_entry(n, describe(r), m) for n, r, m in entries]})
 
 
 async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
-    name = _model_name(body)
-    key, recipe = request.app[MANAGER].catalog.lookup(name)
-    info = describe(recipe)
-    large = info["members"].get("large", {})
-    arch = large.get("architecture", "unknown")
+    key, recipe = request.app[MANAGER].catalog.lookup(wire.model_name(body))
+    described = describe(recipe)
+    members = described["members"]
+    large = members.get("large", {})
+    arch = large.get("architecture") or "unknown"
     model_info = {
         "general.architecture": arch,
         "general.parameter_count": large.get("parameter_count", 0),
         f"{arch}.context_length": large.get("context_length"),
+        f"{arch}.embedding_length": large.get("embedding_length"),
         "nanocommander.alpha": recipe.alpha,
+        "nanocommander.members": sorted(members),
     }
-    params = "\n".join(f"{k} {v}" for k, v in recipe.parameters.items())
-    template = (
-        recipe.template
-        if recipe.template not in ("large", "base", "tuned")
-        else f"(chat template of {recipe.template})"
-    )
+    inline = recipe.template not in ("large", "base", "tuned")
+    template = recipe.template if inline else _member_template(members.get(recipe.template, {}))
     return web.json_response(
         {
+            "license": recipe.license or "",
             "modelfile": recipe.dump(),
-            "parameters": params,
+            "parameters": wire.parameters_text(recipe.parameters),
             "template": template,
             "system": recipe.system or "",
-            "details": details(info),
-            "model_info": model_info,
-            "capabilities": ["completion", "tools"],
-            "modified_at": now_iso(),
-            "composite": {"alpha": recipe.alpha, "members": info["members"]},
+            "details": wire.details(members),
+            "messages": [dict(m) for m in recipe.messages],
+            "model_info": {k: v for k, v in model_info.items() if v is not None},
+            "capabilities": wire.capabilities(template),
+            "modified_at": wire.now_iso(),
+            "composite": wire.composite_object(recipe.alpha, members),
         }
     )
 
 
+def _member_template(member: dict[str, Any]) -> str:
+    return str(member.get("chat_template") or "")
+
+
 async def ps(request: web.Request) -> web.Response:
     models = []
-    for entry in request.app[MANAGER].ps():
-        loaded, info = entry["loaded"], entry["info"]
-        size = sum(m["size"] for m in info["members"].values())
-        expires = loaded.expires_at if loaded.expires_at != float("inf") else time.time() + 10 * 365 * 86400
-        models.append(
-            {
-                "name": loaded.name,
-                "model": loaded.name,
-                "size": size,
-                "size_vram": 0,
-                "digest": hashlib.sha256(loaded.name.encode()).hexdigest(),
-                "expires_at": now_iso(expires),
-                "details": details(info),
-                "context_length": info["n_ctx"],
-            }
-        )
+    for loaded in sorted(request.app[MANAGER].loaded.values(), key=lambda m: -m.expires_at):
+        described = describe(loaded.composite.recipe)
+        models.append(wire.ps_entry(loaded.name, described, loaded.expires_at, loaded.composite.n_ctx))
     return web.json_response({"models": models})
 
 
 async def embed(request: web.Request) -> web.Response:
+    """Composites generate text only: answer as Ollama does for a model without embeddings."""
     body = await read_json(request)
-    name = _model_name(body)
-    request.app[MANAGER].catalog.lookup(name)  # 404 for unknown models, as Ollama
-    raise InvalidRequest(f'"{name}" does not support embeddings')
+    name = wire.model_name(body)
+    request.app[MANAGER].catalog.lookup(name)  # 404 for unknown models first, as Ollama
+    raise InvalidRequest(f'"{canonical(name)}" does not support embeddings')
 
 
 async def root(request: web.Request) -> web.Response:
@@ -305,7 +170,7 @@ async def version(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     from nanocommander.backend import registry_routes
 
-    app.router.add_get("/", root)  # GET also answers HEAD
+    app.router.add_get("/", root)  # add_get also answers HEAD
     app.router.add_get("/api/version", version)
     app.router.add_get("/api/tags", tags)
     app.router.add_post("/api/show", show)
@@ -315,6 +180,3 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/embeddings", embed)
     registry_routes.setup_routes(app)
-
-
-__all__ = ["setup_routes", "ModelNotFound"]

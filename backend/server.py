@@ -8,10 +8,12 @@ The middleware picks the envelope by path, so no handler formats errors by hand.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from nanocommander.backend import ollama_api, openai_api
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
 
@@ -31,12 +33,13 @@ from nanocommander.recipe import Recipe
 
 SETTINGS = web.AppKey("settings", Settings)
 MANAGER = web.AppKey("manager", ModelManager)
+log = logging.getLogger("nanocommander.server")
 VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
 
 STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
     (ServerBusy, 503),
-    (InsufficientMemory, 507),
+    (InsufficientMemory, 500),  # Ollama answers 500 when a model needs more memory than is free
     (ContextOverflow, 400),
     (InvalidName, 400),
     (InvalidRequest, 400),
@@ -60,17 +63,15 @@ def protocol_of(path: str) -> str:
 
 
 def error_response(path: str, status: int, message: str) -> web.Response:
+    """The error in the envelope of the protocol that `path` belongs to."""
     kind = protocol_of(path)
     if kind == "openai":
-        etype = "invalid_request_error" if status < 500 else "server_error"
-        body: Any = {"error": {"message": message, "type": etype, "param": None, "code": None}}
-        if status == 404:
-            body["error"]["code"] = "model_not_found"
+        body: Any = openai_api.error_body(status, message)
     elif kind == "kobold":
         etype = {400: "bad_input", 404: "not_found", 503: "service_unavailable"}.get(status, "server_error")
         body = {"detail": {"msg": message, "type": etype}}
     else:
-        body = {"error": message}
+        body = ollama_api.error_body(status, message)
     return web.json_response(body, status=status)
 
 
@@ -121,6 +122,9 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         response = error_response(request.path, exc.status, exc.reason or "error")
     except NanoCommanderError as exc:
         response = error_response(request.path, status_for(exc), str(exc))
+    except Exception as exc:  # a bug: log it, answer in the protocol's shape, never a traceback
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error_response(request.path, 500, f"internal error: {type(exc).__name__}: {exc}")
     if not response.prepared:
         _with(response, cors)
     return response

@@ -91,6 +91,7 @@ def gguf_facts(path: str, mtime: float) -> dict[str, Any]:
         "quantization": quant,
         "size": Path(path).stat().st_size,
         "general.type": value("general.type") or "model",
+        "chat_template": value("tokenizer.chat_template"),
     }
 
 

@@ -57,7 +57,7 @@ class UserValves(BaseModel):
 class _Common:
     def __init__(self) -> None:
         self.valves = Valves()
-        self._names: tuple[float, set[str]] = (0.0, set())
+        self._names: tuple[float, set[str]] = (-1e9, set())
 
     def server_model(self, model: str) -> str:
         """Open WebUI's model id as the server knows it: without the connection's prefix."""
@@ -77,9 +77,9 @@ class _Common:
         return name in names or (":" not in name and f"{name}:latest" in names)
 
     def server_names(self) -> set[str]:
-        """Model names the server lists, cached for 60 s; empty when the server cannot be reached."""
+        """Model names the server lists, cached for 60 s (10 s when the server cannot be reached)."""
         stamp, names = self._names
-        if time.monotonic() - stamp < 60 and names:
+        if time.monotonic() - stamp < (60 if names else 10):  # retry an unreachable server sooner
             return names
         try:
             request = urllib.request.Request(self.valves.server_url.rstrip("/") + "/api/tags",

@@ -48,7 +48,7 @@ export function applyAlpha(params, settings, apiType) {
 export function currentModel(ctx, apiType) {
     if (apiType === 'ollama') return ctx.textCompletionSettings?.ollama_model || null;
     const status = ctx.onlineStatus;
-    if (!status || status === 'no_connection') return null;
+    if (!status || ['no_connection', 'inactive'].includes(status)) return null;
     return String(status).replace(/^koboldcpp\//, '');
 }
 
@@ -58,7 +58,8 @@ export function describeMembers(show) {
     if (!composite) return 'Not a NanoCommander composite model.';
     const lines = [`recipe alpha: ${composite.alpha}`];
     for (const [role, info] of Object.entries(composite.members ?? {})) {
-        const parts = [info?.name, info?.architecture, info?.parameter_count && sizeLabel(info.parameter_count),
+        const source = Object.values(info?.source ?? {}).find((v) => typeof v === 'string');
+        const parts = [info?.name ?? source?.split(/[\\/]/).pop(), info?.architecture, info?.parameter_count && sizeLabel(info.parameter_count),
             info?.quantization].filter(Boolean);
         lines.push(`${role}: ${parts.join(', ') || '?'}`);
     }
@@ -66,7 +67,8 @@ export function describeMembers(show) {
 }
 
 function sizeLabel(n) {
-    return n >= 1e9 ? `${(n / 1e9).toFixed(1)}B` : n >= 1e6 ? `${Math.round(n / 1e6)}M` : String(n);
+    if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+    return n >= 1e6 ? `${Math.round(n / 1e6)}M` : n >= 1e3 ? `${Math.round(n / 1e3)}K` : String(n);
 }
 
 export async function fetchShow(serverUrl, model, fetchFn = globalThis.fetch) {

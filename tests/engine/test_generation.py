@@ -6,10 +6,10 @@ import asyncio
 import threading
 
 import pytest
-from conftest import GREEDY, run_text
-
+from engine_helpers import GREEDY, run_text
 from nanocommander.engine.options import merge_sampling
 from nanocommander.engine.types import DoneReason, GenerateRequest
+
 from nanocommander.errors import ContextOverflow
 
 PROMPT = "<|im_start|>user\ntell me a story<|im_end|>\n<|im_start|>assistant\n"
@@ -143,8 +143,7 @@ def test_chat_prompt_drops_oldest_turns_to_fit_but_keeps_system(composite):
 
 
 def test_recipe_system_prompt_applies_only_when_conversation_has_none(tiny):
-    from conftest import recipe_over
-
+    from engine_helpers import recipe_over
     from nanocommander.engine.composite import Composite
 
     comp = Composite.load(recipe_over(tiny, extra='system: "Be a pirate."\n'))

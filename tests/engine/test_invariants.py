@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GREEDY, recipe_over, run_text
+from engine_helpers import GREEDY, recipe_over, run_text
 from llama_cpp import Llama
-
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.types import GenerateRequest
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import GREEDY, recipe_over
-from tiny_models import N_REAL
-
+from engine_helpers import GREEDY, recipe_over
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.types import GenerateRequest
+from tiny_models import N_REAL
+
 from nanocommander.errors import TokenizerMismatch
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import re
@@ -40,6 +39,12 @@ def load(function_id: str = "nanocommander") -> types.ModuleType:
     module.__dict__["__file__"] = str(FUNCTION_FILE)
     exec(compile(content, str(FUNCTION_FILE), "exec"), module.__dict__)
     return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def first_class(module) -> str:
@@ -108,60 +113,7 @@ def test_side_by_side_markdown():
     assert module.prompt_messages(msgs) == [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
 
 
-# --- against the real backend -------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def backend_create_app():
-    for name in ("nanocommander.backend.app", "nanocommander.backend.server"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "create_app"):
-            return module.create_app
-    return None
-
-
-@pytest.fixture(scope="module")
-def live_server(tiny, tmp_path_factory):
-    create_app = backend_create_app()
-    if create_app is None:
-        pytest.skip("the NanoCommander backend (nanocommander.backend.*.create_app) is not importable yet")
-    from aiohttp import web
-    from nanocommander.backend.config import Settings
-
-    from nanocommander.recipe import Recipe
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NANOCOMMANDER_MODELS", str(tmp_path_factory.mktemp("store")))
-    recipe = Recipe.parse(f"name: tiny\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
-                          f"  tuned: {{path: {tiny['tuned']}}}\nalpha: 1.0\n", check_files=True)
-    settings = Settings(port=free_port())
-    loop, ready = asyncio.new_event_loop(), threading.Event()
-    state = {}
-
-    def run():
-        asyncio.set_event_loop(loop)
-        state["runner"] = runner = web.AppRunner(create_app(settings, [recipe]))
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", settings.port).start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    yield f"http://127.0.0.1:{settings.port}"
-    asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    mp.undo()
-
+# --- against the real backend (the live_server fixture is in conftest.py) -------------------------------
 
 def test_inlet_asks_the_server_which_models_are_its_own(live_server):
     module = load()
@@ -275,8 +227,9 @@ def main(argv: list[str]) -> int:
 
 
 def test_install_creates_then_updates(open_webui, capsys):
+    from nanocommander.plugins import commands
 
-    content = FUNCTION_FILE.read_text(encoding="utf-8")
+    content = commands.FUNCTION_FILE.read_text(encoding="utf-8")  # the file the installed package ships
     argv = ["plugins", "install", "open-webui", "--url", open_webui, "--token", "sk-test"]
     assert main(argv + ["--server-url", "http://nc:11434"]) == 0
     funcs = FakeOpenWebUI.functions

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # twins.py
+sys.path.insert(0, str(Path(__file__).parent))  # twins.py, tune_helpers.py
 
-ANSWER = "the answer is all in the tea"
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
-    )
-    return path
-
-
-def chat_rows(n: int = 24) -> list[dict]:
-    """A task a tiny model can learn in a few steps: one fixed answer to varied questions."""
-    questions = ["hello", "how are you", "tell me the news", "what is the answer"]
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"{questions[i % 4]} {i % 3}"},
-                {"role": "assistant", "content": ANSWER},
-            ]
-        }
-        for i in range(n)
-    ]
+from tune_helpers import write_jsonl  # noqa: E402
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from conftest import ANSWER, chat_rows, write_jsonl  # noqa: E402
 from nanocommander.tune.errors import TrainingError  # noqa: E402
 from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
+from tune_helpers import ANSWER, chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402

@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from conftest import chat_rows  # noqa: E402
 from nanocommander.tune import train as trainmod  # noqa: E402
 from nanocommander.tune.errors import TrainingError  # noqa: E402
+from tune_helpers import chat_rows  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
 

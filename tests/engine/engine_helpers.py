@@ -1,0 +1,26 @@
+"""Engine test helpers: recipes over the tiny models, greedy settings, text of a run."""
+
+from __future__ import annotations
+
+from nanocommander.engine.composite import Composite
+from nanocommander.engine.options import merge_sampling
+from nanocommander.engine.types import GenerateRequest
+
+from nanocommander.recipe import Recipe
+
+GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
+
+
+def recipe_over(tiny, *, large="large", base="base", tuned="tuned", adapter=False, alpha=1.0, extra=""):
+    tuned_part = f"{{adapter: {tiny['lora']}}}" if adapter else f"{{path: {tiny[tuned]}}}"
+    text = (
+        f"name: t\nmembers:\n  large: {{path: {tiny[large]}}}\n  base: {{path: {tiny[base]}}}\n"
+        f"  tuned: {tuned_part}\nalpha: {alpha}\n{extra}"
+    )
+    return Recipe.parse(text, check_files=True)
+
+
+def run_text(comp: Composite, prompt, **kw) -> str:
+    kw.setdefault("sampling", GREEDY)
+    kw.setdefault("num_predict", 24)
+    return "".join(c.text for c in comp.generate(GenerateRequest(prompt=prompt, **kw)))
