@@ -108,6 +108,7 @@ class VerifyReport:
     corrupt: list[tuple[str, str]]  # (digest, why)
     affected: list[str]  # models that use a corrupt blob and need pulling again
     removed: list[str]
+    partials: int = 0  # bytes of unfinished downloads kept for resuming (removed with fix)
 
 
 class Registry:
@@ -325,11 +326,18 @@ class Registry:
             if bad & {f"sha256:{d}" for d in manifest.digests()} or missing:
                 affected.append(name.display())
         removed = []
+        partial_dir = self.store.partial
+        parts = [p for p in partial_dir.iterdir() if p.is_file()] if partial_dir.is_dir() else []
+        partial_bytes = sum(p.stat().st_size for p in parts)
         if fix:
             for digest in sorted(bad):
                 self.store.blob_path(digest).unlink(missing_ok=True)
                 removed.append(digest)
-        return VerifyReport(len(digests), corrupt, affected, removed)
+            with self.store.lock("gc", blocking=False) as idle:  # never under a running pull
+                if idle:
+                    for p in parts:
+                        p.unlink(missing_ok=True)
+        return VerifyReport(len(digests), corrupt, affected, removed, partial_bytes)
 
 
 def _name(name: str | Name) -> Name:

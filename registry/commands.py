@@ -180,6 +180,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"corrupt {digest}: {why}" + (" (removed)" if digest in report.removed else ""))
     for name in report.affected:
         print(f"model '{name}' needs `nanocommander pull {name}`")
+    if report.partials:
+        verb = "removed" if args.fix else "kept for resuming (--fix removes them)"
+        print(f"{format_bytes(report.partials)} of unfinished downloads {verb}")
     print(f"checked {report.checked} blobs, {len(report.corrupt)} corrupt")
     return 1 if report.corrupt and not args.fix else 0
 

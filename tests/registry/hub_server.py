@@ -54,6 +54,7 @@ class FakeHub:
         self.served: dict[str, int] = defaultdict(int)
         self.gets: list[tuple[str, str | None]] = []  # (file, Range header)
         self.heads: list[str] = []
+        self.auth: set[str] = set()  # Authorization headers seen
         self.commits_received: list[list[dict]] = []
         self.cut_after: dict[str, int] = {}
         self.fail_gets: set[str] = set()
@@ -156,6 +157,7 @@ class FakeHub:
 
     async def resolve(self, request: web.Request) -> web.StreamResponse:
         repo_id, sha, files = self._find(request)
+        self.auth.add(request.headers.get("Authorization", ""))
         path = request.match_info["path"]
         if path not in files:
             raise web.HTTPNotFound(

@@ -44,9 +44,11 @@ def test_cut_download_resumes_on_the_next_pull(hub, published, hub_recipe, isola
     assert [p.stat().st_size for p in partial] == [cut]
     assert leftovers(isolated) == [] and reg.list() == []
 
+    assert reg.verify().partials == cut  # reported, kept for resuming
     hub.fail_gets.clear()
     hub.reset_counters()
     list(reg.pull(hub_recipe("tiny")))
+    assert hub.auth == {"Bearer hf_test_token"}  # HF_TOKEN, read at call time
     assert hub.served[file] == len(data) - cut  # only the missing tail was sent
     assert (file, f"bytes={cut}-") in hub.gets
     assert reg.resolve("tiny").large.source.path.read_bytes() == data
