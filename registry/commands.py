@@ -69,6 +69,8 @@ def render(events: Iterable[dict[str, Any]], out=sys.stderr) -> None:
                 key = event.get("digest") or status
                 bar = bars.get(key)
                 if bar is None:
+                    for done in bars.values():  # members arrive one at a time: one live bar
+                        done.close()
                     bar = bars[key] = tqdm(
                         total=event["total"],
                         desc=status,
@@ -80,6 +82,8 @@ def render(events: Iterable[dict[str, Any]], out=sys.stderr) -> None:
                     )
                 bar.update(max(0, int(event.get("completed", 0)) - bar.n))
             else:
+                for done in bars.values():
+                    done.close()
                 print(status, file=out, flush=True)
     finally:
         for bar in bars.values():

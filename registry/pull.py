@@ -141,7 +141,7 @@ class Fetcher:
         digest, size = self.store.import_file(
             path, expected=src.sha256, progress=self._progress(f"importing {path.name}", None, size)
         )
-        self.emit({"status": f"using layer {digest}", "digest": digest, "total": size, "completed": size})
+        self.emit({"status": f"using layer {digest}"})
         return Fetched(digest, size, Source(path=path, sha256=digest[7:]), str(path))
 
     def ollama(self, src: Source) -> Fetched:
