@@ -18,14 +18,16 @@ from aiohttp import web
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 
-from nanocommander.errors import DigestMismatch, InvalidRequest
+from nanocommander.errors import DigestMismatch, InvalidRequest, RegistryError
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 
 
 def _registry():
-    from nanocommander.registry import Registry
-
+    try:
+        from nanocommander.registry import Registry
+    except ImportError as exc:  # a build without the registry: a clear error, not a traceback
+        raise RegistryError(f"the model store is not available in this build ({exc})") from None
     return Registry()
 
 
@@ -119,7 +121,13 @@ async def copy(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     body = await read_json(request)
     name = _name(body)
-    await request.app[MANAGER].unload(name)
+    manager = request.app[MANAGER]
+    key, _ = manager.catalog.lookup(name)  # 404 for a model that does not exist at all
+    if key in manager.catalog.recipes:
+        raise InvalidRequest(
+            f"{key} is served from a recipe file named on the command line; it is not in the store"
+        )
+    await manager.unload(name)
     _registry().delete(name)
     return web.Response(status=200)
 

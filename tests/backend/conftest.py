@@ -70,3 +70,27 @@ def server(tiny, tmp_path_factory):
     yield live
     live.stop()
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory):
+    """Start extra live servers for one module (own settings and recipes); all stop at its end."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NANOCOMMANDER_MODELS", str(tmp_path_factory.mktemp("store")))
+    started: list[LiveServer] = []
+
+    def start(recipes: list[Recipe], **settings) -> LiveServer:
+        live = LiveServer(Settings(port=free_port(), **settings), recipes).start()
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def recipe_of(tiny):
+    """tiny_recipe bound to the session's tiny models."""
+    return lambda name, **kw: tiny_recipe(tiny, name, **kw)

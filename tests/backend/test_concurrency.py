@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 import httpx
+from nanocommander.backend.server import MANAGER
 
 PROMPTS = [f"question number {i}" for i in range(8)]
 
@@ -48,26 +49,34 @@ def test_eight_concurrent_streaming_chats_are_correct_and_uncrossed(server):
             return await asyncio.gather(*(stream_chat(session, server.url, p) for p in PROMPTS))
 
     results = asyncio.run(main())
-    assert dict(zip(PROMPTS, results)) == alone
+    assert dict(zip(PROMPTS, results, strict=True)) == alone
     assert len(set(results)) > 1
 
 
 def test_client_disconnect_mid_stream_frees_the_model(server):
+    manager = server.app[MANAGER]
+
     async def main():
         async with aiohttp.ClientSession() as session:
-            body = {
+            body = {  # ~1000 tokens: seconds of work if nobody stopped it
                 "model": "tiny",
-                "prompt": "go on forever",
+                "prompt": "tell me",
                 "raw": True,
-                "options": {"num_predict": 100000, "temperature": 1.0},
+                "options": {"num_predict": 1000, "temperature": 1.0, "seed": 0},
             }
             r = await session.post(f"{server.url}/api/generate", json=body)
-            await r.content.readline()
+            assert r.status == 200, await r.text()
+            first = json.loads(await r.content.readline())
+            assert first["done"] is False
             r.close()  # hang up mid-stream
         t0 = time.perf_counter()
+        while manager.loaded["tiny:latest"].active and time.perf_counter() - t0 < 5:
+            await asyncio.sleep(0.01)
+        freed = time.perf_counter() - t0
         async with aiohttp.ClientSession() as session:
             text = await stream_chat(session, server.url, "next one", n=3)
-        return time.perf_counter() - t0, text
+        return freed, time.perf_counter() - t0, text
 
-    elapsed, _ = asyncio.run(main())
-    assert elapsed < 5.0
+    freed, elapsed, text = asyncio.run(main())
+    assert freed < 1.0  # the generation stopped within moments of the hang-up
+    assert elapsed < 2.0 and text

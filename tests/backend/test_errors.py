@@ -75,3 +75,109 @@ def test_oversize_prompt_is_a_clear_400(server):
         f"{server.url}/api/generate", json={"model": "tiny", "prompt": prompt, "raw": True, "stream": False}
     )
     assert r.status_code == 400 and "context size" in r.json()["error"]
+
+
+OLLAMA_BAD = [
+    ("/api/generate", {"model": "tiny", "prompt": 5}),
+    ("/api/generate", {"model": ["tiny"], "prompt": "x"}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "stream": "no"}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": "hot"}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_predict": "ten"}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"stop": [1, 2]}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"member": "huge"}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"alpha": "high"}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "a while"}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": True}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "context": "abc"}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "context": [10**9]}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "format": 3}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "raw": True, "system": "s"}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "template": "{% if %}"}),
+    ("/api/generate", {"prompt": "x"}),
+    ("/api/chat", {"model": "tiny", "messages": "hi"}),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": {"a": 1}}]}),
+    ("/api/chat", {"model": "tiny", "messages": [{"content": "x"}]}),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": "all"}),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "format": {"type": 7}}),
+    ("/api/show", {"model": 7}),
+    ("/api/show", {}),
+    ("/api/embed", {"model": "tiny", "input": "x"}),
+    ("/api/embeddings", {"model": "tiny", "prompt": "x"}),
+]
+
+
+@pytest.mark.parametrize("path,body", OLLAMA_BAD)
+def test_wrong_types_are_400_in_ollama_shape(server, path, body):
+    r = httpx.post(server.url + path, json=body)
+    assert r.status_code == 400, r.text
+    assert set(r.json()) == {"error"} and r.json()["error"]
+
+
+OPENAI_BAD = [
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, "too short"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": "hi"}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "role"),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"},
+        "max_tokens",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+        "temperature",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+        "stream",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}},
+        "response_format",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream_options": 1},
+        "stream_options",
+    ),
+    ("/v1/completions", {"model": "tiny", "prompt": 5}, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": 3}, "stop"),
+]
+
+
+@pytest.mark.parametrize("path,body,word", OPENAI_BAD)
+def test_wrong_types_are_400_in_openai_shape(server, path, body, word):
+    r = httpx.post(server.url + path, json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and word in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_unknown_paths_and_methods_in_the_protocol_shape(server):
+    r = httpx.get(f"{server.url}/api/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(f"{server.url}/api/chat")
+    assert r.status_code == 405 and "error" in r.json()
+    r = httpx.get(f"{server.url}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    r = httpx.post(f"{server.url}/api/chat", content=b"[1, 2]")
+    assert r.status_code == 400 and "object" in r.json()["error"]
+    r = httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "never-was"})
+    assert r.status_code in (400, 404) and "error" in r.json()
+    r = httpx.post(f"{server.url}/api/copy", json={"source": "never-was", "destination": "x"})
+    assert r.status_code in (400, 404) and "error" in r.json()
+
+
+def test_embeddings_for_an_unknown_model_are_404(server):
+    r = httpx.post(f"{server.url}/api/embed", json={"model": "ghost", "input": "x"})
+    assert r.status_code == 404 and "not found" in r.json()["error"]
+
+
+def test_a_command_line_recipe_cannot_be_deleted_through_the_api(server):
+    r = httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "tiny"})
+    assert r.status_code == 400 and "command line" in r.json()["error"]
+    assert "tiny:latest" in {m["model"] for m in httpx.get(f"{server.url}/api/tags").json()["models"]}
