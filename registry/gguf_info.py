@@ -1,0 +1,205 @@
+"""What `show` reports about a GGUF, and how much memory a composite needs.
+
+Metadata comes from the `gguf` package's GGUFReader, which memory-maps the file and
+parses only the header (key/values and tensor descriptions), so it stays fast on
+multi-gigabyte files. The memory estimate is deliberately simple and documented:
+weights are the file size (llama.cpp maps them as they are), and the KV cache is
+`2 (K and V) * n_layer * n_ctx * n_head_kv * head_dim * 2 bytes (f16)` per context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanocommander.recipe import ROLES, Recipe
+
+DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/composite.py)
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    path: Path
+    size: int
+    architecture: str | None
+    name: str | None
+    kind: str  # "model" or "adapter"
+    parameters: int
+    quantization: str | None
+    context_length: int | None
+    n_layer: int | None
+    n_head_kv: int | None
+    head_dim: int | None
+    chat_template: str | None
+
+    @property
+    def parameter_size(self) -> str:
+        return format_count(self.parameters)
+
+    def kv_bytes(self, n_ctx: int) -> int:
+        """f16 K and V for every layer at `n_ctx` tokens (0 for adapters or missing metadata)."""
+        if not (self.n_layer and self.n_head_kv and self.head_dim):
+            return 0
+        return 2 * self.n_layer * n_ctx * self.n_head_kv * self.head_dim * 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "parameters": self.parameters,
+            "parameter_size": self.parameter_size,
+            "quantization": self.quantization,
+            "size": self.size,
+            "context_length": self.context_length,
+            "kind": self.kind,
+        }
+
+
+def read_gguf(path: str | Path) -> GGUFInfo:
+    """Read a GGUF's header. Raises ValueError for a file that is not GGUF."""
+    import gguf  # imported lazily: numpy-heavy, and only show/estimate need it
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except (ValueError, IndexError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable GGUF file: {exc}") from exc
+
+    def value(key: str) -> Any:
+        f = reader.fields.get(key)
+        if f is None or not f.data:
+            return None
+        try:
+            return f.contents()
+        except (ValueError, IndexError):
+            return None
+
+    arch = value("general.architecture")
+    kind = "adapter" if value("general.type") == "adapter" else "model"
+    n_embd, n_head = value(f"{arch}.embedding_length"), value(f"{arch}.attention.head_count")
+    head_dim = value(f"{arch}.attention.key_length") or (n_embd // n_head if n_embd and n_head else None)
+    ftype = value("general.file_type")
+    quant = None
+    if ftype is not None:
+        try:
+            quant = gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            quant = f"type {ftype}"
+    elif reader.tensors:
+        quant = reader.tensors[0].tensor_type.name
+    n_head_kv = value(f"{arch}.attention.head_count_kv") or n_head
+    if isinstance(n_head_kv, list):  # per-layer list in some architectures: the largest bounds the cache
+        n_head_kv = max(n_head_kv)
+    return GGUFInfo(
+        path=path,
+        size=path.stat().st_size,
+        architecture=arch,
+        name=value("general.name"),
+        kind=kind,
+        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        quantization=quant,
+        context_length=value(f"{arch}.context_length"),
+        n_layer=value(f"{arch}.block_count"),
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        chat_template=value("tokenizer.chat_template"),
+    )
+
+
+def format_count(n: int) -> str:
+    """Ollama-style parameter size: 108.74K, 1.2B, 7.6B."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{1 if unit in 'TB' else 2}f}{unit}"
+    return str(n)
+
+
+def format_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class MemberMemory:
+    role: str
+    weights: int  # bytes of weights this member adds (0 when it shares another member's file)
+    kv_cache: int
+    n_ctx: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    members: dict[str, MemberMemory] = field(default_factory=dict)
+    free: int | None = None  # MemAvailable from /proc/meminfo, None where unknown
+
+    @property
+    def total(self) -> int:
+        return sum(m.total for m in self.members.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.free is None or self.total <= self.free
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "members": {
+                r: {"weights": m.weights, "kv_cache": m.kv_cache, "n_ctx": m.n_ctx, "total": m.total}
+                for r, m in self.members.items()
+            },
+            "total": self.total,
+            "free": self.free,
+            "fits": self.fits,
+        }
+
+
+def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimate:
+    """Bytes a resolved recipe needs: each member's weights (shared files counted once) plus its KV cache.
+
+    The context per member follows the engine: `num_ctx` argument, else the member's
+    `n_ctx`, else parameters.num_ctx, else 4096, capped at the model's training context.
+    A tuned adapter adds its own file size and uses the base's KV shape.
+
+    Raises:
+        ValueError: a member is not a local GGUF (resolve the recipe through the store first).
+    """
+    want = num_ctx or recipe.parameters.get("num_ctx") or DEFAULT_NUM_CTX
+    infos: dict[str, GGUFInfo] = {}
+    seen: set[Path] = set()
+    members: dict[str, MemberMemory] = {}
+    for role in ROLES:
+        spec = recipe.member(role)
+        src = recipe.base.source if spec.is_adapter else spec.source
+        if src is None or src.path is None:
+            raise ValueError(f"member {role} is not a local file; pull the model first")
+        info = infos.get(str(src.path)) or read_gguf(src.path)
+        infos[str(src.path)] = info
+        n_ctx = num_ctx or spec.n_ctx or want
+        if info.context_length:
+            n_ctx = min(n_ctx, info.context_length)
+        weights = 0
+        real = src.path.resolve()
+        if real not in seen:
+            seen.add(real)
+            weights = info.size
+        if spec.is_adapter and spec.adapter is not None and spec.adapter.path is not None:
+            weights += spec.adapter.path.stat().st_size
+        members[role] = MemberMemory(role, weights, info.kv_bytes(n_ctx), n_ctx)
+    return MemoryEstimate(members, free_memory())
+
+
+def free_memory() -> int | None:
+    """MemAvailable in bytes, or None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
