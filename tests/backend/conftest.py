@@ -48,6 +48,19 @@ class LiveServer:
         self.thread.join(10)
 
 
+# An inline chat template that renders tools (ChatML plus a tools block), a system prompt and parameters.
+TOOLS_EXTRA = """system: You are terse.
+parameters: {temperature: 0, stop: ["<|im_end|>"], num_ctx: 1024}
+template: |-
+  {% if tools %}<|im_start|>system
+  Tools: {{ tools | tojson }}<|im_end|>
+  {% endif %}{% for message in messages %}<|im_start|>{{ message['role'] }}
+  {{ message['content'] }}<|im_end|>
+  {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+  {% endif %}
+"""
+
+
 def tiny_recipe(tiny, name: str, *, adapter: bool = False, alpha: float = 1.0, extra: str = "") -> Recipe:
     tuned = f"{{adapter: {tiny['lora']}}}" if adapter else f"{{path: {tiny['tuned']}}}"
     return Recipe.parse(
@@ -65,6 +78,7 @@ def server(tiny, tmp_path_factory):
     recipes = [
         tiny_recipe(tiny, "tiny", extra="parameters: {num_ctx: 1024}\n"),
         tiny_recipe(tiny, "tiny-lora", adapter=True),
+        tiny_recipe(tiny, "tiny-tools", alpha=0.5, extra=TOOLS_EXTRA),
     ]
     live = LiveServer(settings, recipes).start()
     yield live

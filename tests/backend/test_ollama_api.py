@@ -110,3 +110,79 @@ def test_embeddings_answer_as_for_a_model_without_that_capability(client):
     with pytest.raises(ollama.ResponseError) as info:
         client.embed("tiny", input="hello")
     assert info.value.status_code == 400 and "does not support embeddings" in info.value.error
+
+
+def test_temperature_zero_is_deterministic(client):
+    prompts = [
+        client.generate("tiny", "the cat", options={"temperature": 0, "num_predict": 16}).response
+        for _ in range(3)
+    ]
+    assert prompts[0] and len(set(prompts)) == 1
+    sampled = {
+        client.generate(
+            "tiny", "the cat", options={"temperature": 1.5, "num_predict": 16, "seed": s}
+        ).response
+        for s in range(4)
+    }
+    assert len(sampled) > 1  # and sampling does vary, so the equality above means something
+
+
+def test_show_tells_template_system_parameters_and_tools_capability(client):
+    shown = client.show("tiny-tools")
+    assert "tools" in shown.capabilities and "Tools:" in shown.template
+    assert shown.modelinfo["nanocommander.alpha"] == 0.5
+    assert 'stop                           "<|im_end|>"' in shown.parameters
+    assert client.show("tiny").capabilities == ["completion"]
+
+
+def test_tools_and_system_are_rendered_through_the_chat_template(client):
+    messages = [{"role": "user", "content": "weather?"}]
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    plain = client.chat("tiny-tools", messages=messages, options={"num_predict": 1})
+    with_tools = client.chat("tiny-tools", messages=messages, tools=[tool], options={"num_predict": 1})
+    # the tools block (name, description, schema) went into the prompt
+    assert with_tools.prompt_eval_count > plain.prompt_eval_count + 20
+    own_system = client.chat(
+        "tiny-tools", messages=[{"role": "system", "content": "x"}, *messages], options={"num_predict": 1}
+    )
+    assert own_system.prompt_eval_count < plain.prompt_eval_count  # the recipe's system prompt was replaced
+
+
+def test_generate_context_continues_a_conversation(client):
+    first = client.generate("tiny", "hello", options=GREEDY)
+    second = client.generate("tiny", "more", context=first.context, options=GREEDY)
+    assert second.prompt_eval_count > len(first.context)
+    assert second.context[: len(first.context)] == first.context
+
+
+def test_json_schema_format(client):
+    import json
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    out = client.chat(
+        "tiny",
+        messages=[{"role": "user", "content": "a number"}],
+        format=schema,
+        options={"temperature": 0, "num_predict": 60},
+    )
+    assert out.done_reason == "stop" and set(json.loads(out.message.content)) == {"n"}
+    assert isinstance(json.loads(out.message.content)["n"], int)
+
+
+def test_ps_and_list_with_the_client(client):
+    client.generate("tiny-lora", "x", options={"num_predict": 1})
+    running = {m.model: m for m in client.ps().models}
+    assert running["tiny-lora:latest"].size > 0 and running["tiny-lora:latest"].context_length > 0
+    listed = {m.model: m for m in client.list().models}
+    assert listed["tiny-lora:latest"].details.family == "llama" and listed["tiny-lora:latest"].digest
