@@ -13,18 +13,23 @@ except ImportError:
 
 def test_pull_a_recipe_then_copy_and_delete(server, tiny, tmp_path):
     recipe = tmp_path / "pulled.yaml"
-    recipe.write_text(f"name: pulled\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
-                      f"  tuned: {{adapter: {tiny['lora']}}}\n")
+    recipe.write_text(
+        f"name: pulled\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
+        f"  tuned: {{adapter: {tiny['lora']}}}\n"
+    )
     client = ollama.Client(host=server.url)
     events = list(client.pull(str(recipe), stream=True))
     assert events[-1].status == "success"
     names = {m.model for m in client.list().models}
     assert "pulled:latest" in names
-    assert client.chat("pulled", messages=[{"role": "user", "content": "hi"}],
-                       options={"num_predict": 3}).done
+    assert client.chat(
+        "pulled", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}
+    ).done
     client.copy("pulled", "pulled-copy")
     assert "pulled-copy:latest" in {m.model for m in client.list().models}
     client.delete("pulled")
     names = {m.model for m in client.list().models}
     assert "pulled:latest" not in names and "pulled-copy:latest" in names
-    assert client.chat("pulled-copy", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2}).done
+    assert client.chat(
+        "pulled-copy", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2}
+    ).done
