@@ -134,9 +134,19 @@ async def show(request: web.Request) -> web.Response:
             "model_info": {k: v for k, v in model_info.items() if v is not None},
             "capabilities": wire.capabilities(template),
             "modified_at": wire.now_iso(),
-            "composite": wire.composite_object(recipe.alpha, members),
+            "composite": {**wire.composite_object(recipe.alpha, members), "memory": _memory(recipe)},
         }
     )
+
+
+def _memory(recipe: Any) -> dict[str, Any] | None:
+    """The registry's memory estimate (weights + KV cache per member), when the registry offers one."""
+    try:
+        from nanocommander.registry import estimate_memory
+
+        return estimate_memory(recipe).to_dict()
+    except (ImportError, AttributeError, ValueError, OSError):
+        return None
 
 
 def _member_template(member: dict[str, Any]) -> str:

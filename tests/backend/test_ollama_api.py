@@ -40,6 +40,8 @@ def test_show_tells_the_composite_members_and_alpha(server):
     assert body["composite"]["alpha"] == 1.0
     assert set(body["composite"]["members"]) == {"large", "base", "tuned"}
     assert body["composite"]["members"]["tuned"]["adapter"].endswith("lora.gguf")
+    memory = body["composite"]["memory"]  # the registry's estimate: weights + KV cache per member
+    assert memory["total"] > 0 and set(memory["members"]) == {"large", "base", "tuned"}
 
 
 def test_chat_streaming_and_not_agree_at_temperature_zero(client):
