@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import ollama
@@ -80,3 +82,49 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_key(tmp_path):
     assert (
         out.returncode != 0 and "NANOCOMMANDER_API_KEY" in out.stderr and "--insecure-no-auth" in out.stderr
     )
+
+
+def test_serve_a_recipe_from_the_command_line(tmp_path, tiny):
+    """`nanocommander serve RECIPE` on NANOCOMMANDER_HOST serves it as name:latest, with the store's models."""
+    recipe = tmp_path / "cli.yaml"
+    recipe.write_text(
+        f"name: from-cli\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
+        f"  tuned: {{path: {tiny['tuned']}}}\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "NANOCOMMANDER_HOST": f"127.0.0.1:{port}",
+        "NANOCOMMANDER_MODELS": str(tmp_path / "m"),
+    }
+    env.pop("NANOCOMMANDER_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanocommander", "serve", str(recipe)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                tags = httpx.get(f"http://127.0.0.1:{port}/api/tags").json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.time() < deadline, (
+                    proc.stderr.read() if proc.stderr else ""
+                )
+                time.sleep(0.2)
+        assert [m["model"] for m in tags["models"]] == ["from-cli:latest"]
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/api/generate",
+            json={"model": "from-cli", "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["done"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
