@@ -6,7 +6,9 @@ Pulls stream the registry's Ollama-shaped progress events as NDJSON.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -17,10 +19,12 @@ from typing import Any
 from aiohttp import web
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
+from nanocommander.engine.options import clean_options
 
 from nanocommander.errors import DigestMismatch, InvalidRequest, RegistryError
+from nanocommander.recipe import Recipe
 
-DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+DIGEST = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 
 
 def _registry():
@@ -88,19 +92,59 @@ async def push(request: web.Request) -> web.StreamResponse:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    """From a recipe (YAML text in `recipe`, or a path in `path`) or an existing model (`from`)."""
+    """Ollama's create: from a recipe (YAML text in `recipe`, or a server-side `path`), an existing
+    model (`from`), or uploaded blobs (`files`: one GGUF makes a plain model, that file as all three
+    members); `system`, `template`, `parameters` and `messages` override what it inherits."""
     body = await read_json(request)
     name = _name(body)
-    registry = _registry()
-    if body.get("recipe"):
-        events = registry.create(name, text=str(body["recipe"]))
-    elif body.get("path"):
-        events = registry.create(name, path=str(body["path"]))
-    elif body.get("from"):
-        events = registry.create(name, recipe=request.app[MANAGER].catalog.lookup(str(body["from"]))[1])
+    if isinstance(body.get("recipe"), str) and body["recipe"]:
+        recipe = Recipe.parse(body["recipe"], file="<request>", check_files=True)
+    elif isinstance(body.get("path"), str) and body["path"]:
+        recipe = Recipe.load(body["path"])
+    elif isinstance(body.get("from"), str) and body["from"]:
+        recipe = request.app[MANAGER].catalog.lookup(body["from"])[1]
+    elif isinstance(body.get("files"), dict) and body["files"]:
+        recipe = _from_files(body["files"])
     else:
-        raise InvalidRequest('give "recipe" (YAML text), "path" or "from"')
+        raise InvalidRequest(
+            "neither 'from' or 'files' was specified (or 'recipe' YAML text, or a recipe 'path')"
+        )
+    events = _registry().create(name, recipe=_with_overrides(recipe, body))
     return await _progress(request, body, events)
+
+
+def _from_files(files: dict[str, Any]) -> Recipe:
+    ggufs = [(f, d) for f, d in files.items() if str(f).endswith(".gguf")]
+    if len(ggufs) != 1 or not isinstance(ggufs[0][1], str):
+        raise InvalidRequest('"files" must name exactly one .gguf blob ({"model.gguf": "sha256:..."})')
+    path = _blob_path(ggufs[0][1])
+    if not path.exists():
+        raise InvalidRequest(f"blob {ggufs[0][1]} not found; upload it first with POST /api/blobs/<digest>")
+    member = f"{{path: {json.dumps(str(path))}}}"
+    text = f"name: uploaded\nmembers:\n  large: {member}\n  base: {member}\n  tuned: {member}\n"
+    return Recipe.parse(text, file="<files>", check_files=True)
+
+
+def _with_overrides(recipe: Recipe, body: dict[str, Any]) -> Recipe:
+    changes: dict[str, Any] = {}
+    for key in ("system", "template"):
+        if body.get(key) is not None:
+            if not isinstance(body[key], str):
+                raise InvalidRequest(f'"{key}" must be a string')
+            changes[key] = body[key]
+    if body.get("parameters") is not None:
+        if not isinstance(body["parameters"], dict):
+            raise InvalidRequest('"parameters" must be an object')
+        changes["parameters"] = {**recipe.parameters, **clean_options(body["parameters"])}
+    if body.get("messages") is not None:
+        messages = body["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise InvalidRequest('"messages" must be a list of {"role", "content"} strings')
+        changes["messages"] = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+    return dataclasses.replace(recipe, **changes) if changes else recipe
 
 
 async def copy(request: web.Request) -> web.Response:
@@ -136,7 +180,7 @@ def _blob_path(digest: str) -> Path:
     m = DIGEST.match(digest)
     if not m:
         raise InvalidRequest(f"invalid digest {digest!r}; expected sha256:<64 hex>")
-    return _registry().store.root / "blobs" / f"sha256-{m.group(1)}"
+    return _registry().store.root / "blobs" / f"sha256-{m.group(1).lower()}"
 
 
 async def blob_head(request: web.Request) -> web.Response:

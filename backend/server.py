@@ -19,6 +19,7 @@ from nanocommander.backend.manager import Catalog, ModelManager
 
 from nanocommander.errors import (
     ContextOverflow,
+    DigestMismatch,
     InsufficientMemory,
     InvalidName,
     InvalidRequest,
@@ -45,6 +46,7 @@ STATUS = [  # (exception class, HTTP status); first match wins
     (InvalidRequest, 400),
     (RecipeError, 400),
     (TokenizerMismatch, 400),
+    (DigestMismatch, 400),  # an upload whose bytes do not hash to the digest named
     (ModelLoadError, 500),
     (NanoCommanderError, 500),
 ]

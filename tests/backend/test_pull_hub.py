@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -64,9 +66,7 @@ def test_pull_streams_byte_progress_then_the_model_serves(hub_setup):
     assert "hubby:latest" in {m.model for m in client.list().models}
     shown = client.show("hubby")
     assert shown.modelinfo is not None and shown.details.family == "llama"
-    assert client.chat(
-        "hubby", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}
-    ).done
+    assert client.chat("hubby", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3}).done
 
     # stream:false answers with the last progress object only
     again = httpx.post(f"{live.url}/api/pull", json={"model": str(recipe), "stream": False}, timeout=60)
@@ -90,3 +90,54 @@ def test_a_failed_pull_ends_the_stream_with_an_error(hub_setup):
     with pytest.raises(ollama.ResponseError) as info:
         list(client.pull("hf.co/org/does-not-exist", stream=True))
     assert info.value.error
+
+
+def test_push_a_created_model_to_the_hub_and_pull_it_back(hub_setup):
+    live, _ = hub_setup
+    client = ollama.Client(host=live.url)
+    # create from an existing (command-line) model, overriding its system prompt and parameters
+    events = list(
+        client.create("mine", from_="tiny", system="Be brief.", parameters={"temperature": 0.1}, stream=True)
+    )
+    assert events[-1].status == "success"
+    shown = httpx.post(f"{live.url}/api/show", json={"model": "mine"}).json()
+    assert shown["system"] == "Be brief." and "temperature" in shown["parameters"]
+    r = httpx.post(
+        f"{live.url}/api/push", json={"model": "mine", "destination": "hf.co/org/mine"}, timeout=60
+    )
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert r.status_code == 200 and lines[-1] == {"status": "success"}, lines
+    assert any(e.get("status", "").startswith("pushing") for e in lines)
+    client.delete("mine")
+    pulled = list(client.pull("hf.co/org/mine", stream=True))
+    assert pulled[-1].status == "success"
+    assert (
+        httpx.post(f"{live.url}/api/show", json={"model": "hf.co/org/mine"}).json()["system"] == "Be brief."
+    )
+
+
+def test_blobs_then_create_from_files(hub_setup, tiny):
+    live, _ = hub_setup
+    data = tiny["large"].read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    absent = "sha256:" + hashlib.sha256(b"never uploaded").hexdigest()
+    missing = httpx.head(f"{live.url}/api/blobs/{absent}")
+    assert missing.status_code == 404
+    wrong = httpx.post(f"{live.url}/api/blobs/sha256:{'0' * 64}", content=data)
+    assert wrong.status_code == 400 and "digest mismatch" in wrong.json()["error"]
+    assert httpx.post(f"{live.url}/api/blobs/sha256:xyz", content=b"x").status_code == 400
+    assert httpx.post(f"{live.url}/api/blobs/{digest}", content=data).status_code == 201
+    assert httpx.head(f"{live.url}/api/blobs/{digest}").status_code == 200
+    client = ollama.Client(host=live.url)
+    # Open WebUI's GGUF upload: the blob, then create with files -> a plain model (one file as all members)
+    assert (
+        list(client.create("plain", files={"tiny-large.gguf": digest}, stream=True))[-1].status == "success"
+    )
+    plain = client.generate("plain", "hi", options={"temperature": 0, "num_predict": 6}).response
+    large = client.generate(
+        "tiny", "hi", options={"temperature": 0, "num_predict": 6, "member": "large"}
+    ).response
+    assert plain == large
+    with pytest.raises(ollama.ResponseError) as info:
+        client.create("nothing")
+    assert info.value.status_code == 400 and "neither 'from' or 'files'" in info.value.error
