@@ -62,6 +62,15 @@ def parse_duration(value: object, default: float) -> float:
     return total
 
 
+def _positive(env: os._Environ[str], key: str, default: int) -> int:
+    text = env.get(key, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{key} must be a positive integer, got {text!r}")
+    return int(text)
+
+
 @dataclass
 class Settings:
     host: str = DEFAULT_HOST
@@ -79,16 +88,24 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
+        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (1), _MAX_QUEUE (512);
+        keyword overrides (from the command line) win. A malformed value stops startup with its name."""
         env = os.environ
-        host, port = parse_host(env.get("NANOCOMMANDER_HOST"))
+        try:
+            host, port = parse_host(env.get("NANOCOMMANDER_HOST"))
+            keep_alive = parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0)
+            num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 1)
+            max_queue = _positive(env, "NANOCOMMANDER_MAX_QUEUE", 512)
+        except ValueError as exc:
+            raise SystemExit(f"bad server setting: {exc}") from None
         s = cls(
             host=host,
             port=port,
             origins=[o.strip() for o in env.get("NANOCOMMANDER_ORIGINS", "").split(",") if o.strip()],
             api_key=env.get("NANOCOMMANDER_API_KEY") or None,
-            keep_alive=parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0),
-            num_parallel=int(env.get("NANOCOMMANDER_NUM_PARALLEL", "1")),
-            max_queue=int(env.get("NANOCOMMANDER_MAX_QUEUE", "512")),
+            keep_alive=keep_alive,
+            num_parallel=num_parallel,
+            max_queue=max_queue,
         )
         for key, value in overrides.items():
             if value is not None:

@@ -7,6 +7,7 @@ The middleware picks the envelope by path, so no handler formats errors by hand.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -109,7 +110,8 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         return web.Response(status=204 if cors else 403, headers=cors)
     try:
         if settings.api_key and request.path not in ("/", "/api/version"):
-            if request.headers.get("Authorization", "") != f"Bearer {settings.api_key}":
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {settings.api_key}".encode()):
                 return _with(
                     error_response(request.path, 401, "unauthorized: missing or invalid API key"), cors
                 )

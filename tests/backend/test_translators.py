@@ -274,3 +274,18 @@ def test_settings_from_env_and_the_auth_rule(monkeypatch):
     Settings.from_env().check()
     assert s.origin_allowed("https://app.example") and s.origin_allowed("http://localhost:5173")
     assert not s.origin_allowed("https://evil.example")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("NANOCOMMANDER_NUM_PARALLEL", "two"),
+        ("NANOCOMMANDER_MAX_QUEUE", "0"),
+        ("NANOCOMMANDER_KEEP_ALIVE", "soon"),
+        ("NANOCOMMANDER_HOST", "host:port"),
+    ],
+)
+def test_a_malformed_setting_stops_startup_with_its_name(monkeypatch, key, value):
+    monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit, match="bad server setting"):
+        Settings.from_env()
