@@ -65,19 +65,20 @@ async def run_server(settings: Settings, recipes) -> None:
 def _local(recipe, path: str):
     """A recipe whose members are on the Hub is pulled into the store first (with progress), then served."""
     if all(m.source is None or m.source.path is not None for m in recipe.members) and (
-            recipe.tuned.adapter is None or recipe.tuned.adapter.path is not None):
+        recipe.tuned.adapter is None or recipe.tuned.adapter.path is not None
+    ):
         return recipe
-    from tqdm import tqdm
-
     from nanocommander.registry import Registry
+    from tqdm import tqdm
 
     registry = Registry()
     bars: dict[str, tqdm] = {}
     for event in registry.pull(path):
         if "total" in event and event.get("digest"):
             bar = bars.get(event["digest"]) or bars.setdefault(
-                event["digest"], tqdm(total=event["total"], unit="B", unit_scale=True, desc=event["status"],
-                                      file=sys.stderr))
+                event["digest"],
+                tqdm(total=event["total"], unit="B", unit_scale=True, desc=event["status"], file=sys.stderr),
+            )
             bar.update(event.get("completed", 0) - bar.n)
         else:
             print(event.get("status", ""), file=sys.stderr)
