@@ -139,7 +139,7 @@ class ModelManager:
             await self.unload(name, force=True)
 
     async def get(self, name: str, keep_alive: float | None = None) -> Loaded:
-        key, recipe = self.catalog.lookup(name)
+        key, recipe = await asyncio.to_thread(self.catalog.lookup, name)  # may read the store
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self.loaded.get(key)

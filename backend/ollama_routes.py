@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -101,14 +102,16 @@ async def _respond(
 
 
 async def tags(request: web.Request) -> web.Response:
-    entries = request.app[MANAGER].catalog.entries()
-    return web.json_response({"models": [wire.tag_entry(n, describe(r), m) for n, r, m in entries]})
+    def listing() -> list[dict[str, Any]]:  # store and GGUF header reads: off the event loop
+        return [wire.tag_entry(n, describe(r), m) for n, r, m in request.app[MANAGER].catalog.entries()]
+
+    return web.json_response({"models": await asyncio.to_thread(listing)})
 
 
 async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
-    key, recipe = request.app[MANAGER].catalog.lookup(wire.model_name(body))
-    described = describe(recipe)
+    key, recipe = await asyncio.to_thread(request.app[MANAGER].catalog.lookup, wire.model_name(body))
+    described = await asyncio.to_thread(describe, recipe)
     members = described["members"]
     large = members.get("large", {})
     arch = large.get("architecture") or "unknown"

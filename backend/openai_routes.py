@@ -7,6 +7,7 @@ the generation by genkey so /api/extra/abort reaches it).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -109,12 +110,14 @@ def _model_object(name: str, recipe: Any, created: float) -> dict[str, Any]:
 
 
 async def models(request: web.Request) -> web.Response:
-    entries = request.app[MANAGER].catalog.entries()
-    return web.json_response({"object": "list", "data": [_model_object(n, r, m) for n, r, m in entries]})
+    def listing() -> list[dict[str, Any]]:  # store and GGUF header reads: off the event loop
+        return [_model_object(n, r, m) for n, r, m in request.app[MANAGER].catalog.entries()]
+
+    return web.json_response({"object": "list", "data": await asyncio.to_thread(listing)})
 
 
 async def model(request: web.Request) -> web.Response:
-    key, recipe = request.app[MANAGER].catalog.lookup(request.match_info["model"])
+    key, recipe = await asyncio.to_thread(request.app[MANAGER].catalog.lookup, request.match_info["model"])
     return web.json_response(_model_object(key, recipe, time.time()))
 
 
