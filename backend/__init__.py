@@ -7,9 +7,10 @@ How the pieces fit (every protocol follows the same pattern)::
     server.py          create_app(settings, recipes) -> web.Application; app state under web.AppKey
                        (SETTINGS, MANAGER); the one middleware (CORS, bearer key, body cap, errors);
                        cleanup_ctx starts/stops the model manager
-    manager.py         ModelManager: load on first use (in a thread), keep_alive, per-model queue
-                       (NANOCOMMANDER_NUM_PARALLEL slots, NANOCOMMANDER_MAX_QUEUE waiting -> 503),
-                       shared weights through one engine ModelPool, memory check before loading
+    manager.py         ModelManager: load on first use (in a thread), keep_alive (0 unloads once the
+                       model's requests end), per-model queue (NANOCOMMANDER_NUM_PARALLEL slots,
+                       NANOCOMMANDER_MAX_QUEUE waiting -> 503), shared weights through one engine
+                       ModelPool, a memory check before loading (the registry's estimate)
     translate.py       shared by all protocols: validated options -> GenerateRequest, model facts
     streaming.py       NDJSON / SSE writer: one object per write; errors before the first byte get a
                        status, errors after it end the stream with an error object; leaving cancels
@@ -18,6 +19,7 @@ How the pieces fit (every protocol follows the same pattern)::
     <proto>_routes.py  thin handlers + setup_routes(app): parse, get the model from the manager,
                        stream chunks through the translators
     registry_routes.py Ollama's pull/push/create/copy/delete/blobs over nanocommander.registry
+                       (create: a recipe, `from` an existing model, or `files` = one uploaded GGUF)
 
 Errors: handlers raise the exceptions of nanocommander.errors (never build error bodies);
 the middleware maps the class to a status (server.STATUS) and the path to the protocol's
