@@ -18,6 +18,7 @@ from nanocommander.backend.config import Settings
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
+from nanocommander.registry.gguf_info import free_memory
 
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
@@ -59,18 +60,6 @@ def _member_files(recipe: Recipe) -> set[Path]:
             if src is not None and src.path is not None:
                 out.add(Path(src.path).resolve())
     return out
-
-
-def free_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, None where unknown (then nothing is refused)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 @dataclass
