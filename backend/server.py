@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import ollama_api, openai_api
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
-
 from nanocommander.errors import (
+    AdapterMismatch,
     ContextOverflow,
     DigestMismatch,
     InsufficientMemory,
@@ -47,7 +48,8 @@ STATUS = [  # (exception class, HTTP status); first match wins
     (InvalidRequest, 400),
     (RecipeError, 400),
     (TokenizerMismatch, 400),
-    (DigestMismatch, 400),  # an upload whose bytes do not hash to the digest named
+    (DigestMismatch, 400),
+    (AdapterMismatch, 400),  # a family member whose adapter does not fit the base  # an upload whose bytes do not hash to the digest named
     (ModelLoadError, 500),
     (NanoCommanderError, 500),
 ]

@@ -76,3 +76,7 @@ class DigestMismatch(NanoCommanderError, ValueError):
 
 class RegistryError(NanoCommanderError, RuntimeError):
     """A pull, push or store operation failed (network, disk, Hub)."""
+
+
+class AdapterMismatch(NanoCommanderError, ValueError):
+    """A LoRA adapter does not fit the base it is meant for (architecture, tensor names or shapes)."""

@@ -32,6 +32,7 @@ class GGUFInfo:
     n_head_kv: int | None
     head_dim: int | None
     chat_template: str | None
+    adapter_type: str | None = None  # "lora" for a llama.cpp LoRA adapter
 
     @property
     def parameter_size(self) -> str:
@@ -55,15 +56,29 @@ class GGUFInfo:
         }
 
 
-def read_gguf(path: str | Path) -> GGUFInfo:
-    """Read a GGUF's header. Raises ValueError for a file that is not GGUF."""
+def _reader(path: Path):
     import gguf  # imported lazily: numpy-heavy, and only show/estimate need it
 
-    path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path), "r")
+        return gguf.GGUFReader(str(path), "r")
     except (ValueError, IndexError, OSError) as exc:
         raise ValueError(f"{path} is not a readable GGUF file: {exc}") from exc
+
+
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape in ggml order (ne[0] first: a weight is (in, out)).
+
+    Raises ValueError for a file that is not GGUF.
+    """
+    return {t.name: tuple(int(d) for d in t.shape) for t in _reader(Path(path)).tensors}
+
+
+def read_gguf(path: str | Path) -> GGUFInfo:
+    """Read a GGUF's header. Raises ValueError for a file that is not GGUF."""
+    import gguf
+
+    path = Path(path)
+    reader = _reader(path)
 
     def value(key: str) -> Any:
         f = reader.fields.get(key)
@@ -103,6 +118,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         n_head_kv=n_head_kv,
         head_dim=head_dim,
         chat_template=value("tokenizer.chat_template"),
+        adapter_type=value("adapter.type") if kind == "adapter" else None,
     )
 
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanocommander.registry.name import Name
-
 from nanocommander.errors import DigestMismatch, InvalidName, ModelNotFound, RegistryError
+from nanocommander.registry.name import Name
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 CHUNK = 1 << 20
@@ -313,6 +312,14 @@ class Store:
             except (OSError, ValueError, KeyError, TypeError, RegistryError):
                 continue
         return digests
+
+    def discard(self, digests: set[str]) -> None:
+        """Remove these blobs unless a manifest uses them (what a refused create had already fetched)."""
+        with self.lock("manifests"):
+            keep = self.referenced()
+            for digest in digests:
+                if parse_digest(digest) not in keep:
+                    self.blob_path(digest).unlink(missing_ok=True)
 
     def gc(self) -> list[str]:
         """Delete unreferenced blobs, unless a pull or create is running (then they wait for the next gc)."""

@@ -127,10 +127,11 @@ def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool 
 
 
 def write_lora(path: Path, *, seed: int, shape: Shape = Shape(), rank: int = 4, alpha: float = 8.0,
-               layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"), std: float = 0.5) -> Path:
+               layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"), std: float = 0.5,
+               arch: str = "llama") -> Path:
     """Write a llama.cpp LoRA adapter GGUF for a model of `shape` (lora_a: r×in, lora_b: out×r)."""
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
