@@ -1,7 +1,11 @@
 """Loaded models: load on first use, keep alive for a while, one queue per model.
 
 Composites that share member files share the loaded weights through one ModelPool.
-Generation runs on the engine's worker thread; the event loop never blocks on it.
+Composites of one adapter family (same large and base, a LoRA as tuned: engine/family.py)
+share more: one large and base context set and a few tuned contexts whose adapter is
+switched per request; each name still has its own keep_alive, and the family unloads
+with its last member. Generation runs on the engine's worker thread; the event loop
+never blocks on it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from typing import Any
 
 from nanocommander.backend.config import Settings
 from nanocommander.engine.composite import Composite
+from nanocommander.engine.family import Family, FamilyComposite, family_key
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
-from nanocommander.registry.gguf_info import free_memory
-
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
+from nanocommander.registry.gguf_info import free_memory
 
 
 def canonical(name: str) -> str:
@@ -37,7 +41,9 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def memory_estimate(recipe: Recipe, loaded: set[Path] | None = None) -> tuple[int, int | None]:
+def memory_estimate(
+    recipe: Recipe, loaded: set[Path] | None = None, tuned_contexts: int = 1
+) -> tuple[int, int | None]:
     """(bytes needed, bytes free): the registry's estimate when it offers one, else the distinct
     member and adapter files not yet loaded (weights dominate; the KV cache of the tiny contexts
     we default to is small next to them) against MemAvailable."""
@@ -46,7 +52,7 @@ def memory_estimate(recipe: Recipe, loaded: set[Path] | None = None) -> tuple[in
     try:
         from nanocommander.registry import estimate_memory
 
-        estimate = estimate_memory(recipe)
+        estimate = estimate_memory(recipe, tuned_contexts=tuned_contexts)
         return max(int(estimate.total) - sum(p.stat().st_size for p in shared), 0), estimate.free
     except (ImportError, AttributeError, ValueError, OSError):
         pass
@@ -114,7 +120,8 @@ class ModelManager:
         self.settings, self.catalog = settings, catalog
         self.pool = ModelPool()
         self.loaded: dict[str, Loaded] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.families: dict[tuple, Family] = {}
+        self._locks: dict[Any, asyncio.Lock] = {}
         self.last_used_name: str | None = None
         self._reaper: asyncio.Task | None = None
 
@@ -133,13 +140,29 @@ class ModelManager:
         async with lock:
             loaded = self.loaded.get(key)
             if loaded is None:
-                await asyncio.to_thread(self.check_memory, recipe)
-                comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
+                comp = await self._load(recipe)
                 loaded = Loaded(key, comp, asyncio.Semaphore(max(1, self.settings.num_parallel)))
                 self.loaded[key] = loaded
         self.touch(loaded, keep_alive)
         self.last_used_name = key
         return loaded
+
+    async def _load(self, recipe: Recipe) -> Composite:
+        fkey = family_key(recipe)
+        if fkey is None:
+            await asyncio.to_thread(self.check_memory, recipe)
+            return await asyncio.to_thread(Composite.load, recipe, self.pool)
+        async with self._locks.setdefault(("family", fkey), asyncio.Lock()):
+            family = self.families.get(fkey)
+            if family is None or family.closed:
+                await asyncio.to_thread(self.check_memory, recipe, self.settings.family_slots)
+                family = await asyncio.to_thread(
+                    Family.load, recipe, self.pool, capacity=self.settings.family_slots
+                )
+                self.families[fkey] = family
+            else:  # a new member costs its adapter
+                await asyncio.to_thread(self.check_adapter_memory, family, recipe)
+            return await asyncio.to_thread(family.view, recipe)
 
     def touch(self, loaded: Loaded, keep_alive: float | None) -> None:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
@@ -147,9 +170,17 @@ class ModelManager:
         loaded.last_used = time.time()
         loaded.expires_at = float("inf") if ka < 0 else time.time() + ka
 
-    def check_memory(self, recipe: Recipe) -> None:
+    def check_memory(self, recipe: Recipe, tuned_contexts: int = 1) -> None:
         """Refuse a model whose estimate exceeds free memory (weights already in the pool are free)."""
-        needed, free = memory_estimate(recipe, set(self.pool.loaded()))
+        needed, free = memory_estimate(recipe, set(self.pool.loaded()), tuned_contexts)
+        self._refuse_beyond(needed, free)
+
+    def check_adapter_memory(self, family: Family, recipe: Recipe) -> None:
+        path = Path(recipe.tuned.adapter.path)  # type: ignore[union-attr,arg-type]
+        loaded = any(v.adapter[0] == path.resolve() for v in family.views)
+        self._refuse_beyond(0 if loaded else path.stat().st_size, free_memory())
+
+    def _refuse_beyond(self, needed: int, free: int | None) -> None:
         if free is not None and needed > free:
             raise InsufficientMemory(
                 f"model requires more system memory ({gib(needed)}) than is available ({gib(free)}); "
@@ -166,7 +197,14 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
-        await asyncio.to_thread(loaded.composite.close)
+        comp = loaded.composite
+        if isinstance(comp, FamilyComposite):  # the family closes with its last member
+            async with self._locks.setdefault(("family", comp.family.key), asyncio.Lock()):
+                await asyncio.to_thread(comp.close)
+                if comp.family.closed and self.families.get(comp.family.key) is comp.family:
+                    del self.families[comp.family.key]
+            return True
+        await asyncio.to_thread(comp.close)
         return True
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -208,3 +246,11 @@ class ModelManager:
 
     def ps(self) -> list[dict[str, Any]]:
         return [{"name": l.name, "loaded": l, "info": l.composite.info()} for l in self.loaded.values()]  # noqa: E741
+
+    def units(self) -> list[tuple[list[Loaded], Family | None]]:
+        """Loaded names grouped by what is loaded: one group per adapter family, one per other composite."""
+        groups: dict[int, tuple[list[Loaded], Family | None]] = {}
+        for loaded in self.loaded.values():
+            family = loaded.composite.family if isinstance(loaded.composite, FamilyComposite) else None
+            groups.setdefault(id(family or loaded), ([], family))[0].append(loaded)
+        return list(groups.values())

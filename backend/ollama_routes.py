@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import ollama_api as wire
 from nanocommander.backend.manager import Loaded, canonical
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe, make_request
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 
 
@@ -157,11 +157,36 @@ def _member_template(member: dict[str, Any]) -> str:
 
 
 async def ps(request: web.Request) -> web.Response:
-    models = []
-    for loaded in sorted(request.app[MANAGER].loaded.values(), key=lambda m: -m.expires_at):
-        described = describe(loaded.composite.recipe)
-        models.append(wire.ps_entry(loaded.name, described, loaded.expires_at, loaded.composite.n_ctx))
-    return web.json_response({"models": models})
+    """One entry per loaded composite; an adapter family is one entry (named by its most recently used
+    member) whose `family` object lists its members, adapters and tuned contexts."""
+
+    def listing() -> list[dict[str, Any]]:  # GGUF header reads: off the event loop
+        models = []
+        for group, family in request.app[MANAGER].units():
+            latest = max(group, key=lambda m: m.last_used)
+            described = describe(latest.composite.recipe)
+            expires = max(m.expires_at for m in group)
+            extra = None
+            if family is not None:
+                extra = family.info({m.composite: m.name for m in group})
+                extra["memory"] = _family_memory(family)
+                if extra["memory"] is not None:
+                    described = {**described, "size": extra["memory"]["total"]}
+            models.append(wire.ps_entry(latest.name, described, expires, latest.composite.n_ctx, extra))
+        return sorted(models, key=lambda m: m["expires_at"], reverse=True)
+
+    return web.json_response({"models": await asyncio.to_thread(listing)})
+
+
+def _family_memory(family: Any) -> dict[str, Any] | None:
+    """Shared large and base weights and contexts + every member's adapter + the tuned contexts."""
+    try:
+        from nanocommander.registry.gguf_info import estimate_family
+
+        recipes = [v.recipe for v in list(family.views)]
+        return estimate_family(recipes, len(family.slots)).to_dict() if recipes else None
+    except (ImportError, AttributeError, ValueError, OSError):
+        return None
 
 
 async def embed(request: web.Request) -> web.Response:

@@ -62,7 +62,7 @@ def status_for(exc: Exception) -> int:
 def protocol_of(path: str) -> str:
     if path.startswith("/v1/") or path == "/v1":
         return "openai"
-    if path.startswith(("/api/v1", "/api/extra", "/api/latest", "/props")):
+    if path.startswith(("/api/v1", "/api/extra", "/api/latest", "/api/admin", "/props")):
         return "kobold"
     return "ollama"
 

@@ -13,7 +13,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -230,20 +230,35 @@ class Composite:
             return Plan(("large",), 0.0, self.vocab.n_vocab, mask)
         return Plan(ROLES, alpha, self.vocab.n_vocab, mask)
 
-    def hold(self, need: Need) -> dict[str, np.ndarray]:
-        """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
-        return {role: out[0] for role, out in self.hold_many({r: [h] for r, h in need.items()}).items()}
+    def members_for(self, gen: Generation | None = None) -> Mapping[str, Member]:
+        """role -> the Member serving `gen` (None: a call outside any generation, e.g. score).
 
-    def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
+        A composite has one member per role; an adapter family (engine/family.py) binds each
+        Generation to the tuned context that holds its adapter when it starts.
+        """
+        return self.members
+
+    def release(self, gen: Generation) -> None:
+        """Called once `gen` is finished: what start bound to it is free again (adapter families)."""
+
+    def hold(self, need: Need, members: Mapping[str, Member] | None = None) -> dict[str, np.ndarray]:
+        """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
+        single = {r: [h] for r, h in need.items()}
+        return {role: out[0] for role, out in self.hold_many(single, members).items()}
+
+    def hold_many(
+        self, holds: dict[str, list[Hold]], members: Mapping[str, Member] | None = None
+    ) -> dict[str, list[np.ndarray]]:
         """Each member serves its Holds (of one or many sequences) in one batch."""
-        members = [self.members[role] for role in holds]
-        share = len(members) if self.concurrent else 1  # concurrent members split the cores
-        for m in members:
+        by_role = self.members_for(None) if members is None else members
+        chosen = [by_role[role] for role in holds]
+        share = len(chosen) if self.concurrent else 1  # concurrent members split the cores
+        for m in chosen:
             m.use_threads(share)
-        if self.concurrent and len(members) > 1:
-            futures = {m.role: self._executor.submit(m.hold, holds[m.role]) for m in members}
+        if self.concurrent and len(chosen) > 1:
+            futures = {m.role: self._executor.submit(m.hold, holds[m.role]) for m in chosen}
             return {role: f.result() for role, f in futures.items()}
-        return {m.role: m.hold(holds[m.role]) for m in members}
+        return {m.role: m.hold(holds[m.role]) for m in chosen}
 
     def fused_logits(
         self, members: list[Member], alpha: float, tokens: list[int], extra_mask: np.ndarray | None = None
@@ -301,19 +316,21 @@ class Composite:
             finally:
                 steps.close()
                 gen.sampler.close()
+                self.release(gen)
 
     def _drive(self, gen: Generation, steps: Steps, cancel: threading.Event | None) -> Iterator[Chunk]:
         """Serve one Generation's Needs until its strategy returns; yield its chunks as they come."""
         need = next(steps)
+        members = self.members_for(gen)
         first = True
         while True:
             if self.closed or (cancel is not None and cancel.is_set()):
                 gen.reason = gen.reason or DoneReason.CANCEL
                 break
-            before = {role: self.members[role].stats.evaluated for role in need}
-            logits = self.hold(need)
+            before = {role: members[role].stats.evaluated for role in need}
+            logits = self.hold(need, members)
             if first:  # the prompt: count what the busiest member actually evaluated
-                gen.prompt_done(max(self.members[r].stats.evaluated - n for r, n in before.items()))
+                gen.prompt_done(max(members[r].stats.evaluated - n for r, n in before.items()))
                 first = False
             try:
                 need = steps.send(logits)

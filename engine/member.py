@@ -135,16 +135,27 @@ class Member:
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx.ctx)
         self.n_batch = params.n_batch
         self.n_seq = n_seq
-        self.adapter_path = Path(adapter) if adapter else None
-        if adapter is not None:
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(model.adapter(adapter))
-            scales = (ctypes.c_float * 1)(adapter_scale)
-            if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, handles, 1, scales) != 0:
-                raise ModelLoadError(f"cannot apply adapter {adapter}")
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self.cached: list[list[int]] = [[] for _ in range(n_seq)]  # what the KV cache holds, per sequence
         self.stats = MemberStats()
+        self.adapter_path: Path | None = None
+        self.adapter_scale = 1.0
+        if adapter is not None:
+            self.set_adapter(adapter, adapter_scale)
+
+    def set_adapter(self, adapter: Path | None, scale: float = 1.0) -> None:
+        """Apply this LoRA (loaded once per model) instead of the current one, or none; clears the KV cache,
+        which llama.cpp keeps although it was computed under the old adapter (adapter families)."""
+        if adapter is None:
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.model.adapter(adapter))
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx.ctx, handles, 1, (ctypes.c_float * 1)(scale))
+        if rc != 0:
+            raise ModelLoadError(f"cannot apply adapter {adapter}")
+        self.adapter_path, self.adapter_scale = (Path(adapter) if adapter else None), scale
+        self.reset()
 
     @property
     def tokens(self) -> list[int]:

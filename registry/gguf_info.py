@@ -9,6 +9,7 @@ weights are the file size (llama.cpp maps them as they are), and the KV cache is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,12 +175,30 @@ class MemoryEstimate:
         }
 
 
-def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimate:
+def estimate_family(
+    recipes: Sequence[Recipe], tuned_contexts: int, num_ctx: int | None = None
+) -> MemoryEstimate:
+    """An adapter family (engine/family.py): shared large and base weights and contexts, every member's
+    adapter once, and `tuned_contexts` KV caches of the base's shape for the tuned side."""
+    first = estimate_memory(recipes[0], num_ctx, tuned_contexts=tuned_contexts)
+    tuned = first.members["tuned"]
+    adapters = {
+        Path(r.tuned.adapter.path).resolve()
+        for r in recipes
+        if r.tuned.adapter is not None and r.tuned.adapter.path is not None
+    }
+    weights = sum(p.stat().st_size for p in adapters if p.exists())
+    members = {**first.members, "tuned": MemberMemory("tuned", weights, tuned.kv_cache, tuned.n_ctx)}
+    return MemoryEstimate(members, first.free)
+
+
+def estimate_memory(recipe: Recipe, num_ctx: int | None = None, *, tuned_contexts: int = 1) -> MemoryEstimate:
     """Bytes a resolved recipe needs: each member's weights (shared files counted once) plus its KV cache.
 
     The context per member follows the engine: `num_ctx` argument, else the member's
     `n_ctx`, else parameters.num_ctx, else 4096, capped at the model's training context.
-    A tuned adapter adds its own file size and uses the base's KV shape.
+    A tuned adapter adds its own file size and uses the base's KV shape (one cache per tuned
+    context: an adapter family keeps `tuned_contexts` of them).
 
     Raises:
         ValueError: a member is not a local GGUF (resolve the recipe through the store first).
@@ -205,7 +224,8 @@ def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimat
             weights = info.size
         if spec.is_adapter and spec.adapter is not None and spec.adapter.path is not None:
             weights += spec.adapter.path.stat().st_size
-        members[role] = MemberMemory(role, weights, info.kv_bytes(n_ctx), n_ctx)
+        kv = info.kv_bytes(n_ctx) * (tuned_contexts if role == "tuned" else 1)
+        members[role] = MemberMemory(role, weights, kv, n_ctx)
     return MemoryEstimate(members, free_memory())
 
 

@@ -1,0 +1,288 @@
+"""Adapter families: many composites served from one large and one base context set.
+
+Composites whose large and base are the same files (with the same load settings) and whose
+tuned member is a LoRA adapter on that base differ only in that adapter and in per-request
+settings (alpha, template, system, sampling). A `Family` loads the large and base contexts
+once and keeps a small LRU of tuned contexts on the base's weights, each with its own KV
+cache. Each composite of the family is a `FamilyComposite`: a view that shares the loaded
+composite's members, vocabulary, executors and generation lock, with its own recipe and
+chat template.
+
+Starting a generation binds it to a tuned context that holds the view's adapter: one that
+already has it (its KV cache is still valid for that adapter), else a new context while
+there are fewer than `capacity`, else the least recently used idle one, whose adapter is
+switched (llama_set_adapters_lora) and whose KV cache is cleared, since llama.cpp keeps it.
+So going from composite A to B costs an adapter switch and the tuned member's prompt; the
+large and base contexts keep their KV cache across the switch, and nothing is reloaded.
+Adapters load once per family (`LoadedModel.adapter` caches them) and stay until it closes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanocommander.engine.composite import Composite
+from nanocommander.engine.generation import Generation, Steps
+from nanocommander.engine.member import Member
+from nanocommander.engine.pool import ModelPool
+from nanocommander.engine.types import GenerateRequest
+from nanocommander.errors import ModelLoadError
+from nanocommander.recipe import Recipe
+
+DEFAULT_CAPACITY = 3  # tuned contexts per family: each costs one KV cache of the base's shape
+
+AdapterKey = tuple[Path, float]  # adapter file and scale: what makes two tuned contexts interchangeable
+
+
+def family_key(recipe: Recipe) -> tuple | None:
+    """What composites must share to be served by one Family (None: not an adapter composite).
+
+    The large and base files (by identity: a store blob hard-linked from a file is that file) and
+    every setting that shapes their contexts; alpha, template, system and sampling may differ.
+    """
+    tuned = recipe.tuned
+    if not tuned.is_adapter or tuned.adapter is None or tuned.adapter.path is None:
+        return None
+    parts: list[Any] = []
+    for spec in (recipe.large, recipe.base):
+        if spec.source is None or spec.source.path is None:
+            return None
+        parts += [_file_id(Path(spec.source.path)), spec.gpu_layers, spec.n_ctx, spec.threads]
+    params = recipe.parameters
+    parts += [
+        tuned.n_ctx,
+        tuned.threads,
+        params.get("num_ctx"),
+        params.get("num_batch"),
+        params.get("num_thread"),
+    ]
+    return tuple(parts)
+
+
+def _file_id(path: Path) -> tuple[int, int] | Path:
+    """The file itself, so a store blob and the file it was hard-linked from are one member."""
+    try:
+        st = path.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return path.resolve()
+
+
+def adapter_key(recipe: Recipe) -> AdapterKey:
+    return (Path(recipe.tuned.adapter.path).resolve(), float(recipe.tuned.adapter_scale))  # type: ignore[union-attr,arg-type]
+
+
+@dataclass
+class Slot:
+    """One tuned context and the adapter it holds."""
+
+    member: Member
+    key: AdapterKey | None
+    users: int = 0  # generations bound to it right now; a busy slot is never switched
+    last: int = 0  # LRU clock
+
+
+@dataclass
+class FamilyStats:
+    switches: int = 0
+    switch_s: list[float] = field(default_factory=list)  # the last switch times (adapter + KV clear)
+    contexts_made: int = 0
+
+
+class Family:
+    """One large and base context set plus an LRU of tuned contexts, serving every composite of a family."""
+
+    def __init__(self, core: Composite, key: tuple, capacity: int = DEFAULT_CAPACITY):
+        self.core, self.key, self.capacity = core, key, max(1, capacity)
+        first = core.members["tuned"]
+        self.slots = [Slot(first, (first.adapter_path, first.adapter_scale) if first.adapter_path else None)]
+        self.views: list[FamilyComposite] = []
+        self.bound: dict[int, tuple[Generation, Slot]] = {}
+        self.stats = FamilyStats()
+        self.closed = False
+        self._mu = threading.Lock()  # slots, views and bindings; generations themselves share core._lock
+        self._clock = itertools.count(1)
+
+    @classmethod
+    def load(
+        cls, recipe: Recipe, pool: ModelPool | None = None, *, capacity: int = DEFAULT_CAPACITY, **kwargs: Any
+    ) -> Family:
+        """Load large, base and one tuned context (with `recipe`'s adapter); views come from `view`."""
+        key = family_key(recipe)
+        if key is None:
+            raise ValueError(f"{recipe.name}: not an adapter composite over local files")
+        return cls(Composite.load(recipe, pool, **kwargs), key, capacity)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def view(self, recipe: Recipe) -> FamilyComposite:
+        """The composite `recipe` served by this family (its adapter is loaded now, once per family)."""
+        t0 = time.perf_counter()
+        if family_key(recipe) != self.key:
+            raise ValueError(f"{recipe.name} is not a member of this family")
+        adapter = adapter_key(recipe)
+        view = FamilyComposite.__new__(FamilyComposite)
+        view.__dict__.update(self.core.__dict__)  # members, vocab, executors and the generation lock
+        view.recipe, view.family, view.adapter, view.closed = recipe, self, adapter, False
+        with self._mu:  # drop() cannot free the models meanwhile
+            if self.closed:
+                raise ModelLoadError("the model family was unloaded")
+            view.template = view._template()
+            self.core.members["base"].model.adapter(adapter[0])  # a bad adapter fails now, not mid-request
+            self.views.append(view)
+        view.load_s = time.perf_counter() - t0
+        return view
+
+    def drop(self, view: FamilyComposite) -> None:
+        """Forget a closed view; the last one closes the family."""
+        with self._mu:
+            if view in self.views:
+                self.views.remove(view)
+            if self.views or self.closed:
+                return
+            self.closed = True
+        self._close()
+
+    def _close(self) -> None:
+        locked = self.core._lock.acquire(timeout=10)  # a generation still running ends first
+        try:
+            for slot in self.slots:
+                if slot.member is not self.core.members["tuned"]:
+                    slot.member.close()
+        finally:
+            if locked:
+                self.core._lock.release()
+        self.core.close()  # large, base, the first tuned context and the pooled weights
+
+    # -- tuned contexts ---------------------------------------------------------------------
+
+    def bind(self, gen: Generation, key: AdapterKey) -> None:
+        """Give `gen` a tuned context holding adapter `key`, switching the LRU idle one if need be."""
+        slot = self._slot(key, pin=True)
+        with self._mu:
+            self.bound[id(gen)] = (gen, slot)
+
+    def release(self, gen: Generation) -> None:
+        with self._mu:
+            entry = self.bound.pop(id(gen), None)
+            if entry is None:
+                return
+            entry[1].users -= 1
+            first = self.core.members["tuned"]  # the core's own context stays for the family's life
+            idle = sorted(
+                (s for s in self.slots if s.users == 0 and s.member is not first), key=lambda s: s.last
+            )
+            for slot in idle[: max(0, len(self.slots) - self.capacity)]:  # made while every slot was busy
+                self.slots.remove(slot)
+                slot.member.close()
+
+    def members_for(self, gen: Generation | None, key: AdapterKey) -> Mapping[str, Member]:
+        large, base = self.core.members["large"], self.core.members["base"]
+        if gen is None:  # outside a generation (score): the generation lock is held by the caller
+            return {"large": large, "base": base, "tuned": self._slot(key, pin=False).member}
+        with self._mu:
+            entry = self.bound.get(id(gen))
+        if entry is None:  # a plan without the tuned member (alpha 0, large or base alone)
+            return {"large": large, "base": base}
+        return {"large": large, "base": base, "tuned": entry[1].member}
+
+    def _slot(self, key: AdapterKey, *, pin: bool) -> Slot:
+        with self._mu:
+            slot = next((s for s in self.slots if s.key == key), None)
+            if slot is None:
+                idle = [s for s in self.slots if s.users == 0]
+                if len(self.slots) < self.capacity or not idle:
+                    slot = self._new_slot()
+                else:
+                    slot = min(idle, key=lambda s: s.last)
+                self._switch(slot, key)
+            slot.last = next(self._clock)
+            if pin:
+                slot.users += 1
+            return slot
+
+    def _new_slot(self) -> Slot:
+        first = self.slots[0].member
+        member = Member(
+            "tuned",
+            first.model,
+            n_ctx=first.n_ctx,
+            threads=first.threads,
+            n_batch=first.n_batch,
+            n_seq=first.n_seq,
+        )
+        slot = Slot(member, None)
+        self.slots.append(slot)
+        self.stats.contexts_made += 1
+        return slot
+
+    def _switch(self, slot: Slot, key: AdapterKey) -> None:
+        t0 = time.perf_counter()
+        slot.member.set_adapter(*key)  # also clears its KV cache: it was computed under the old adapter
+        slot.key = key
+        self.stats.switches += 1
+        self.stats.switch_s = [*self.stats.switch_s[-99:], time.perf_counter() - t0]
+
+    # -- description ------------------------------------------------------------------------
+
+    def info(self, names: Mapping[FamilyComposite, str] | None = None) -> dict[str, Any]:
+        """For /api/ps: the members served (`names`: how the caller calls each view; default the recipe
+        names), the adapters loaded, what each tuned context holds, and the switch count."""
+        with self._mu:
+            label = {v: (names or {}).get(v, v.recipe.name) for v in self.views}
+            by_adapter = {v.adapter: label[v] for v in self.views}
+            return {
+                "members": sorted(set(label.values())),
+                "adapters": sorted({str(v.adapter[0]) for v in self.views}),
+                "tuned_contexts": [
+                    {
+                        "adapter": str(s.key[0]) if s.key else None,
+                        "model": by_adapter.get(s.key),
+                        "busy": s.users > 0,
+                    }
+                    for s in self.slots
+                ],
+                "capacity": self.capacity,
+                "switches": self.stats.switches,
+            }
+
+
+class FamilyComposite(Composite):
+    """One composite of a family: the family's members, its own recipe, template and adapter.
+
+    Made by `Family.view`, never by `Composite.load`; closing it drops the view, and the last
+    view to close closes the family.
+    """
+
+    family: Family
+    adapter: AdapterKey
+
+    def start(self, req: GenerateRequest, seq: int = 0) -> tuple[Generation, Steps]:
+        gen, steps = super().start(req, seq)
+        if "tuned" in gen.plan.roles:
+            self.family.bind(gen, self.adapter)
+        return gen, steps
+
+    def members_for(self, gen: Generation | None = None) -> Mapping[str, Member]:
+        return self.family.members_for(gen, self.adapter)
+
+    def release(self, gen: Generation) -> None:
+        self.family.release(gen)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.family.drop(self)
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        out["members"]["tuned"]["adapter"] = str(self.adapter[0])
+        out["family"] = self.family.info()
+        return out
