@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from nanocommander.backend.config import Settings, parse_host
@@ -43,6 +44,7 @@ def serve(args: argparse.Namespace) -> int:
 async def run_server(settings: Settings, recipes) -> None:
     from aiohttp import web
     from nanocommander.backend.server import create_app
+    from nanocommander.engine import rpc
 
     app = create_app(settings, recipes)
     runner = web.AppRunner(app, handler_cancellation=True)
@@ -60,6 +62,10 @@ async def run_server(settings: Settings, recipes) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        if rpc.stranded():  # threads parked on a lost RPC server would keep the interpreter from exiting
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 def _local(recipe, path: str):

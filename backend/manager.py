@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nanocommander.backend.config import Settings
+from nanocommander.engine import rpc
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
@@ -119,6 +120,7 @@ class ModelManager:
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        rpc.keep_serving_on_loss()  # a lost RPC server ends its requests, not the whole server
         self._reaper = asyncio.create_task(self._reap())
 
     async def stop(self) -> None:
@@ -132,6 +134,9 @@ class ModelManager:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self.loaded.get(key)
+            if loaded is not None and rpc.is_lost(loaded.composite):  # its RPC server went away: reload
+                rpc.strand(self.loaded.pop(key).composite)
+                loaded = None
             if loaded is None:
                 await asyncio.to_thread(self.check_memory, recipe)
                 comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
@@ -166,7 +171,10 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
-        await asyncio.to_thread(loaded.composite.close)
+        if rpc.is_lost(loaded.composite):
+            rpc.strand(loaded.composite)  # closing would wait forever on its lost RPC connection
+        else:
+            await asyncio.to_thread(loaded.composite.close)
         return True
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -180,7 +188,7 @@ class ModelManager:
             loaded.waiting -= 1
         loaded.active += 1
         try:
-            async for chunk in loaded.composite.stream(req):
+            async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
                 yield chunk
         finally:
             loaded.active -= 1

@@ -28,6 +28,7 @@ from nanocommander.errors import (
     ModelNotFound,
     NanoCommanderError,
     RecipeError,
+    RpcServerLost,
     ServerBusy,
     TokenizerMismatch,
 )
@@ -41,6 +42,7 @@ VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
 STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
     (ServerBusy, 503),
+    (RpcServerLost, 503),  # a machine holding the model's layers went away; the next request reloads
     (InsufficientMemory, 500),  # Ollama answers 500 when a model needs more memory than is free
     (ContextOverflow, 400),
     (InvalidName, 400),
