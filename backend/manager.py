@@ -171,10 +171,7 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
-        if rpc.is_lost(loaded.composite):
-            rpc.strand(loaded.composite)  # closing would wait forever on its lost RPC connection
-        else:
-            await asyncio.to_thread(loaded.composite.close)
+        await asyncio.to_thread(rpc.close_or_strand, loaded.composite)
         return True
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:

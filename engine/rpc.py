@@ -56,6 +56,10 @@ class Endpoint:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
 
 def parse_endpoint(text: str) -> Endpoint:
     """`host:port` (port 50052 if omitted). IPv6 literals are refused: ggml-rpc splits at the first ':'."""
@@ -63,7 +67,11 @@ def parse_endpoint(text: str) -> Endpoint:
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = text, str(DEFAULT_PORT)
-    if not host or any(c in host for c in ":/[] ") or not port.isdigit() or not 0 < int(port) < 65536:
+    if ":" in host or "[" in host:
+        raise ValueError(
+            f"IPv6 literals are not supported by llama.cpp's RPC endpoints, got {text!r}; use a host name"
+        )
+    if not host or any(c in host for c in "/] ") or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port (an IPv4 address or a host name), got {text!r}")
     return Endpoint(host, int(port))
 
@@ -384,6 +392,28 @@ def strand(obj: Any) -> None:
     """Keep `obj` referenced for good: freeing it would wait forever on its parked connection."""
     with _links.lock:
         _links.stranded.append(obj)
+
+
+def close_or_strand(obj: Any) -> None:
+    """Close a Composite (or LoadedModel), unless one of its RPC servers is gone: freeing remote
+    buffers over a dead connection would park the closing thread too. Servers are checked first;
+    one lost during the close itself strands the object and returns."""
+    devices = [m.rpc for m in _models(obj) if getattr(m, "rpc", None) is not None]
+    for key in {k for d in devices for k in d.keys if k not in _links.lost}:
+        try:
+            socket.create_connection(_links.endpoint(key).address, timeout=LOSS_PROBE_TIMEOUT).close()
+        except OSError:
+            _links.mark_lost({key})
+    if not devices:
+        obj.close()
+        return
+    closed = threading.Event()
+    threading.Thread(target=lambda: (obj.close(), closed.set()), daemon=True, name="rpc-close").start()
+    while not closed.wait(0.2):
+        if is_lost(obj):
+            break
+    if is_lost(obj):
+        strand(obj)
 
 
 def stranded() -> bool:
