@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -30,11 +31,21 @@ class RpcServer:
     def __init__(self, port: int | None = None, *extra: str):
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the server runs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanocommander", "rpc-server", "--port", str(self.port), "--threads", "1", *extra],
+            [
+                sys.executable,
+                "-m",
+                "nanocommander",
+                "rpc-server",
+                "--port",
+                str(self.port),
+                "--threads",
+                "1",
+                *extra,
+            ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=self.log,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 30
@@ -45,12 +56,17 @@ class RpcServer:
             except (OSError, Silent):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.kill()
-                    raise RuntimeError(f"rpc-server on {self.address} did not start: {self.proc.stderr.read()}")
+                    self.log.seek(0)
+                    raise RuntimeError(
+                        f"rpc-server on {self.address} did not start: {self.log.read()!r}"
+                    ) from None
                 time.sleep(0.1)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-        if self.proc.stderr:
-            self.proc.stderr.close()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -34,17 +35,28 @@ class Serve:
             f"name: remote\nmembers:\n  large: {{path: {tiny['large']}, rpc: [{rpc}]}}\n{members}"
             "parameters: {num_ctx: 2048}\n"
         )
-        (tmp_path / "local.yaml").write_text(f"name: local\nmembers:\n  large: {{path: {tiny['large']}}}\n{members}")
+        (tmp_path / "local.yaml").write_text(
+            f"name: local\nmembers:\n  large: {{path: {tiny['large']}}}\n{members}"
+        )
         self.url = f"http://127.0.0.1:{free_port()}"
         env = dict(os.environ, NANOCOMMANDER_MODELS=str(tmp_path / "store"))
         env.pop("NANOCOMMANDER_RPC", None)
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanocommander", "serve", "remote.yaml", "local.yaml", "--host", self.url[7:]],
+            [
+                sys.executable,
+                "-m",
+                "nanocommander",
+                "serve",
+                "remote.yaml",
+                "local.yaml",
+                "--host",
+                self.url[7:],
+            ],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=self.log,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
@@ -69,7 +81,8 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        return self.proc.stderr.read()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
 
 @pytest.fixture
@@ -124,7 +137,9 @@ def test_a_server_lost_while_idle_fails_the_next_request_in_each_protocols_shape
         body = {"model": "remote", "stream": True, "max_tokens": 1500, "temperature": 0, "logit_bias": NO_EOS}
         body["messages"] = [{"role": "user", "content": "hello"}]
         request = urllib.request.Request(
-            serve.url + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            serve.url + "/v1/chat/completions",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
         )
         events = []
         with urllib.request.urlopen(request, timeout=60) as response:

