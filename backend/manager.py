@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
@@ -179,8 +180,12 @@ class ModelManager:
         finally:
             loaded.waiting -= 1
         loaded.active += 1
+        alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
+        accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
             async for chunk in loaded.composite.stream(req):
+                if chunk.stats is not None:
+                    accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk
         finally:
             loaded.active -= 1
