@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -13,8 +14,13 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port
 from nanocommander.backend.accesslog import debug_from_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
