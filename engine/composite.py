@@ -276,9 +276,10 @@ class Composite:
         text = TextStream(req.stop, trim_stop=req.trim_stop)
         try:
             sampler.accept_prompt(tokens)
-            before = members[0].stats.evaluated
+            before = [m.stats.evaluated for m in members]
             logits = self.fused_logits(members, alpha, tokens, mask)
-            stats.prompt_eval_tokens = members[0].stats.evaluated - before
+            # the most any member evaluated: the large one may hold the prompt while the small ones do not
+            stats.prompt_eval_tokens = max(m.stats.evaluated - b for m, b in zip(members, before))
             t_eval = time.perf_counter()
             stats.prompt_eval_s = t_eval - t_start
             reason = DoneReason.LENGTH
