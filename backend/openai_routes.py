@@ -107,8 +107,12 @@ def _model_object(name: str, recipe: Any, created: float) -> dict[str, Any]:
 
 
 async def models(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    first = manager.default_name() if manager.settings.default_model else None
+
     def listing() -> list[dict[str, Any]]:  # store and GGUF header reads: off the event loop
-        return [_model_object(n, r, m) for n, r, m in request.app[MANAGER].catalog.entries()]
+        entries = sorted(manager.catalog.entries(), key=lambda e: e[0] != first)  # stable: default first
+        return [_model_object(n, r, m) for n, r, m in entries]
 
     return web.json_response({"object": "list", "data": await asyncio.to_thread(listing)})
 

@@ -22,8 +22,14 @@ N_CTX = 1024
 @pytest.fixture(scope="module")
 def st_server(start_server, recipe_of):
     """As the issue's user ran it: `serve RECIPE --default-model NAME`, a second model beside it."""
-    recipes = [recipe_of("tiny", extra=f"parameters: {{num_ctx: {N_CTX}}}\n"), recipe_of("other")]
+    recipes = [recipe_of("other"), recipe_of("tiny", extra=f"parameters: {{num_ctx: {N_CTX}}}\n")]
     return start_server(recipes, default_model="tiny", max_queue=16)
+
+
+def test_connect_names_the_default_model(st_server):
+    """SillyTavern's Connect shows (and the extension describes) the first /v1/models entry."""
+    ids = [m["id"] for m in httpx.get(f"{st_server.url}/v1/models").json()["data"]]
+    assert ids[0] == "tiny:latest" and "other:latest" in ids
 
 
 def body_of(case: dict, prompt: str, **changes) -> dict:
