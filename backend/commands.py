@@ -30,7 +30,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from nanocommander.backend import accesslog
-
     from nanocommander.recipe import Recipe
 
     accesslog.configure(verbose=args.verbose or accesslog.debug_from_env())
@@ -51,6 +50,7 @@ def serve(args: argparse.Namespace) -> int:
 
 async def run_server(settings: Settings, recipes) -> None:
     from aiohttp import web
+
     from nanocommander.backend.server import MANAGER, create_app
 
     app = create_app(settings, recipes)
@@ -99,8 +99,9 @@ def _local(recipe, path: str):
         recipe.tuned.adapter is None or recipe.tuned.adapter.path is not None
     ):
         return recipe
-    from nanocommander.registry import Registry
     from tqdm import tqdm
+
+    from nanocommander.registry import Registry
 
     registry = Registry()
     bars: dict[str, tqdm] = {}

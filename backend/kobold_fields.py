@@ -19,7 +19,6 @@ from typing import Any
 
 from nanocommander.engine.grammar import json_grammar
 from nanocommander.engine.options import check_value
-
 from nanocommander.errors import InvalidRequest
 
 MAPPING = {

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend.kobold_fields import context_limit, fit_context, kobold_options, lenient
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import stream_response
 from nanocommander.backend.translate import make_request
 from nanocommander.engine.types import Chunk, DoneReason
-
 from nanocommander.errors import InvalidRequest, ModelNotFound
 
 KCPP_VERSION = "1.76"  # unlocks stop sequences, token counting, abort, SSE streaming, grammar

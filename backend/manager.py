@@ -19,10 +19,9 @@ from nanocommander.backend.config import Settings
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
-from nanocommander.registry.gguf_info import free_memory
-
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
+from nanocommander.registry.gguf_info import free_memory
 
 
 def canonical(name: str) -> str:

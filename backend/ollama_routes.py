@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import ollama_api as wire
 from nanocommander.backend.manager import Loaded, canonical
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe, make_request
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import kobold_fields, kobold_routes
 from nanocommander.backend import openai_api as wire
 from nanocommander.backend.ollama_api import composite_object

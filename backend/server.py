@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import accesslog, ollama_api, openai_api
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
-
 from nanocommander.errors import (
     ContextOverflow,
     DigestMismatch,

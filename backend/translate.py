@@ -14,7 +14,6 @@ from typing import Any
 from nanocommander.engine.grammar import json_grammar
 from nanocommander.engine.options import clean_options, merge_sampling
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 from nanocommander.recipe import Recipe
 

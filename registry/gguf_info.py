@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanocommander.registry.gguf_header import read_header
-
 from nanocommander.recipe import ROLES, Recipe
+from nanocommander.registry.gguf_header import read_header
 
 DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/composite.py)
 

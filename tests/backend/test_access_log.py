@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+
 from nanocommander.backend.accesslog import debug_from_env
 
 

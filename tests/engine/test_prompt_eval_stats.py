@@ -6,7 +6,9 @@ from nanocommander.engine.types import GenerateRequest
 
 
 def final(composite, **kw):
-    return list(composite.generate(GenerateRequest("The quick brown fox jumps over", num_predict=1, **kw)))[-1]
+    return list(composite.generate(GenerateRequest("The quick brown fox jumps over", num_predict=1, **kw)))[
+        -1
+    ]
 
 
 def test_small_members_evaluating_the_prompt_are_counted(composite):

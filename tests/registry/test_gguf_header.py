@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+
 from nanocommander.registry.gguf_header import read_header
 from nanocommander.registry.gguf_info import read_gguf
 
