@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
 from nanocommander.engine import rpc
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
-from nanocommander.registry.gguf_info import free_memory
-
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
+from nanocommander.registry.gguf_info import free_memory
 
 
 def canonical(name: str) -> str:
@@ -184,8 +184,12 @@ class ModelManager:
         finally:
             loaded.waiting -= 1
         loaded.active += 1
+        alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
+        accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
             async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
+                if chunk.stats is not None:
+                    accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk
         finally:
             loaded.active -= 1

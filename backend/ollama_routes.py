@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import ollama_api as wire
 from nanocommander.backend.manager import Loaded, canonical
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe, make_request
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 
 
@@ -112,6 +112,7 @@ async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
     key, recipe = await asyncio.to_thread(request.app[MANAGER].catalog.lookup, wire.model_name(body))
     described = await asyncio.to_thread(describe, recipe)
+    memory = await asyncio.to_thread(_memory, recipe)  # header reads: off the event loop
     members = described["members"]
     large = members.get("large", {})
     arch = large.get("architecture") or "unknown"
@@ -137,7 +138,7 @@ async def show(request: web.Request) -> web.Response:
             "model_info": {k: v for k, v in model_info.items() if v is not None},
             "capabilities": wire.capabilities(template),
             "modified_at": wire.now_iso(),
-            "composite": {**wire.composite_object(recipe.alpha, members), "memory": _memory(recipe)},
+            "composite": {**wire.composite_object(recipe.alpha, members), "memory": memory},
         }
     )
 

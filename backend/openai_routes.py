@@ -13,15 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend import kobold_routes
+
+from nanocommander.backend import kobold_fields, kobold_routes
 from nanocommander.backend import openai_api as wire
-from nanocommander.backend.kobold_fields import kobold_options
 from nanocommander.backend.ollama_api import composite_object
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
 from nanocommander.backend.translate import describe, make_request
-
-from nanocommander.errors import InvalidRequest
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -56,19 +54,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
     manager = request.app[MANAGER]
     if not body.get("model") and manager.default_name():  # Kobold clients may name no model
         body = {**body, "model": manager.default_name()}
+    kobold = kobold_fields.is_kobold(body)  # SillyTavern's KoboldCpp/Ooba types, KoboldCpp's own clients
+    if kobold:
+        body = kobold_fields.lenient(body)
     name = wire.model_field(body)
     prompt = wire.prompt(body)
-    options = {**wire.options(body), **kobold_options(body)}
+    options = {**wire.options(body), **kobold_fields.kobold_options(body)}
     grammar = wire.response_grammar(body) or options.pop("grammar", None)
     stream, with_usage = wire.flag(body, "stream"), wire.include_usage(body)
     loaded = await manager.get(name)
     comp = loaded.composite
     ids = comp.tokenize(prompt)
-    if "max_length" in body or "max_context_length" in body:  # a Kobold client (SillyTavern's KoboldCpp type)
-        max_ctx = body.get("max_context_length") or comp.n_ctx
-        if not isinstance(max_ctx, int) or isinstance(max_ctx, bool):
-            raise InvalidRequest('"max_context_length" must be an integer')
-        ids = kobold_routes.fit_context(ids, options, min(max_ctx, comp.n_ctx))
+    if kobold:  # KoboldCpp cuts the oldest text rather than refusing a long prompt
+        ids = kobold_fields.fit_context(ids, options, kobold_fields.context_limit(body, comp.n_ctx))
     req = make_request(
         comp.recipe,
         ids,
@@ -110,8 +108,12 @@ def _model_object(name: str, recipe: Any, created: float) -> dict[str, Any]:
 
 
 async def models(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    first = manager.default_name() if manager.settings.default_model else None
+
     def listing() -> list[dict[str, Any]]:  # store and GGUF header reads: off the event loop
-        return [_model_object(n, r, m) for n, r, m in request.app[MANAGER].catalog.entries()]
+        entries = sorted(manager.catalog.entries(), key=lambda e: e[0] != first)  # stable: default first
+        return [_model_object(n, r, m) for n, r, m in entries]
 
     return web.json_response({"object": "list", "data": await asyncio.to_thread(listing)})
 

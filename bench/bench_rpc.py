@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_composite import GREEDY, decode_speed, smollm2_recipe, tiny_recipe  # noqa: E402
+from rpc_servers import free_port  # noqa: E402
+
 from nanocommander.engine.composite import Composite  # noqa: E402
 from nanocommander.engine.rpc import Endpoint, Silent, hello  # noqa: E402
 from nanocommander.engine.types import GenerateRequest  # noqa: E402
-from rpc_servers import free_port  # noqa: E402
-
 from nanocommander.recipe import Recipe  # noqa: E402
 
 

@@ -160,6 +160,7 @@ def check_server(ep: Endpoint, *, held: bool) -> None:
     endpoint), so the single-client server cannot answer a second HELLO; only connect.
     """
     import llama_cpp
+
     from nanocommander.engine.rpc_lib import protocol_version
 
     ours = protocol_version()
@@ -313,6 +314,7 @@ class RpcDevices:
 
     def __init__(self, placement: Placement, params: Any):
         import llama_cpp
+
         from nanocommander.engine.rpc_lib import P, require_rpc
 
         lib = require_rpc()

@@ -51,6 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def serve_rpc(args: argparse.Namespace) -> int:
     import llama_cpp
+
     from nanocommander.backend.config import is_loopback
     from nanocommander.engine.rpc_lib import protocol_version, require_rpc
 

@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import pytest
+
 from nanocommander.engine.rpc import Endpoint, Silent, hello
 from nanocommander.engine.rpc_lib import rpc_available
 

@@ -16,11 +16,11 @@ import time
 
 import pytest
 from engine_helpers import recipe_over, run_text
+from rpc_servers import RpcServer, free_port, needs_rpc
+
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.rpc import Endpoint, hello, placement
 from nanocommander.engine.rpc_lib import ggml, protocol_version
-from rpc_servers import RpcServer, free_port, needs_rpc
-
 from nanocommander.errors import ModelLoadError
 from nanocommander.recipe import Recipe
 
