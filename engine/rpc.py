@@ -205,7 +205,8 @@ class _Links:
     """This process's RPC connections, as llama.cpp keys them (by endpoint string), and their losses."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # short sections only: the abort handler takes it too
+        self.connecting = threading.Lock()  # held across checks and llama.cpp's first connect
         self.generation: dict[Endpoint, int] = {}  # bumped when a connection is lost
         self.users: dict[str, int] = {}  # endpoint string -> live models using it
         self.lost: set[str] = set()
@@ -322,7 +323,9 @@ class RpcDevices:
         self.placement = placement
         self.keys: list[str] = []
         devices: list[int] = []
-        with _links.lock:  # one check-and-connect at a time: a second HELLO to a held server would stall
+        with (
+            _links.connecting
+        ):  # one check-and-connect at a time: a second HELLO to a held server would stall
             for text in placement.servers:
                 ep = parse_endpoint(text)
                 key = _links.key(ep)
@@ -332,8 +335,9 @@ class RpcDevices:
                     raise ModelLoadError(f"RPC server {ep} offers no devices")
                 devices += [lib.reg_dev_get(reg, i) for i in range(lib.reg_dev_count(reg))]
                 self.keys.append(key)
-            for key in self.keys:
-                _links.users[key] = _links.users.get(key, 0) + 1
+            with _links.lock:
+                for key in self.keys:
+                    _links.users[key] = _links.users.get(key, 0) + 1
         self._release = weakref.finalize(self, _release, list(self.keys))
         devices += lib.local_gpus()
         self.names = [lib.dev_name(d).decode() + f" ({lib.dev_description(d).decode()})" for d in devices]
