@@ -20,12 +20,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow binding beyond loopback without NANOCOMMANDER_API_KEY",
     )
+    p.add_argument("--verbose", action="store_true", help="also print llama.cpp's own log lines to stderr")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
     from nanocommander.recipe import Recipe
 
+    if args.verbose:
+        from nanocommander.engine import llamalog
+
+        llamalog.install(True)
     host, port = parse_host(args.host) if args.host else (None, None)
     settings = Settings.from_env(
         host=host,

@@ -21,6 +21,7 @@ import numpy as np
 
 from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
 from nanocommander.engine.fusion import fuse
+from nanocommander.engine.logprobs import reader as logprob_reader
 from nanocommander.engine.member import LoadedModel, Member
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.sampling import Sampler
@@ -272,6 +273,9 @@ class Composite:
         if req.ignore_eos and self.vocab.eog:
             mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
             mask[list(self.vocab.eog)] = True
+        piece = self.primary.piece
+        lp = logprob_reader(req, self.members, members, self.vocab.n_vocab, mask, lambda t: piece(t, True))
+        shown = {ids[0] for s in req.special_text if len(ids := self.tokenize(s, add_bos=False)) == 1}
         sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab)
         text = TextStream(req.stop, trim_stop=req.trim_stop)
         try:
@@ -293,11 +297,13 @@ class Composite:
                     reason = DoneReason.STOP
                     break
                 stats.eval_count += 1
+                if lp is not None:
+                    lp.add(logits, token)
                 tokens.append(token)
                 held.append(token)
-                piece, stopped = text.push(self.primary.piece(token))
-                if piece:
-                    yield Chunk(piece, held)
+                out, stopped = text.push(piece(token, token in shown))
+                if out:
+                    yield Chunk(out, held, logprobs=lp.take() if lp else None)
                     held = []
                 if stopped:
                     reason = DoneReason.STOP
@@ -308,7 +314,8 @@ class Composite:
             tail = text.flush() if reason != DoneReason.STOP or not text.stopped else ""
             stats.eval_s = time.perf_counter() - t_eval
             stats.total_s = time.perf_counter() - t_start
-            yield Chunk(tail, held, done=True, done_reason=reason, stats=stats)
+            last = lp.take() if lp else None
+            yield Chunk(tail, held, done=True, done_reason=reason, stats=stats, logprobs=last)
         finally:
             sampler.close()
 

@@ -1,0 +1,97 @@
+"""Log-probabilities of the tokens a composite generates.
+
+They come from the distribution the sampler draws from: log_softmax(fused / temperature)
+(at temperature 0, the raw fused logits), so evaluation harnesses read the composite's
+own probabilities. Penalties and logit bias are request-specific shaping and are left
+out. `logprobs_member` reads one member's logits at the same position instead (it must
+be one of the members the step evaluates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from nanocommander.engine.types import GenerateRequest, TokenLogprob
+
+from nanocommander.errors import InvalidRequest
+
+MAX_TOP = 20  # OpenAI's and Ollama's limit on top_logprobs
+
+
+def log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """log_softmax(logits / temperature) in float64; temperature <= 0 means the raw logits."""
+    x = logits.astype(np.float64)
+    if temperature > 0:
+        x /= temperature
+    top = np.max(x)
+    return x - (top + np.log(np.sum(np.exp(x - top))))
+
+
+def entry(
+    logits: np.ndarray, token: int, k: int, temperature: float, piece: Callable[[int], bytes]
+) -> TokenLogprob:
+    """The chosen token's log-probability and the k most likely tokens (best first)."""
+    lp = log_softmax(logits, temperature)
+    top: tuple[TokenLogprob, ...] = ()
+    if k > 0:
+        k = min(k, lp.shape[0])
+        ids = np.argpartition(-lp, k - 1)[:k]
+        ids = ids[np.argsort(-lp[ids], kind="stable")]
+        top = tuple(TokenLogprob(int(i), piece(int(i)), float(lp[i])) for i in ids)
+    return TokenLogprob(token, piece(token), float(lp[token]), top)
+
+
+class LogprobReader:
+    """Collects one TokenLogprob per generated token; `take` hands them out with their chunk."""
+
+    def __init__(
+        self,
+        req: GenerateRequest,
+        member_logits: Callable[[], np.ndarray] | None,
+        piece: Callable[[int], bytes],
+    ):
+        self.k = min(max(int(req.logprobs or 0), 0), MAX_TOP)
+        self.temperature = req.sampling.temperature
+        self._member_logits = member_logits
+        self._piece = piece
+        self._held: list[TokenLogprob] = []
+
+    def add(self, fused: np.ndarray, token: int) -> None:
+        logits = fused if self._member_logits is None else self._member_logits()
+        self._held.append(entry(logits, token, self.k, self.temperature, self._piece))
+
+    def take(self) -> list[TokenLogprob]:
+        out, self._held = self._held, []
+        return out
+
+
+def reader(
+    req: GenerateRequest,
+    members: Mapping[str, Any],
+    active: Sequence[Any],
+    n_vocab: int,
+    mask: np.ndarray | None,
+    piece: Callable[[int], bytes],
+) -> LogprobReader | None:
+    """A reader for `req`, or None when it asked for no log-probabilities."""
+    if req.logprobs is None:
+        return None
+    role = req.logprobs_member
+    if role == "composite":
+        return LogprobReader(req, None, piece)
+    member = members.get(role)
+    if member is None or not any(m is member for m in active):
+        raise InvalidRequest(
+            f"logprobs_member {role!r} is not evaluated by this request "
+            "(at alpha 0 only the large member runs; with `member` set, only that one)"
+        )
+
+    def member_logits() -> np.ndarray:
+        out = np.array(member.logits()[:n_vocab], dtype=np.float32)
+        if mask is not None:
+            out[mask] = -np.inf
+        return out
+
+    return LogprobReader(req, member_logits, piece)
