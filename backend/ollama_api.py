@@ -16,6 +16,7 @@ from typing import Any
 from nanocommander.backend.config import parse_duration
 from nanocommander.backend.translate import grammar_for_format, size_label
 from nanocommander.engine.options import clean_options
+from nanocommander.engine.logprobs import token_text
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, TokenLogprob
 
@@ -254,7 +255,7 @@ def logprob_items(entries: Sequence[TokenLogprob] | None) -> list[dict[str, Any]
 
     def one(e: TokenLogprob) -> dict[str, Any]:
         return {
-            "token": e.piece.decode("utf-8", errors="replace"),
+            "token": token_text(e.piece),
             "logprob": e.logprob,
             "bytes": list(e.piece),
         }

@@ -7,6 +7,7 @@ asked for. Errors use OpenAI's envelope {"error": {message, type, param, code}}.
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 
 from nanocommander.backend.translate import grammar_for_format
 from nanocommander.engine.options import check_value
+from nanocommander.engine.logprobs import token_text
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, Stats, TokenLogprob
 
@@ -201,7 +203,7 @@ def tool_call_item(call: ToolCall, index: int | None = None) -> dict[str, Any]:
 
 
 def _token(e: TokenLogprob) -> dict[str, Any]:
-    return {"token": e.piece.decode("utf-8", errors="replace"), "logprob": e.logprob, "bytes": list(e.piece)}
+    return {"token": token_text(e.piece), "logprob": e.logprob, "bytes": list(e.piece)}
 
 
 def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
@@ -306,11 +308,11 @@ def completion_logprobs(entries: Sequence[TokenLogprob] | None, offset: int = 0)
     """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
     if entries is None:
         return None
-    tokens = [e.piece.decode("utf-8", errors="replace") for e in entries]
-    offsets = []
-    for t in tokens:
+    tokens = [token_text(e.piece) for e in entries]
+    decoder, offsets = codecs.getincrementaldecoder("utf-8")(errors="replace"), []
+    for e in entries:  # where each token's text starts in the completion (a split character counts once)
         offsets.append(offset)
-        offset += len(t)
+        offset += len(decoder.decode(e.piece))
     return {
         "tokens": tokens,
         "token_logprobs": [e.logprob for e in entries],

@@ -20,6 +20,15 @@ from nanocommander.errors import InvalidRequest
 MAX_TOP = 20  # OpenAI's and Ollama's limit on top_logprobs
 
 
+def token_text(piece: bytes) -> str:
+    """A token's text; a piece of a multi-byte character reads `bytes:\\xe2\\x80` (OpenAI's habit),
+    so distinct tokens never collide on U+FFFD."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+
+
 def log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     """log_softmax(logits / temperature) in float64; temperature <= 0 means the raw logits."""
     x = logits.astype(np.float64)
