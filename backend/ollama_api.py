@@ -15,8 +15,8 @@ from typing import Any
 
 from nanocommander.backend.config import parse_duration
 from nanocommander.backend.translate import grammar_for_format, size_label
-from nanocommander.engine.options import clean_options
 from nanocommander.engine.logprobs import token_text
+from nanocommander.engine.options import clean_options
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, TokenLogprob
 
@@ -166,54 +166,6 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
 
 def _logprob_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: body.get(k) for k in ("logprobs", "top_logprobs", "logprobs_member")}
-
-
-@dataclass(frozen=True)
-class EmbedCall:
-    """A parsed /api/embed (or legacy /api/embeddings) body."""
-
-    model: str
-    inputs: tuple[str, ...]
-    truncate: bool = True
-    dimensions: int | None = None
-    keep_alive: float | None = None
-    legacy: bool = False  # /api/embeddings: one `prompt`, one raw (unnormalised) `embedding`
-
-
-def parse_embed(body: Mapping[str, Any], *, legacy: bool = False) -> EmbedCall:
-    if legacy:
-        inputs: Any = [_typed(body, "prompt", str, "a string") or ""]
-    else:
-        raw = body.get("input", [])
-        inputs = [raw] if isinstance(raw, str) else raw
-        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            raise InvalidRequest('"input" must be a string or a list of strings')
-    dims = _typed(body, "dimensions", int, "an integer")
-    if isinstance(dims, bool) or (dims is not None and dims < 1):
-        raise InvalidRequest('"dimensions" must be a positive integer')
-    truncate = _typed(body, "truncate", bool, "a boolean")
-    return EmbedCall(
-        model=model_name(body),
-        inputs=tuple(inputs),
-        truncate=True if truncate is None else truncate,
-        dimensions=dims,
-        keep_alive=keep_alive(body),
-        legacy=legacy,
-    )
-
-
-def embed_response(
-    call: EmbedCall, vectors: Sequence[Sequence[float]], n_tokens: int, total_s: float, load_s: float
-) -> dict[str, Any]:
-    if call.legacy:
-        return {"embedding": list(vectors[0]) if len(vectors) else []}
-    return {
-        "model": call.model,
-        "embeddings": [list(v) for v in vectors],
-        "total_duration": ns(total_s),
-        "load_duration": ns(load_s),
-        "prompt_eval_count": n_tokens,
-    }
 
 
 # -- chunks -> wire ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+from nanocommander.backend import embed_api, tools
 from nanocommander.backend import ollama_api as wire
-from nanocommander.backend import tools
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
@@ -173,17 +173,17 @@ async def ps(request: web.Request) -> web.Response:
 
 async def embed(request: web.Request) -> web.Response:
     """/api/embed: normalised vectors of each input, from the large member (or the recipe's `embedding`)."""
-    call = wire.parse_embed(await read_json(request))
+    call = embed_api.parse_ollama(await read_json(request))
     return web.json_response(await _embed(request, call))
 
 
 async def embeddings(request: web.Request) -> web.Response:
     """/api/embeddings (legacy): one prompt, one raw vector."""
-    call = wire.parse_embed(await read_json(request), legacy=True)
+    call = embed_api.parse_ollama(await read_json(request), legacy=True)
     return web.json_response(await _embed(request, call))
 
 
-async def _embed(request: web.Request, call: wire.EmbedCall) -> dict[str, Any]:
+async def _embed(request: web.Request, call: embed_api.EmbedCall) -> dict[str, Any]:
     from nanocommander.engine.embed import finish
 
     t0 = time.perf_counter()
@@ -193,7 +193,7 @@ async def _embed(request: web.Request, call: wire.EmbedCall) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     vectors, n_tokens = await asyncio.to_thread(embedder.embed, call.inputs, truncate=call.truncate)
     vectors = finish(vectors, dimensions=call.dimensions, normalize=not call.legacy)
-    return wire.embed_response(call, vectors.tolist(), n_tokens, time.perf_counter() - t0, load_s)
+    return embed_api.ollama_response(call, vectors.tolist(), n_tokens, time.perf_counter() - t0, load_s)
 
 
 async def root(request: web.Request) -> web.Response:

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nanocommander.backend.translate import grammar_for_format
-from nanocommander.engine.options import check_value
 from nanocommander.engine.logprobs import token_text
+from nanocommander.engine.options import check_value
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, Stats, TokenLogprob
 
@@ -361,44 +361,6 @@ def completion_chunks(
     if chunk.done and with_usage:
         out.append({**base, "choices": [], "usage": usage(chunk.stats)})
     return out
-
-
-def embedding_inputs(body: Mapping[str, Any]) -> tuple[list[str], int | None, str]:
-    """/v1/embeddings: (inputs, dimensions, encoding_format)."""
-    raw = body.get("input")
-    inputs = [raw] if isinstance(raw, str) else raw
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-        raise InvalidRequest(
-            '"input" must be a non-empty string or list of strings (token arrays are not supported)'
-        )
-    dims = body.get("dimensions")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
-        raise InvalidRequest('"dimensions" must be a positive integer')
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise InvalidRequest('"encoding_format" must be "float" or "base64"')
-    return inputs, dims, fmt
-
-
-def embeddings_response(model: str, vectors: Any, n_tokens: int, encoding_format: str) -> dict[str, Any]:
-    """`vectors`: a float array, one row per input; base64 is the little-endian float32 bytes."""
-    import base64
-
-    import numpy as np
-
-    data = []
-    for i, row in enumerate(vectors):
-        if encoding_format == "base64":
-            value: Any = base64.b64encode(np.asarray(row, dtype="<f4").tobytes()).decode()
-        else:
-            value = [float(x) for x in row]
-        data.append({"object": "embedding", "index": i, "embedding": value})
-    return {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-    }
 
 
 def model_object(name: str, created: float, composite: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend import kobold_routes, tools
+from nanocommander.backend import embed_api, kobold_routes, tools
 from nanocommander.backend import openai_api as wire
 from nanocommander.backend.kobold_fields import kobold_options
 from nanocommander.backend.ollama_api import composite_object
@@ -149,13 +149,13 @@ async def embeddings(request: web.Request) -> web.Response:
 
     body = await read_json(request)
     name = wire.model_field(body)
-    inputs, dims, fmt = wire.embedding_inputs(body)
+    inputs, dims, fmt = embed_api.openai_inputs(body)
     manager = request.app[MANAGER]
     loaded = await manager.get(name)
     embedder = await manager.embedder(loaded)
     vectors, n_tokens = await asyncio.to_thread(embedder.embed, inputs)
     vectors = finish(vectors, dimensions=dims)
-    return web.json_response(wire.embeddings_response(name, vectors, n_tokens, fmt))
+    return web.json_response(embed_api.openai_response(name, vectors, n_tokens, fmt))
 
 
 async def _sse(request: web.Request, items: AsyncIterator[Any]) -> web.StreamResponse:

@@ -140,7 +140,9 @@ def test_chat_logprobs_streamed_equal_not_streamed_and_ollama(oa, server):
 
 
 def test_n_gives_independent_seeded_samples(oa):
-    kw = dict(model="tiny", messages=[{"role": "user", "content": "tell"}], temperature=1.0, max_tokens=12, seed=5)
+    kw = dict(
+        model="tiny", messages=[{"role": "user", "content": "tell"}], temperature=1.0, max_tokens=12, seed=5
+    )
     out = oa.chat.completions.create(**kw, n=3)
     texts = [c.message.content for c in out.choices]
     assert [c.index for c in out.choices] == [0, 1, 2] and len(set(texts)) == 3

@@ -52,7 +52,7 @@ def test_openai_named_tool_choice_streamed_and_not(oa, family):
     whole = oa.chat.completions.create(**kw)
     choice = whole.choices[0]
     assert choice.finish_reason == "tool_calls" and not choice.message.content
-    (name, args), = calls_of(choice.message)
+    ((name, args),) = calls_of(choice.message)
     assert name == "get_time" and args["zone"] in ("UTC", "CET")
     assert choice.message.tool_calls[0].type == "function" and choice.message.tool_calls[0].id
 
@@ -84,7 +84,9 @@ def test_ollama_shape_streamed_and_not(live, family):
     assert calls and all(c["function"]["name"] in ("get_weather", "get_time") for c in calls)
     assert isinstance(calls[0]["function"]["arguments"], dict) and whole["message"]["content"] == ""
     assert whole["done_reason"] == "stop"
-    lines = [json.loads(x) for x in httpx.post(f"{live.url}/api/chat", json=body, timeout=60).text.splitlines()]
+    lines = [
+        json.loads(x) for x in httpx.post(f"{live.url}/api/chat", json=body, timeout=60).text.splitlines()
+    ]
     streamed = [c for line in lines for c in line["message"].get("tool_calls", ())]
     assert [c["function"] for c in streamed] == [c["function"] for c in calls]
     assert "".join(line["message"]["content"] for line in lines) == ""
@@ -98,7 +100,9 @@ def test_official_openai_client_tools_round_trip(oa):
     msg = first.choices[0].message
     assert msg.tool_calls and first.choices[0].finish_reason == "tool_calls"
     history = [*ASK, msg.model_dump(exclude_none=True)]
-    history += [{"role": "tool", "tool_call_id": c.id, "content": '{"time": "12:00"}'} for c in msg.tool_calls]
+    history += [
+        {"role": "tool", "tool_call_id": c.id, "content": '{"time": "12:00"}'} for c in msg.tool_calls
+    ]
     second = oa.chat.completions.create(
         model="tools-hermes", messages=history, tools=tf.TOOLS, temperature=0, max_tokens=4
     )
@@ -121,9 +125,18 @@ def test_official_ollama_client_parses_tool_calls(live):
     out = client.chat("tools-llama3", messages=ASK, tools=tf.TOOLS, format=schema, options={"temperature": 0})
     (call,) = out.message.tool_calls
     assert call.function.name == "get_weather" and call.function.arguments["city"] in ("Paris", "Oslo")
-    streamed = [c for part in client.chat("tools-llama3", messages=ASK, tools=tf.TOOLS, format=schema,
-                                          options={"temperature": 0}, stream=True)
-                for c in part.message.tool_calls or ()]
+    streamed = [
+        c
+        for part in client.chat(
+            "tools-llama3",
+            messages=ASK,
+            tools=tf.TOOLS,
+            format=schema,
+            options={"temperature": 0},
+            stream=True,
+        )
+        for c in part.message.tool_calls or ()
+    ]
     assert [c.function for c in streamed] == [call.function]
     # the tool's answer goes back as role "tool" (Ollama's tool_name) and renders as an ipython turn
     history = [*ASK, out.message, {"role": "tool", "tool_name": "get_weather", "content": "sunny"}]

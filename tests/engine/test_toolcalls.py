@@ -64,8 +64,18 @@ CASES = [
     ("hermes", "a < b and <tool", "a < b and <tool", ()),
     ("hermes", f"<tool_call>\n{json.dumps(CALL)}", "", (CALL,)),  # stopped before the closing tag
     ("llama3", json.dumps({"name": "get_weather", "parameters": {"city": "Paris"}}), "", (CALL,)),
-    ("llama3", "<|python_tag|>" + json.dumps({"name": "get_weather", "parameters": {"city": "Paris"}}), "", (CALL,)),
-    ("llama3", "  " + json.dumps({"name": "get_weather", "parameters": {"city": "Paris"}}) + " ", "", (CALL,)),
+    (
+        "llama3",
+        "<|python_tag|>" + json.dumps({"name": "get_weather", "parameters": {"city": "Paris"}}),
+        "",
+        (CALL,),
+    ),
+    (
+        "llama3",
+        "  " + json.dumps({"name": "get_weather", "parameters": {"city": "Paris"}}) + " ",
+        "",
+        (CALL,),
+    ),
     ("llama3", "The weather is fine.", "The weather is fine.", ()),
     ("llama3", '{"answer": 42}', '{"answer": 42}', ()),  # JSON that is not a call stays content
     ("mistral", "[TOOL_CALLS]" + json.dumps([CALL, TIME]), "", (CALL, TIME)),
