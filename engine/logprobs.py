@@ -10,11 +10,10 @@ be one of the members the step evaluates).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
-from nanocommander.engine.types import GenerateRequest, TokenLogprob
 
+from nanocommander.engine.types import GenerateRequest, TokenLogprob
 from nanocommander.errors import InvalidRequest
 
 MAX_TOP = 20  # OpenAI's and Ollama's limit on top_logprobs
@@ -53,54 +52,49 @@ def entry(
 
 
 class LogprobReader:
-    """Collects one TokenLogprob per generated token; `take` hands them out with their chunk."""
+    """Collects one TokenLogprob per committed token; `take` hands them out with their chunk."""
 
-    def __init__(
-        self,
-        req: GenerateRequest,
-        member_logits: Callable[[], np.ndarray] | None,
-        piece: Callable[[int], bytes],
-    ):
+    def __init__(self, req: GenerateRequest, n_vocab: int, mask: np.ndarray | None, piece: Callable[[int], bytes]):
         self.k = min(max(int(req.logprobs or 0), 0), MAX_TOP)
         self.temperature = req.sampling.temperature
-        self._member_logits = member_logits
-        self._piece = piece
+        self.role = req.logprobs_member
+        self.n_vocab, self.mask, self._piece = n_vocab, mask, piece
         self._held: list[TokenLogprob] = []
 
-    def add(self, fused: np.ndarray, token: int) -> None:
-        logits = fused if self._member_logits is None else self._member_logits()
+    def add(self, token: int, fused: np.ndarray, rows: Mapping[str, np.ndarray]) -> None:
+        """`fused`: the distribution `token` was sampled from; `rows`: each member's logits there."""
+        logits = fused
+        if self.role != "composite":
+            logits = np.array(rows[self.role][: self.n_vocab], dtype=np.float32)
+            if self.mask is not None:
+                logits[self.mask] = -np.inf
         self._held.append(entry(logits, token, self.k, self.temperature, self._piece))
 
-    def take(self) -> list[TokenLogprob]:
+    def take(self) -> list[TokenLogprob] | None:
         out, self._held = self._held, []
         return out
 
 
 def reader(
     req: GenerateRequest,
-    members: Mapping[str, Any],
-    active: Sequence[Any],
+    roles: Sequence[str],
     n_vocab: int,
     mask: np.ndarray | None,
     piece: Callable[[int], bytes],
 ) -> LogprobReader | None:
-    """A reader for `req`, or None when it asked for no log-probabilities."""
+    """A reader for `req` (whose plan runs the members in `roles`), or None when it asked for none."""
     if req.logprobs is None:
         return None
-    role = req.logprobs_member
-    if role == "composite":
-        return LogprobReader(req, None, piece)
-    member = members.get(role)
-    if member is None or not any(m is member for m in active):
+    if req.logprobs_member != "composite" and req.logprobs_member not in roles:
         raise InvalidRequest(
-            f"logprobs_member {role!r} is not evaluated by this request "
+            f"logprobs_member {req.logprobs_member!r} is not evaluated by this request "
             "(at alpha 0 only the large member runs; with `member` set, only that one)"
         )
+    return LogprobReader(req, n_vocab, mask, piece)
 
-    def member_logits() -> np.ndarray:
-        out = np.array(member.logits()[:n_vocab], dtype=np.float32)
-        if mask is not None:
-            out[mask] = -np.inf
-        return out
 
-    return LogprobReader(req, member_logits, piece)
+def special_piece(piece: Callable[..., bytes], shown: frozenset[int]) -> Callable[[int], bytes]:
+    """`piece` that also renders the control tokens in `shown` (tool-call markers) as their text."""
+    if not shown:
+        return piece
+    return lambda token: piece(token, token in shown)
