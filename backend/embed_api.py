@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from nanocommander.backend.ollama_api import _typed as typed
 from nanocommander.backend.ollama_api import keep_alive, model_name, ns
-
 from nanocommander.errors import InvalidRequest
 
 

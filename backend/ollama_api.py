@@ -19,7 +19,6 @@ from nanocommander.engine.logprobs import token_text
 from nanocommander.engine.options import clean_options
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, TokenLogprob
-
 from nanocommander.errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import embed_api, tools
 from nanocommander.backend import ollama_api as wire
 from nanocommander.backend.manager import Loaded

@@ -19,7 +19,6 @@ from nanocommander.engine.logprobs import token_text
 from nanocommander.engine.options import check_value
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, Stats, TokenLogprob
-
 from nanocommander.errors import InvalidRequest
 
 # OpenAI field -> engine option; top-level alpha/member are NanoCommander's composite knobs.

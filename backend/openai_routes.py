@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend import embed_api, kobold_routes, tools
 from nanocommander.backend import openai_api as wire
 from nanocommander.backend.kobold_fields import kobold_options
@@ -21,7 +22,6 @@ from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
 from nanocommander.backend.translate import describe, make_request
 from nanocommander.engine.types import Chunk, GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from nanocommander.engine.logprobs import MAX_TOP
 from nanocommander.engine.toolcalls import Family, ToolCall, ToolCallParser, choice, family, grammar
 from nanocommander.engine.types import Chunk, GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 
 MAX_N = 16  # samples per OpenAI request

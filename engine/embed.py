@@ -16,9 +16,9 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
+
 from nanocommander.engine.member import LoadedModel
 from nanocommander.engine.pool import ModelPool
-
 from nanocommander.errors import InvalidRequest, ModelLoadError
 
 DEFAULT_EMBED_CTX = 2048

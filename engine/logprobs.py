@@ -54,7 +54,9 @@ def entry(
 class LogprobReader:
     """Collects one TokenLogprob per committed token; `take` hands them out with their chunk."""
 
-    def __init__(self, req: GenerateRequest, n_vocab: int, mask: np.ndarray | None, piece: Callable[[int], bytes]):
+    def __init__(
+        self, req: GenerateRequest, n_vocab: int, mask: np.ndarray | None, piece: Callable[[int], bytes]
+    ):
         self.k = min(max(int(req.logprobs or 0), 0), MAX_TOP)
         self.temperature = req.sampling.temperature
         self.role = req.logprobs_member

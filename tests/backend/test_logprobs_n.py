@@ -14,8 +14,9 @@ import llama_cpp
 import numpy as np
 import ollama
 import pytest
-from nanocommander.engine.logprobs import token_text
 from openai import BadRequestError, OpenAI
+
+from nanocommander.engine.logprobs import token_text
 
 ALPHA = 1.0  # the "tiny" recipe's
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import tool_families as tf
+
 from nanocommander.backend import ollama_api, openai_api, tools
 from nanocommander.engine.options import merge_sampling
 from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, GenerateRequest, Stats, TokenLogprob
-
 from nanocommander.errors import InvalidRequest
 
 CALL = ToolCall("get_time", {"zone": "UTC"}, "call_1")

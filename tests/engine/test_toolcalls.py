@@ -8,10 +8,10 @@ import json
 import pytest
 import tool_families as tf
 from engine_helpers import GREEDY
+
 from nanocommander.engine import toolcalls as tc
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 from nanocommander.recipe import Recipe
 
