@@ -253,14 +253,16 @@ def install_sillytavern(scratch: Path) -> Path:
     if not server.exists():
         home.mkdir(parents=True, exist_ok=True)
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "sillytavern"], cwd=home, check=True)
-    ext = server.parent / "public" / "scripts" / "extensions" / "third-party" / "nanocommander"
-    if ext.parent.exists() and not ext.exists():
-        shutil.copytree(ROOT / "plugins" / "sillytavern", ext)
     return server
 
 
 def run_sillytavern(scratch: Path, nc_url: str, kobold_url: str, model: str, shots: bool) -> None:
     server = install_sillytavern(scratch)
+    ext = (
+        scratch / "st-data" / "default-user" / "extensions" / "nanocommander"
+    )  # a user's third-party extension
+    if not ext.exists():
+        shutil.copytree(ROOT / "plugins" / "sillytavern", ext)
     port = free_port()
     args = [
         "node",
@@ -280,7 +282,7 @@ def run_sillytavern(scratch: Path, nc_url: str, kobold_url: str, model: str, sho
     with process(args, cwd=server.parent, log=scratch / "logs" / "sillytavern.log"):
         wait_http(base, 300)
         headers = _st_session(base)
-        kobold = {"api_server": kobold_url, "main_api": "kobold"}
+        kobold = {"api_server": f"{kobold_url}/api", "main_api": "kobold"}
         check(
             "st: KoboldCpp status",
             lambda: http("POST", f"{base}/api/backends/kobold/status", kobold, headers),
