@@ -107,7 +107,7 @@ def screenshot(url: str, name: str) -> str:
             "--disable-gpu",
             "--hide-scrollbars",
             "--window-size=1024,700",
-            "--virtual-time-budget=15000",
+            "--virtual-time-budget=60000",
             f"--screenshot={out}",
             url,
         ],
