@@ -19,7 +19,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verbose",
         action="store_true",
-        help="log request bodies too (debug level; also NANOCOMMANDER_DEBUG=1); one line per request is always logged",
+        help="log request bodies and llama.cpp's own log lines too (also NANOCOMMANDER_DEBUG=1); one line per request is always logged",
     )
     p.add_argument(
         "--insecure-no-auth",
@@ -34,7 +34,10 @@ def serve(args: argparse.Namespace) -> int:
     from nanocommander.recipe import Recipe
 
     accesslog.configure(verbose=args.verbose or accesslog.debug_from_env())
+    if args.verbose:
+        from nanocommander.engine import llamalog
 
+        llamalog.install(True)
     host, port = parse_host(args.host) if args.host else (None, None)
     settings = Settings.from_env(
         host=host,

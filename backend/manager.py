@@ -73,6 +73,7 @@ class Loaded:
     keep_alive: float = 300.0
     expires_at: float = field(default_factory=lambda: time.time() + 300)
     last_used: float = field(default_factory=time.time)
+    embedder: Any = None  # engine.embed.Embedder, made on the first embedding request
 
 
 class Catalog:
@@ -171,8 +172,34 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
+        if loaded.embedder is not None:
+            await asyncio.to_thread(rpc.close_or_strand, loaded.embedder)
         await asyncio.to_thread(rpc.close_or_strand, loaded.composite)
         return True
+
+    async def embedder(self, loaded: Loaded) -> Any:
+        """The model's embedding context: the recipe's `embedding` GGUF, else the large member."""
+        from nanocommander.engine.composite import _member_path
+        from nanocommander.engine.embed import DEFAULT_EMBED_CTX, Embedder
+
+        async with self._locks.setdefault(loaded.name, asyncio.Lock()):
+            if loaded.embedder is None:
+                recipe = loaded.composite.recipe
+                src = recipe.embedding
+                path = src.path if src is not None else _member_path(recipe.large)
+                n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
+                threads = recipe.parameters.get("num_thread")
+                pool = loaded.composite.pool
+                # the large member's own placement, so the pool shares its weights (and RPC servers)
+                where = (
+                    {}
+                    if src is not None
+                    else {"gpu_layers": recipe.large.gpu_layers, "rpc": rpc.placement(recipe.large)}
+                )
+                loaded.embedder = await asyncio.to_thread(
+                    Embedder, pool, path, n_ctx=n_ctx, threads=threads, **where
+                )
+        return loaded.embedder
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
         """Queue for the model, then stream; leaving early cancels the generation within one token."""

@@ -14,12 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from nanocommander.backend import kobold_fields, kobold_routes
+from nanocommander.backend import embed_api, kobold_fields, kobold_routes, tools
 from nanocommander.backend import openai_api as wire
 from nanocommander.backend.ollama_api import composite_object
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
 from nanocommander.backend.translate import describe, make_request
+from nanocommander.engine.types import Chunk, GenerateRequest
+from nanocommander.errors import InvalidRequest
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -27,24 +29,56 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     name = wire.model_field(body)
     chat = wire.messages(body.get("messages"))
     options = wire.options(body)
-    grammar, tools = wire.response_grammar(body), wire.tools(body)
+    grammar, offered = wire.response_grammar(body), wire.tools(body)
     stream, with_usage = wire.flag(body, "stream"), wire.include_usage(body)
     manager = request.app[MANAGER]
     loaded = await manager.get(name)
     comp = loaded.composite
-    text = comp.chat_prompt(chat, tools=tools, num_predict=max(int(options.get("num_predict", 0)), 0))
+    plan = tools.plan(
+        comp.template.source,
+        comp.recipe.tool_parser,
+        offered,
+        body.get("tool_choice"),
+        parallel=body.get("parallel_tool_calls") is not False,
+    )
+    text = comp.chat_prompt(chat, tools=offered, num_predict=max(int(options.get("num_predict", 0)), 0))
     req = make_request(comp.recipe, text, options, grammar=grammar)
+    req = tools.logprobs_request(
+        req, body.get("logprobs"), body.get("top_logprobs"), body.get("logprobs_member")
+    )
+    reqs = tools.samples(plan.apply(req), body.get("n"))
     cid, created = wire.new_id("chatcmpl")
     if not stream:
-        chunks = [c async for c in manager.generate(loaded, req)]
-        return web.json_response(wire.chat_completion(cid, created, name, chunks))
+        choices = []
+        for r in reqs:
+            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan.family)]
+            choices.append(([c for c, _ in pairs], [call for _, cs in pairs for call in cs]))
+        (chunks, calls), *more = choices
+        return web.json_response(wire.chat_completion(cid, created, name, chunks, calls, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        first = True
-        async for chunk in manager.generate(loaded, req):
-            for item in wire.chat_chunks(cid, created, name, chunk, first=first, with_usage=with_usage):
-                yield item
-            first = False
+        finals = []
+        for index, r in enumerate(reqs):
+            first, n_calls = True, 0
+            async for chunk, calls in tools.split(manager.generate(loaded, r), plan.family):
+                for item in wire.chat_chunks(
+                    cid,
+                    created,
+                    name,
+                    chunk,
+                    first=first,
+                    with_usage=False,
+                    index=index,
+                    calls=calls,
+                    first_call=n_calls,
+                    had_calls=n_calls > 0,
+                ):
+                    yield item
+                first, n_calls = False, n_calls + len(calls)
+                if chunk.done:
+                    finals.append(chunk.stats)
+        if with_usage:
+            yield wire.usage_chunk(cid, created, name, finals)
 
     return await _sse(request, items())
 
@@ -75,19 +109,52 @@ async def completions(request: web.Request) -> web.StreamResponse:
         ignore_eos=bool(body.get("ban_eos_token")),
         trim_stop=body.get("trim_stop", True) is not False,
     )
+    want = body.get("logprobs")  # completions: an integer count of alternatives (0-20)
+    if want is not None and (isinstance(want, bool) or not isinstance(want, int)):
+        raise InvalidRequest('"logprobs" must be an integer between 0 and 20 on /v1/completions')
+    req = tools.logprobs_request(req, want, None, body.get("logprobs_member"), top_key="logprobs")
+    reqs = tools.samples(req, body.get("n"))
     cid, created = wire.new_id("cmpl")
-    _, chunks = kobold_routes.start(
-        request, loaded, req, body.get("genkey")
-    )  # so /api/extra/abort reaches it
+
+    def run(r: GenerateRequest) -> AsyncIterator[Chunk]:
+        return kobold_routes.start(request, loaded, r, body.get("genkey"))[
+            1
+        ]  # so /api/extra/abort reaches it
+
     if not stream:
-        return web.json_response(wire.completion(cid, created, name, [c async for c in chunks]))
+        samples = []
+        for r in reqs:
+            samples.append([c async for c in run(r)])
+        first, *more = samples
+        return web.json_response(wire.completion(cid, created, name, first, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        async for chunk in chunks:
-            for item in wire.completion_chunks(cid, created, name, chunk, with_usage=with_usage):
-                yield item
+        for index, r in enumerate(reqs):
+            offset = 0
+            async for chunk in run(r):
+                last = with_usage and index == len(reqs) - 1
+                for item in wire.completion_chunks(
+                    cid, created, name, chunk, with_usage=last, index=index, offset=offset
+                ):
+                    yield item
+                offset += len(chunk.text)
 
     return await _sse(request, items())
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """/v1/embeddings: unit vectors from the large member (or the recipe's `embedding` GGUF)."""
+    from nanocommander.engine.embed import finish
+
+    body = await read_json(request)
+    name = wire.model_field(body)
+    inputs, dims, fmt = embed_api.openai_inputs(body)
+    manager = request.app[MANAGER]
+    loaded = await manager.get(name)
+    embedder = await manager.embedder(loaded)
+    vectors, n_tokens = await asyncio.to_thread(embedder.embed, inputs)
+    vectors = finish(vectors, dimensions=dims)
+    return web.json_response(embed_api.openai_response(name, vectors, n_tokens, fmt))
 
 
 async def _sse(request: web.Request, items: AsyncIterator[Any]) -> web.StreamResponse:
@@ -126,5 +193,6 @@ async def model(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model)

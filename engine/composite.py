@@ -24,6 +24,8 @@ from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
 from nanocommander.engine.fusion import fuse
 from nanocommander.engine.decoding import STRATEGIES
 from nanocommander.engine.generation import Generation, Need, Plan, Steps
+from nanocommander.engine.logprobs import reader as logprob_reader
+from nanocommander.engine.logprobs import special_piece
 from nanocommander.engine.member import Hold, LoadedModel, Member
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.rpc import placement
@@ -278,6 +280,9 @@ class Composite:
         n_predict = req.num_predict if req.num_predict is not None and req.num_predict >= 0 else -1
         if len(tokens) >= self.n_ctx or (n_predict > 0 and len(tokens) + n_predict > self.n_ctx):
             raise ContextOverflow(len(tokens), max(n_predict, 0), self.n_ctx)
+        piece = self.primary.piece
+        lp = logprob_reader(req, plan.roles, self.vocab.n_vocab, plan.mask, lambda t: piece(t, True))
+        shown = frozenset(i[0] for s in req.special_text if len(i := self.tokenize(s, add_bos=False)) == 1)
         sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab)
         sampler.accept_prompt(tokens)
         gen = Generation(
@@ -287,9 +292,10 @@ class Composite:
             seq=seq,
             n_ctx=self.n_ctx,
             eog=frozenset(self.vocab.eog),
-            piece=self.primary.piece,
+            piece=special_piece(piece, shown),
             sampler=sampler,
             stats=stats,
+            logprobs=lp,
         )
         return gen, STRATEGIES["proxy"](gen)
 

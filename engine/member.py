@@ -30,9 +30,9 @@ def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            from llama_cpp import _logger
+            from nanocommander.engine import llamalog
 
-            _logger.set_verbose(bool(os.environ.get("NANOCOMMANDER_DEBUG")))  # llama.cpp's load chatter
+            llamalog.install()  # llama.cpp's log only with --verbose or NANOCOMMANDER_DEBUG
             llama_cpp.llama_backend_init()
             _backend_ready = True
 

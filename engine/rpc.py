@@ -376,8 +376,12 @@ def _release(keys: list[str]) -> None:
 
 
 def _models(obj: Any) -> list[Any]:
+    """The LoadedModels of a Composite, an Embedder (its `.model`) or a LoadedModel itself."""
     members = getattr(obj, "members", None)
-    return [m.model for m in members.values()] if isinstance(members, dict) else [obj]
+    if isinstance(members, dict):
+        return [m.model for m in members.values()]
+    model = getattr(obj, "model", None)
+    return [model] if hasattr(model, "rpc") else [obj]
 
 
 def lost_servers(obj: Any) -> list[Endpoint]:
