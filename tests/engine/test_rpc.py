@@ -296,3 +296,20 @@ def test_smollm2_through_two_servers_equals_local(tmp_path, servers):
 
     listed = ", ".join(f'"{s.address}"' for s in servers)
     assert texts(f", rpc: [{listed}]") == texts("")
+
+
+def test_embeddings_of_the_large_member_through_a_server_equal_local(tiny, servers):
+    from nanocommander.engine.embed import Embedder
+    from nanocommander.engine.pool import ModelPool
+    from nanocommander.engine.rpc import Placement
+
+    pool = ModelPool()
+    local = Embedder(pool, tiny["large"], n_ctx=256)
+    remote = Embedder(pool, tiny["large"], n_ctx=256, gpu_layers=-1, rpc=Placement((servers[0].address,)))
+    try:
+        assert remote.model is not local.model and remote.model.rpc is not None
+        texts = ["the quick brown fox", "hello"]
+        assert (remote.embed(texts)[0] == local.embed(texts)[0]).all()
+    finally:
+        remote.close()
+        local.close()
