@@ -6,6 +6,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from nanocommander.engine.rpc import parse_servers
+
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
 
 
@@ -71,6 +73,14 @@ def _positive(env: os._Environ[str], key: str, default: int) -> int:
     return int(text)
 
 
+def _servers(env: os._Environ[str]) -> None:
+    """NANOCOMMANDER_RPC is read at each model load (engine/rpc.py); a typo should stop startup, though."""
+    try:
+        parse_servers(env.get("NANOCOMMANDER_RPC", ""))
+    except ValueError as exc:
+        raise ValueError(f"NANOCOMMANDER_RPC: {exc}") from None
+
+
 @dataclass
 class Settings:
     host: str = DEFAULT_HOST
@@ -99,6 +109,7 @@ class Settings:
             num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 1)
             max_queue = _positive(env, "NANOCOMMANDER_MAX_QUEUE", 512)
             family_slots = _positive(env, "NANOCOMMANDER_FAMILY_SLOTS", 3)
+            _servers(env)
         except ValueError as exc:
             raise SystemExit(f"bad server setting: {exc}") from None
         s = cls(

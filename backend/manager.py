@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
+from nanocommander.engine import rpc
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.family import Family, FamilyComposite, family_key
 from nanocommander.engine.pool import ModelPool
@@ -78,6 +80,7 @@ class Loaded:
     keep_alive: float = 300.0
     expires_at: float = field(default_factory=lambda: time.time() + 300)
     last_used: float = field(default_factory=time.time)
+    embedder: Any = None  # engine.embed.Embedder, made on the first embedding request
 
 
 class Catalog:
@@ -126,6 +129,7 @@ class ModelManager:
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        rpc.keep_serving_on_loss()  # a lost RPC server ends its requests, not the whole server
         self._reaper = asyncio.create_task(self._reap())
 
     async def stop(self) -> None:
@@ -139,6 +143,9 @@ class ModelManager:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self.loaded.get(key)
+            if loaded is not None and rpc.is_lost(loaded.composite):  # its RPC server went away: reload
+                rpc.strand(self.loaded.pop(key).composite)
+                loaded = None
             if loaded is None:
                 comp = await self._load(recipe)
                 loaded = Loaded(key, comp, asyncio.Semaphore(max(1, self.settings.num_parallel)))
@@ -154,6 +161,9 @@ class ModelManager:
             return await asyncio.to_thread(Composite.load, recipe, self.pool)
         async with self._locks.setdefault(("family", fkey), asyncio.Lock()):
             family = self.families.get(fkey)
+            if family is not None and rpc.is_lost(family.core):  # its RPC server went away: a new family
+                rpc.strand(family.core)
+                family = None
             if family is None or family.closed:
                 await asyncio.to_thread(self.check_memory, recipe, self.settings.family_slots)
                 family = await asyncio.to_thread(
@@ -197,15 +207,41 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
+        if loaded.embedder is not None:
+            await asyncio.to_thread(rpc.close_or_strand, loaded.embedder)
         comp = loaded.composite
         if isinstance(comp, FamilyComposite):  # the family closes with its last member
             async with self._locks.setdefault(("family", comp.family.key), asyncio.Lock()):
-                await asyncio.to_thread(comp.close)
+                await asyncio.to_thread(rpc.close_or_strand, comp)
                 if comp.family.closed and self.families.get(comp.family.key) is comp.family:
                     del self.families[comp.family.key]
             return True
-        await asyncio.to_thread(comp.close)
+        await asyncio.to_thread(rpc.close_or_strand, comp)
         return True
+
+    async def embedder(self, loaded: Loaded) -> Any:
+        """The model's embedding context: the recipe's `embedding` GGUF, else the large member."""
+        from nanocommander.engine.composite import _member_path
+        from nanocommander.engine.embed import DEFAULT_EMBED_CTX, Embedder
+
+        async with self._locks.setdefault(loaded.name, asyncio.Lock()):
+            if loaded.embedder is None:
+                recipe = loaded.composite.recipe
+                src = recipe.embedding
+                path = src.path if src is not None else _member_path(recipe.large)
+                n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
+                threads = recipe.parameters.get("num_thread")
+                pool = loaded.composite.pool
+                # the large member's own placement, so the pool shares its weights (and RPC servers)
+                where = (
+                    {}
+                    if src is not None
+                    else {"gpu_layers": recipe.large.gpu_layers, "rpc": rpc.placement(recipe.large)}
+                )
+                loaded.embedder = await asyncio.to_thread(
+                    Embedder, pool, path, n_ctx=n_ctx, threads=threads, **where
+                )
+        return loaded.embedder
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
         """Queue for the model, then stream; leaving early cancels the generation within one token."""
@@ -217,8 +253,12 @@ class ModelManager:
         finally:
             loaded.waiting -= 1
         loaded.active += 1
+        alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
+        accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
-            async for chunk in loaded.composite.stream(req):
+            async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
+                if chunk.stats is not None:
+                    accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk
         finally:
             loaded.active -= 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from nanocommander.backend import ollama_api, openai_api
+from nanocommander.backend import accesslog, ollama_api, openai_api
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
 from nanocommander.errors import (
@@ -29,6 +29,7 @@ from nanocommander.errors import (
     ModelNotFound,
     NanoCommanderError,
     RecipeError,
+    RpcServerLost,
     ServerBusy,
     TokenizerMismatch,
 )
@@ -42,6 +43,7 @@ VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
 STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
     (ServerBusy, 503),
+    (RpcServerLost, 503),  # a machine holding the model's layers went away; the next request reloads
     (InsufficientMemory, 500),  # Ollama answers 500 when a model needs more memory than is free
     (ContextOverflow, 400),
     (InvalidName, 400),
@@ -150,7 +152,7 @@ async def _lifecycle(app: web.Application):
 def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.Application:
     from nanocommander.backend import kobold_routes, ollama_routes, openai_routes
 
-    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[accesslog.access_log, guard], client_max_size=settings.max_body)
     app[SETTINGS] = settings
     app[MANAGER] = ModelManager(settings, Catalog(recipes or []))
     app.cleanup_ctx.append(_lifecycle)

@@ -57,6 +57,7 @@ def family_key(recipe: Recipe) -> tuple | None:
         if spec.source is None or spec.source.path is None:
             return None
         parts += [_file_id(Path(spec.source.path)), spec.gpu_layers, spec.n_ctx, spec.threads]
+        parts += [tuple(spec.rpc), tuple(spec.tensor_split)]  # where its layers live
     params = recipe.parameters
     parts += [
         tuned.n_ctx,
