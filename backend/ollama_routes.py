@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -178,7 +179,7 @@ async def ps(request: web.Request) -> web.Response:
             extra = None
             if family is not None:
                 extra = family.info({m.composite: m.name for m in group})
-                extra["memory"] = _family_memory(family)
+                extra["memory"] = _family_memory(family, extra["adapters"])
                 if extra["memory"] is not None:
                     described = {**described, "size": extra["memory"]["total"]}
             models.append(wire.ps_entry(latest.name, described, expires, latest.composite.n_ctx, extra))
@@ -187,13 +188,15 @@ async def ps(request: web.Request) -> web.Response:
     return web.json_response({"models": await asyncio.to_thread(listing)})
 
 
-def _family_memory(family: Any) -> dict[str, Any] | None:
-    """Shared large and base weights and contexts + every member's adapter + the tuned contexts."""
+def _family_memory(family: Any, adapters: list[str]) -> dict[str, Any] | None:
+    """Shared large and base weights and contexts + the adapters loaded + the tuned contexts."""
     try:
         from nanocommander.registry.gguf_info import estimate_family
 
-        recipes = [v.recipe for v in list(family.views)]
-        return estimate_family(recipes, len(family.slots)).to_dict() if recipes else None
+        views = list(family.views)
+        if not views:
+            return None
+        return estimate_family(views[0].recipe, [Path(a) for a in adapters], len(family.slots)).to_dict()
     except (ImportError, AttributeError, ValueError, OSError):
         return None
 

@@ -50,7 +50,7 @@ def models(kind: str, folder: Path) -> tuple[Path, Path, tiny_models.Shape, int]
     return gguf, gguf, SMOL, 1024
 
 
-def register(store: Path, kind: str, n: int, folder: Path) -> tuple[list[str], int, float]:
+def register(store: Path, kind: str, n: int, folder: Path) -> tuple[list[str], list[Path], Path, float]:
     """N composites in `store`; returns their names, the adapter size and seconds per `create --from`."""
     os.environ["NANOCOMMANDER_MODELS"] = str(store)
     from nanocommander.registry import Registry
@@ -72,7 +72,7 @@ def register(store: Path, kind: str, n: int, folder: Path) -> tuple[list[str], i
     for i in range(1, n):
         list(reg.create_member(f"style{i}", "style0", adapters[i]))
     per = (time.perf_counter() - t0) / max(n - 1, 1)
-    return [f"style{i}" for i in range(n)], adapters[0].stat().st_size, per
+    return [f"style{i}" for i in range(n)], adapters, base, per
 
 
 def free_port() -> int:
@@ -89,12 +89,59 @@ def rss(pid: int) -> int:
 
 
 def history(n_turns: int) -> list[dict]:
-    """A chat of about 200 tokens on the tiny byte-level tokenizer (fewer on SmolLM2's)."""
     out = [{"role": "system", "content": "You are a character in a story; answer in one line."}]
     for i in range(n_turns):
         out.append({"role": "user", "content": f"Turn {i}: what do you see to the north?"})
         out.append({"role": "assistant", "content": f"A road and {i} trees."})
     return out
+
+
+def switch_cost(base: Path, adapters: list[Path], rounds: int = 40) -> dict[str, float]:
+    """The adapter switch in-process, on one tuned context of the base: llama_set_adapters_lora plus
+    clearing the KV cache, and what it adds to the next one-token decode (llama.cpp reserves its
+    compute graph again for the new adapter set), against the same decode with the adapter kept."""
+    from nanocommander.engine.family import steady_allocator
+    from nanocommander.engine.member import LoadedModel, Member
+
+    steady_allocator()
+    model = LoadedModel(base)
+    ctx = Member("tuned", model, n_ctx=512, adapter=adapters[0])
+    token = [model.model.token_bos()]
+    ctx.eval(token)
+    set_s, switched, kept = [], [], []
+    for i in range(rounds):
+        t0 = time.perf_counter()
+        ctx.set_adapter(adapters[(i + 1) % len(adapters)])
+        t1 = time.perf_counter()
+        ctx.eval(token)
+        t2 = time.perf_counter()
+        ctx.reset()
+        ctx.eval(token)
+        t3 = time.perf_counter()
+        set_s.append(t1 - t0)
+        switched.append(t2 - t1)
+        kept.append(t3 - t2)
+    ctx.close()
+    model.close()
+    med = lambda xs: round(statistics.median(xs) * 1000, 3)  # noqa: E731
+    return {
+        "set_adapter_ms": med(set_s),
+        "decode_after_switch_ms": med(switched),
+        "decode_same_adapter_ms": med(kept),
+        "switch_total_ms": round(med(set_s) + med(switched) - med(kept), 3),
+    }
+
+
+def fit_history(c: Client, model: str, tokens: int) -> list[dict]:
+    """The shortest history whose chat prompt (plus one question) has at least `tokens` tokens."""
+    for turns in range(1, 200):
+        chat = history(turns)
+        probe = [*chat, {"role": "user", "content": "Question 0: and to the south?"}]
+        body = {"model": model, "messages": probe, "stream": False, "options": {"num_predict": 1}}
+        n = httpx.post(f"{c.url}/api/chat", json=body, timeout=300).json()["prompt_eval_count"]
+        if n >= tokens:
+            return chat
+    raise RuntimeError("the chat never reached the wanted length")
 
 
 class Client:
@@ -125,10 +172,12 @@ class Client:
         return httpx.get(f"{self.url}/api/ps").json()["models"][0]["family"]
 
 
-def measure(kind: str, n: int) -> dict:
+def measure(kind: str, n: int, cycles: int = 5) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        names, adapter_size, create_s = register(folder / "store", kind, n, folder)
+        names, adapters, base, create_s = register(folder / "store", kind, n, folder)
+        adapter_size = adapters[0].stat().st_size
+        switch = switch_cost(base, adapters[:8])
         port = free_port()
         env = {
             **os.environ,
@@ -152,7 +201,7 @@ def measure(kind: str, n: int) -> dict:
                     if time.time() > deadline:
                         raise
                     time.sleep(0.2)
-            chat = history(6)
+            chat = fit_history(c, names[0], 200)
             ask = lambda i: [*chat, {"role": "user", "content": f"Question {i}: and to the south?"}]  # noqa: E731
             for i in range(3):
                 c.chat(names[0], ask(i))
@@ -164,21 +213,25 @@ def measure(kind: str, n: int) -> dict:
             ).json()["prompt_eval_count"]
             first_use = [c.chat(name, ask(i)) for i, name in enumerate(names)]  # loads each member
             repeat, hit, swap, cold = [], [], [], []
-            for i in range(0, n, max(1, n // 20)):  # the same member twice in a row
-                c.chat(names[i], ask(1000 + i))
-                repeat.append(c.chat(names[i], ask(2000 + i)))
-            for r in range(22):  # two members taking turns: both adapters stay in tuned contexts
-                hit.append(c.chat(names[r % 2], ask(3000 + r)))
-            hit = hit[2:]
-            for r in range(2):  # round-robin over all N: each request swaps an adapter in
-                swap += [c.chat(name, ask(4000 + 1000 * r + i)) for i, name in enumerate(names)]
-            for i in range(10):  # a new chat every time: all three members read the whole prompt
-                fresh = [
-                    {"role": "system", "content": f"Story {i}."},
-                    *chat[1:],
-                    {"role": "user", "content": "Go."},
-                ]
-                cold.append(c.chat(names[i % n], fresh))
+            rr = iter(range(10**6))
+            for cycle in range(cycles):  # the kinds take turns, so the machine's noise hits them alike
+                base_q = 10_000 * (cycle + 1)
+                for k in range(8):  # the same member twice in a row
+                    m = names[(cycle * 8 + k) % n]
+                    c.chat(m, ask(base_q + k))
+                    repeat.append(c.chat(m, ask(base_q + 100 + k)))
+                for k in range(10):  # two members taking turns: both adapters stay in tuned contexts
+                    got = c.chat(names[k % 2], ask(base_q + 200 + k))
+                    if k >= 2:
+                        hit.append(got)
+                for _ in range(8):  # round-robin over all N: each request swaps an adapter in
+                    i = next(rr) % n
+                    swap.append(c.chat(names[i], ask(base_q + 300 + i)))
+                for k in range(8):  # a new chat every time: all three members read the whole prompt
+                    story = [{"role": "system", "content": f"Story {base_q + k}."}, *chat[1:]]
+                    cold.append(c.chat(names[k % n], [*story, {"role": "user", "content": "Go."}]))
+            for i, name in enumerate(names):  # round-robin through every member once more
+                swap.append(c.chat(name, ask(90_000 + i)))
             rss_all = rss(proc.pid)
             fam = c.family()
         finally:
@@ -212,7 +265,8 @@ def measure(kind: str, n: int) -> dict:
     out["swap_vs_repeat_server"] = round(
         out["ttft_switch_swap_ms"]["server"] / out["ttft_repeat_ms"]["server"], 2
     )
-    out["adapter_switch_ms"] = fam["switch_ms"]
+    out["adapter_switch_ms"] = fam["switch_ms"]  # as the server times it: set_adapter (+ KV clear)
+    out["adapter_switch_in_process"] = switch
     out["switches"] = fam["switches"]
     out["tuned_contexts"] = len(fam["tuned_contexts"])
     return out
@@ -224,9 +278,10 @@ def main() -> int:
     kind.add_argument("--tiny", action="store_const", dest="kind", const="tiny")
     kind.add_argument("--smollm2", action="store_const", dest="kind", const="smollm2")
     ap.add_argument("--n", type=int, default=100, help="composites in the family")
+    ap.add_argument("--cycles", type=int, default=5, help="rounds of the TTFT measurements")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    result = measure(args.kind, args.n)
+    result = measure(args.kind, args.n, args.cycles)
     for key, value in result.items():
         print(f"{key:<24} {value}")
     if args.json:

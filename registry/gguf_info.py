@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,18 +198,13 @@ class MemoryEstimate:
 
 
 def estimate_family(
-    recipes: Sequence[Recipe], tuned_contexts: int, num_ctx: int | None = None
+    recipe: Recipe, adapters: Iterable[Path], tuned_contexts: int, num_ctx: int | None = None
 ) -> MemoryEstimate:
-    """An adapter family (engine/family.py): shared large and base weights and contexts, every member's
-    adapter once, and `tuned_contexts` KV caches of the base's shape for the tuned side."""
-    first = estimate_memory(recipes[0], num_ctx, tuned_contexts=tuned_contexts)
+    """An adapter family (engine/family.py) served for `recipe`'s large and base: their weights and
+    contexts once, the `adapters` loaded, and `tuned_contexts` KV caches of the base's shape."""
+    first = estimate_memory(recipe, num_ctx, tuned_contexts=tuned_contexts)
     tuned = first.members["tuned"]
-    adapters = {
-        Path(r.tuned.adapter.path).resolve()
-        for r in recipes
-        if r.tuned.adapter is not None and r.tuned.adapter.path is not None
-    }
-    weights = sum(p.stat().st_size for p in adapters if p.exists())
+    weights = sum(p.stat().st_size for p in {Path(a).resolve() for a in adapters} if p.exists())
     members = {**first.members, "tuned": MemberMemory("tuned", weights, tuned.kv_cache, tuned.n_ctx)}
     return MemoryEstimate(members, first.free)
 

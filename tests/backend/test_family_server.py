@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import ollama
@@ -137,11 +138,13 @@ def test_ps_shows_one_family_with_its_adapters_and_memory(live, adapters):
     family = entry["family"]
     assert entry["model"] == "style5:latest"  # named by its most recently used member
     assert {f"style{i}:latest" for i in range(6)} <= set(family["members"])
-    assert len(family["adapters"]) == 6 and len(family["tuned_contexts"]) == 2
+    assert len(family["tuned_contexts"]) == 2
+    in_contexts = {c["adapter"] for c in family["tuned_contexts"]}
+    assert in_contexts <= set(family["adapters"]) and 2 <= len(family["adapters"]) <= 4  # + 2 kept warm
     memory = family["memory"]
     assert entry["size"] == memory["total"]
-    loras = sum(adapters[f"style{i}"].stat().st_size for i in range(6))
-    assert memory["members"]["tuned"]["weights"] == loras  # every adapter, once
+    loras = sum(Path(a).stat().st_size for a in family["adapters"])
+    assert memory["members"]["tuned"]["weights"] == loras  # the adapters loaded, once each
     assert memory["members"]["tuned"]["kv_cache"] == 2 * memory["members"]["base"]["kv_cache"]
     assert memory["members"]["large"]["weights"] > 0 and memory["members"]["base"]["weights"] > 0
     pooled = {p.name for p in live.app[MANAGER].pool.loaded()}

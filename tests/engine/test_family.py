@@ -168,3 +168,19 @@ def test_the_last_member_to_close_closes_the_family(styles):
     assert family.closed and pool.loaded() == []
     with pytest.raises(Exception, match="unloaded"):
         family.view(styles[2])
+
+
+def test_only_recent_adapters_stay_loaded(styles, fresh):
+    """llama.cpp grows every context's graph with each adapter its model holds: a family keeps the
+    adapters of its tuned contexts and `capacity` more; the others load again when asked for."""
+    family, views = load_family(styles, capacity=1)
+    model = family.core.members["base"].model
+    try:
+        assert len(model.loaded_adapters()) == 2  # the tuned context's, and the last one viewed
+        for step, i in enumerate([0, 1, 2, 3, 1, 0]):
+            assert run(views[i], PROMPTS[step % 3]) == fresh[i, PROMPTS[step % 3], "composite"]
+            assert views[i].adapter[0] in model.loaded_adapters() and len(model.loaded_adapters()) <= 2
+    finally:
+        for view in views:
+            view.close()
+    assert model.loaded_adapters() == []
