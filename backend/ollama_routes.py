@@ -137,17 +137,20 @@ async def show(request: web.Request) -> web.Response:
             "model_info": {k: v for k, v in model_info.items() if v is not None},
             "capabilities": wire.capabilities(template),
             "modified_at": wire.now_iso(),
-            "composite": {**wire.composite_object(recipe.alpha, members), "memory": _memory(recipe)},
+            "composite": {
+                **wire.composite_object(recipe.alpha, members),
+                "memory": _memory(recipe, request.app[MANAGER].settings.num_parallel),
+            },
         }
     )
 
 
-def _memory(recipe: Any) -> dict[str, Any] | None:
+def _memory(recipe: Any, num_parallel: int | None) -> dict[str, Any] | None:
     """The registry's memory estimate (weights + KV cache per member), when the registry offers one."""
     try:
         from nanocommander.registry import estimate_memory
 
-        return estimate_memory(recipe).to_dict()
+        return estimate_memory(recipe, num_parallel=num_parallel).to_dict()
     except (ImportError, AttributeError, ValueError, OSError):
         return None
 
@@ -159,8 +162,19 @@ def _member_template(member: dict[str, Any]) -> str:
 async def ps(request: web.Request) -> web.Response:
     models = []
     for loaded in sorted(request.app[MANAGER].loaded.values(), key=lambda m: -m.expires_at):
-        described = describe(loaded.composite.recipe)
-        models.append(wire.ps_entry(loaded.name, described, loaded.expires_at, loaded.composite.n_ctx))
+        comp = loaded.composite
+        entry = wire.ps_entry(loaded.name, describe(comp.recipe), loaded.expires_at, comp.n_ctx)
+        memory = _memory(comp.recipe, comp.n_parallel)  # KV cache: num_ctx tokens for each slot
+        entry["composite"] = {
+            "num_parallel": comp.n_parallel,
+            "active": len(comp.scheduler.active()),
+            "kv_cache": memory
+            and {
+                "formula": memory["kv_formula"],
+                "bytes": {role: m["kv_cache"] for role, m in memory["members"].items()},
+            },
+        }
+        models.append(entry)
     return web.json_response({"models": models})
 
 
