@@ -341,6 +341,34 @@ class Composite:
         finally:
             self.scheduler.cancel(ticket)
 
+    def generate_batch(self, reqs: Sequence[GenerateRequest]) -> list[list[Chunk]]:
+        """Run requests together (admitted at once, as many in flight as there are slots) and return
+        each one's chunks; for evaluation, benchmarks and tests. An error is raised once all end."""
+        started = [self.start(req) for req in reqs]
+        inbox: queue.SimpleQueue[tuple[int, Item]] = queue.SimpleQueue()
+        tickets = [
+            self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead=1 << 30)
+            for i, (gen, steps) in enumerate(started)
+        ]
+        self.scheduler.submit(*tickets)
+        out: list[list[Chunk]] = [[] for _ in reqs]
+        errors: list[BaseException] = []
+        left = len(tickets)
+        try:
+            while left:
+                i, item = inbox.get()
+                if isinstance(item, BaseException):
+                    errors.append(item)
+                else:
+                    out[i].extend(item)
+                left -= isinstance(item, BaseException) or bool(item and item[-1].done)
+        finally:
+            for ticket in tickets:
+                self.scheduler.cancel(ticket)
+        if errors:
+            raise errors[0]
+        return out
+
     def _ticket(self, gen: Generation, steps: Steps, put, max_ahead: int = STREAM_AHEAD) -> Ticket:
         def begin(seq: int) -> Steps:
             gen.seq = seq  # the strategy has not run yet: its first Need is built for this slot

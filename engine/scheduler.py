@@ -77,15 +77,17 @@ class Scheduler:
         self._last_used = [0.0] * n_seq
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.rounds = 0
+        self.rounds = 0  # rounds served, and the most requests served in one round (for tests, bench)
+        self.widest = 0
 
     # -- consumer side (any thread) -------------------------------------------------------------
 
-    def submit(self, ticket: Ticket) -> None:
+    def submit(self, *tickets: Ticket) -> None:
+        """Queue tickets; tickets submitted together are admitted together (as slots allow)."""
         with self._cv:
             if self._stopping:
                 raise ModelLoadError("model was unloaded")
-            self._pending.append(ticket)
+            self._pending.extend(tickets)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
                 self._thread.start()
@@ -194,6 +196,7 @@ class Scheduler:
             return
         results = self._serve(holds, parts)
         self.rounds += 1
+        self.widest = max(self.widest, len(parts))
         for ticket, whole, _ in parts:
             if whole and ticket in results:
                 self._advance(ticket, results[ticket])
