@@ -202,9 +202,9 @@ class Scheduler:
                 self._advance(ticket, results[ticket])
 
     def _plan(self, ready: list[Ticket]) -> list[tuple[Ticket, Need, bool]]:
-        """This round's Holds: running requests' Needs whole; prompts share what is left of the
-        chunk budget (each member evaluates about `chunk` new tokens a round), oldest first."""
-        used: dict[str, int] = {}
+        """This round's Holds: running requests' Needs whole; prompts, oldest first, share a budget of
+        new tokens per member: `chunk` (num_batch) when nothing else runs, an eighth of it (at least
+        16) while other requests are decoding, so their next tokens wait for a short round only."""
         out: list[tuple[Ticket, Need, bool]] = []
         prompts = []
         for ticket in ready:
@@ -214,12 +214,11 @@ class Scheduler:
                 self._end(ticket, error=exc)
                 continue
             if ticket.started:
-                out.append((ticket, ticket.need, True))
-                for role, n in news.items():
-                    used[role] = used.get(role, 0) + n
+                out.append((ticket, ticket.need, True))  # type: ignore[arg-type]
             else:
                 prompts.append((ticket, news))
-        left = {r: max(self.chunk - used.get(r, 0), self.chunk // 4, 1) for r in self.comp.members}
+        budget = min(self.chunk, max(self.chunk // 8, 16)) if out else self.chunk
+        left = dict.fromkeys(self.comp.members, budget)
         for ticket, news in prompts:
             need = ticket.need
             pre = {r: n - max(1, need[r].n_logits) for r, n in news.items()}  # before the logits rows

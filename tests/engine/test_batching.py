@@ -324,3 +324,32 @@ def list_or_error(it):
         return list(it)
     except Exception as exc:  # noqa: BLE001 - the test looks at it
         return exc
+
+
+def test_running_streams_keep_producing_while_a_long_prompt_is_evaluated(tiny_q8):
+    """num_batch 64: beside a running stream, a 400-token prompt goes in 16 tokens a round."""
+    comp = Composite.load(recipe_over(tiny_q8, extra="parameters: {num_ctx: 1024, num_batch: 64}\n"))
+    try:
+        times: list[tuple[float, int]] = []
+        started = threading.Event()
+
+        def stream_a():
+            req = GenerateRequest(prompt=CHAT.format("a"), sampling=GREEDY, num_predict=600, ignore_eos=True)
+            for chunk in comp.generate(req):
+                times.append((time.perf_counter(), len(chunk.token_ids)))
+                if len(times) >= 3:
+                    started.set()
+
+        a = threading.Thread(target=stream_a)
+        a.start()
+        assert started.wait(30)
+        long = GenerateRequest(prompt=CHAT.format("word " * 200), sampling=GREEDY, num_predict=2)
+        assert len(comp.tokenize(long.prompt)) > 400
+        t0 = time.perf_counter()
+        first = next(iter(comp.generate(long)))
+        t1 = time.perf_counter()
+        a.join(60)
+        during = sum(n for t, n in times if t0 < t < t1)
+        assert first.token_ids and during >= 10  # 400 / 16 = 25 rounds, each with a token of A
+    finally:
+        comp.close()
