@@ -268,7 +268,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if args.tiny or args.smollm2:
-            recipe = (tiny_recipe if args.tiny else smollm2_recipe)(folder / "models")
+            recipe = (tiny_recipe if args.tiny else smollm2_recipe)(folder)
         elif args.recipe:
             recipe = Recipe.load(args.recipe)
         else:
