@@ -5,8 +5,9 @@
 Writes a tiny llama model (n_embd 256, so the K-quants apply), quantizes it with llama.cpp's own
 quantizer, then decodes four sequences greedily one token at a time, alone (a one-sequence context)
 and together (one batch of four per step, teacher-forced on the alone tokens), and reports the
-largest logit difference and how often the greedy token differs. --no-repack loads without
-llama.cpp's repacked CPU weight layouts (use_extra_bufts off).
+largest logit difference and how often the greedy token differs; then the same for Q4_1 weights
+with a LoRA adapter whose lora_a is F32 and Q8_0. --no-repack loads without llama.cpp's repacked CPU
+weight layouts (use_extra_bufts off).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from nanocommander.engine.member import Hold, LoadedModel, Member  # noqa: E402
 FTYPES = {"F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q4_K_M": 15, "Q6_K": 18}
 
 
-def compare(path: Path, steps: int = 20) -> tuple[float, int, int]:
+def compare(path: Path, adapter: Path | None = None, steps: int = 20) -> tuple[float, int, int]:
     model = LoadedModel(path)
-    alone, together = Member("x", model, n_ctx=256, n_seq=1), Member("x", model, n_ctx=256, n_seq=4)
+    alone = Member("x", model, n_ctx=256, n_seq=1, adapter=adapter)
+    together = Member("x", model, n_ctx=256, n_seq=4, adapter=adapter)
     try:
         rng = np.random.default_rng(0)
         prompts = [list(map(int, rng.integers(0, 250, size=n))) for n in (20, 7, 33, 12)]
@@ -89,6 +91,13 @@ def main() -> int:
                     raise SystemExit(f"cannot quantize to {name}")
             worst, flips, n = compare(path)
             print(f"{name:<8} {worst:>22.3g} {flips:>9} / {n}")
+        if "Q4_1" in args.types.split(","):
+            for label, q8 in (("F32", False), ("Q8_0", True)):
+                lora = tiny_models.write_lora(
+                    Path(tmp) / f"lora{q8}.gguf", seed=3, shape=shape, std=0.5, q8_a=q8
+                )
+                worst, flips, n = compare(Path(tmp) / "Q4_1.gguf", lora)
+                print(f"Q4_1 + LoRA, lora_a {label}: {worst:.3g}, {flips} / {n} greedy flips")
     return 0
 
 

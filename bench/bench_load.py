@@ -13,7 +13,8 @@ first token p50/p95 (from sending the request to its first content line, queuein
 
 --soak: each of N clients asks prompt after prompt for the given seconds; every reply is compared
 with the same request run alone beforehand at temperature 0 (crossed = another prompt's reply,
-truncated = a strict prefix, lost = no final line, diverged = anything else).
+truncated = a strict prefix of its own, lost = no final line, diverged = its own reply up to some
+token, then other tokens: where the kernels depend on the batch, a near-tie can flip).
 """
 
 from __future__ import annotations
@@ -195,8 +196,8 @@ async def soak(url, model, clients, seconds, tokens) -> dict:
                     kind = "lost"
                 elif r["text"] == replies[p]:
                     kind = "ok"
-                elif any(shared_prefix(r["text"], t) > own for q, t in replies.items() if q != p):
-                    kind = "crossed"  # closer to another prompt's reply than to its own
+                elif any(t.startswith(r["text"]) for q, t in replies.items() if q != p):
+                    kind = "crossed"  # another prompt's reply (or the start of one)
                 elif own == len(r["text"]):
                     kind = "truncated"
                 else:
