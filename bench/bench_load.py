@@ -4,10 +4,10 @@
                                [--parallel 4] [--json out.json]
     python bench/bench_load.py --smollm2 --soak 120 [--soak-clients 16]
 
-Starts `nanocommander serve RECIPE` as a subprocess on a free loopback port, once with
-NANOCOMMANDER_NUM_PARALLEL=--parallel and once with 1, in the same run. For each number of clients it
+Starts `nanocommander serve RECIPE` twice as subprocesses on free loopback ports, one with
+NANOCOMMANDER_NUM_PARALLEL=--parallel and one with 1, side by side. For each number of clients it
 starts that many streaming /api/chat requests at once with distinct prompts (several waves, so every
-level serves at least 8 requests) and reports aggregate tokens/s (all tokens / wall time of the wave),
+level serves at least 8 requests), alternating between the two servers --repeat times and reports aggregate tokens/s (all tokens / wall time of the wave),
 per-stream tokens/s (each stream's tokens after the first / its time after the first), and time to
 first token p50/p95 (from sending the request to its first content line, queueing included).
 
@@ -115,18 +115,22 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
-async def level(url, model, clients, tokens, prompts) -> dict:
-    """Waves of `clients` simultaneous streams (at least 8 requests in all)."""
-    results, walls, totals = [], [], []
+async def waves(url, model, clients, tokens, prompts) -> tuple[list[dict], float, int]:
+    """Waves of `clients` simultaneous streams (8 requests at least): results, wall time, tokens."""
+    results, wall, total = [], 0.0, 0
     timeout = aiohttp.ClientTimeout(total=3600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
         for _ in range(max(1, 8 // clients)):
             batch = await asyncio.gather(
                 *(chat(session, url, model, next(prompts), tokens) for _ in range(clients))
             )
-            walls.append(max(r["t_end"] for r in batch) - min(r["t0"] for r in batch))
-            totals.append(sum(r["tokens"] for r in batch))
+            wall += max(r["t_end"] for r in batch) - min(r["t0"] for r in batch)
+            total += sum(r["tokens"] for r in batch)
             results += batch
+    return results, wall, total
+
+
+def summarise(slots: int, clients: int, results: list[dict], wall: float, total: int) -> dict:
     ttft = [r["t_first"] - r["t0"] for r in results]
     per_stream = [
         (r["tokens"] - 1) / (r["t_end"] - r["t_first"])
@@ -134,11 +138,12 @@ async def level(url, model, clients, tokens, prompts) -> dict:
         if r["tokens"] > 1 and r["t_end"] > r["t_first"]
     ]
     return {
+        "num_parallel": slots,
         "clients": clients,
         "requests": len(results),
         "errors": sum(1 for r in results if not r["done"]),
-        "tokens": sum(totals),
-        "aggregate_tok_s": sum(totals) / sum(walls),
+        "tokens": total,
+        "aggregate_tok_s": total / wall,
         "per_stream_tok_s": statistics.mean(per_stream) if per_stream else 0.0,
         "ttft_p50_s": percentile(ttft, 0.5),
         "ttft_p95_s": percentile(ttft, 0.95),
@@ -157,17 +162,31 @@ async def warm(url, model):
         await chat(session, url, model, "hello", 2)
 
 
-def bench(recipe: Path, model: str, levels: list[int], tokens: int, parallel: int, store: Path) -> list[dict]:
-    rows = []
-    for slots in (parallel, 1):
-        with serve(recipe, slots, store) as url:
+def bench(
+    recipe: Path, model: str, levels: list[int], tokens: int, parallel: int, store: Path, repeat: int
+) -> list[dict]:
+    """Both servers run side by side; each level alternates between them `repeat` times (ABBA...), so
+    a change in the machine's load during the run falls on both alike."""
+    with contextlib.ExitStack() as stack:
+        urls = {
+            slots: stack.enter_context(serve(recipe, slots, store / str(slots))) for slots in (parallel, 1)
+        }
+        for url in urls.values():
             asyncio.run(warm(url, model))
-            prompts = prompt_stream()
-            for clients in levels:
-                row = {"num_parallel": slots, **asyncio.run(level(url, model, clients, tokens, prompts))}
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                rows.append(row)
-    return rows
+        prompts = prompt_stream()
+        rows = []
+        for clients in levels:
+            got: dict[int, list] = {slots: [[], 0.0, 0] for slots in urls}
+            for rep in range(repeat):
+                for slots in list(urls)[:: 1 if rep % 2 == 0 else -1]:
+                    results, wall, total = asyncio.run(waves(urls[slots], model, clients, tokens, prompts))
+                    got[slots][0] += results
+                    got[slots][1] += wall
+                    got[slots][2] += total
+            for slots in urls:
+                rows.append(summarise(slots, clients, *got[slots]))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return sorted(rows, key=lambda r: (-r["num_parallel"], r["clients"]))
 
 
 async def soak(url, model, clients, seconds, tokens) -> dict:
@@ -287,6 +306,7 @@ def main() -> int:
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=2, help="alternations per level between the two servers")
     ap.add_argument("--num-ctx", type=int, default=1024)
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of the crossed/lost/truncated check")
     ap.add_argument("--soak-clients", type=int, default=16)
@@ -319,7 +339,7 @@ def main() -> int:
             print(json.dumps(report["soak"], indent=1))
         else:
             levels = [int(c) for c in args.clients.split(",")]
-            report["rows"] = bench(path, name, levels, args.tokens, args.parallel, store)
+            report["rows"] = bench(path, name, levels, args.tokens, args.parallel, store, args.repeat)
             print(f"{name}, {args.tokens} tokens a request, {report['machine']}")
             print(table(report["rows"]))
             print(summary(report["rows"], args.parallel))
