@@ -6,6 +6,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from nanocommander.backend.guard import origin_allowed
+
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
 
 
@@ -121,7 +123,5 @@ class Settings:
             )
 
     def origin_allowed(self, origin: str) -> bool:
-        if "*" in self.origins or origin in self.origins:
-            return True
-        host = origin.split("://", 1)[-1].split(":", 1)[0].strip("[]")
-        return host in ("localhost", "127.0.0.1", "::1")
+        """Whether a browser page of `origin` may call the server (rules in backend/guard.py)."""
+        return origin_allowed(origin, self.origins)

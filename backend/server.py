@@ -8,12 +8,12 @@ The middleware picks the envelope by path, so no handler formats errors by hand.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from nanocommander.backend import guard as checks
 from nanocommander.backend import ollama_api, openai_api
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
@@ -71,7 +71,13 @@ def error_response(path: str, status: int, message: str) -> web.Response:
     if kind == "openai":
         body: Any = openai_api.error_body(status, message)
     elif kind == "kobold":
-        etype = {400: "bad_input", 404: "not_found", 503: "service_unavailable"}.get(status, "server_error")
+        etype = {
+            400: "bad_input",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            503: "service_unavailable",
+        }.get(status, "server_error")
         body = {"detail": {"msg": message, "type": etype}}
     else:
         body = ollama_api.error_body(status, message)
@@ -79,26 +85,20 @@ def error_response(path: str, status: int, message: str) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is {}; anything else is a 400."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"invalid JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the JSON body must be an object")
-    return body
+    """The request body as a JSON object; an empty body is {}; anything else is a 400 (see guard)."""
+    return checks.parse_body(await request.read())
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    """CORS, the optional bearer key, and every error in the protocol's own envelope."""
+    """Host and Origin checks, CORS, the optional bearer key, and every error in the protocol's envelope."""
     settings = request.app[SETTINGS]
+    refused = checks.refusal(request.headers, settings.host, settings.origins)
+    if refused:  # before any handler, for every method: a cross-site POST must not run at all
+        return error_response(request.path, 403, refused)
     origin = request.headers.get("Origin")
     cors = {}
-    if origin and settings.origin_allowed(origin):
+    if origin:
         cors = {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS, HEAD",
