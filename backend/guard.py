@@ -66,8 +66,8 @@ def origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
     origin = origin.strip().lower()
     if "*" in allowed or any(fnmatchcase(origin, pattern.lower()) for pattern in allowed):
         return True
-    scheme, _, authority = origin.partition("://")
-    if scheme in APP_SCHEMES and authority:
+    scheme, sep, authority = origin.partition("://")
+    if sep and scheme in APP_SCHEMES:
         return True
     host = _hostname(authority)
     return scheme in ("http", "https") and host is not None and is_loopback_name(host)
