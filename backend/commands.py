@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from nanocommander.backend.config import Settings, parse_host
+
+SHUTDOWN_S = 3.0  # how long a stop waits for running handlers after telling them to end
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +48,14 @@ async def run_server(settings: Settings, recipes) -> None:
     from nanocommander.backend.server import create_app
 
     app = create_app(settings, recipes)
-    runner = web.AppRunner(app, handler_cancellation=True)
+    # SIGTERM/SIGINT: stop listening, end running requests with their protocol's error object
+    # (backend/shutdown.py), unload the models, exit; SHUTDOWN_S bounds the wait for handlers.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     ports = [settings.port] + ([settings.kobold_port] if settings.kobold_port else [])
     for port in ports:
         await web.TCPSite(runner, settings.host, port).start()
@@ -57,7 +66,8 @@ async def run_server(settings: Settings, recipes) -> None:
         flush=True,
     )
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        print("nanocommander: shutting down", file=sys.stderr, flush=True)
     finally:
         await runner.cleanup()
 

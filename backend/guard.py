@@ -22,7 +22,6 @@ import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
 
 from nanocommander.errors import InvalidRequest
 
@@ -130,7 +129,9 @@ def check_tree(value: Any) -> None:
         if not isinstance(item, (dict, list)):
             continue
         if depth >= MAX_DEPTH:
-            raise InvalidRequest(f'invalid JSON body: "{_field(where)}" is nested deeper than {MAX_DEPTH} levels')
+            raise InvalidRequest(
+                f'invalid JSON body: "{_field(where)}" is nested deeper than {MAX_DEPTH} levels'
+            )
         if isinstance(item, dict):
             for key, sub in item.items():
                 path = f"{where}.{key}" if where else key

@@ -172,10 +172,17 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _genkey(body: dict[str, Any]) -> str | None:
+    key = body.get("genkey")
+    if key is not None and not isinstance(key, str):
+        raise InvalidRequest('"genkey" must be a string')
+    return key
+
+
 async def check(request: web.Request) -> web.Response:
     body = await read_json(request) if request.method == "POST" else {}
     state = _state(request.app)
-    key = body.get("genkey")
+    key = _genkey(body)
     gen = state["gens"].get(key) if key else state.get("current")
     return web.json_response({"results": [{"text": gen.text if gen else ""}]})
 
@@ -186,7 +193,7 @@ async def abort(request: web.Request) -> web.Response:
     except InvalidRequest:
         body = {}
     state = _state(request.app)
-    key = body.get("genkey")
+    key = _genkey(body)
     gen = state["gens"].get(key) if key else state.get("current")
     if gen is None or gen.done:
         return web.json_response({"success": "false", "done": "false"})
@@ -210,6 +217,8 @@ async def detokenize(request: web.Request) -> web.Response:
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
         return web.json_response({"result": "", "success": False}, status=400)
     loaded = await _loaded(request)
+    if not all(0 <= i < loaded.composite.vocab.n_vocab for i in ids):  # llama.cpp aborts on a bad id
+        return web.json_response({"result": "", "success": False}, status=400)
     return web.json_response({"result": loaded.composite.detokenize(ids), "success": True})
 
 

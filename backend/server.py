@@ -7,6 +7,7 @@ The middleware picks the envelope by path, so no handler formats errors by hand.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from nanocommander.backend import guard as checks
-from nanocommander.backend import ollama_api, openai_api
+from nanocommander.backend import ollama_api, openai_api, shutdown
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
 
@@ -28,6 +29,7 @@ from nanocommander.errors import (
     ModelNotFound,
     NanoCommanderError,
     RecipeError,
+    ReferenceNotFound,
     ServerBusy,
     TokenizerMismatch,
 )
@@ -40,6 +42,7 @@ VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
 
 STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
+    (ReferenceNotFound, 404),
     (ServerBusy, 503),
     (InsufficientMemory, 500),  # Ollama answers 500 when a model needs more memory than is free
     (ContextOverflow, 400),
@@ -108,6 +111,7 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         }
     if request.method == "OPTIONS":
         return web.Response(status=204 if cors else 403, headers=cors)
+    draining = request.app[shutdown.DRAINING]
     try:
         if settings.api_key and request.path not in ("/", "/api/version"):
             given = request.headers.get("Authorization", "").encode()
@@ -115,7 +119,13 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
                 return _with(
                     error_response(request.path, 401, "unauthorized: missing or invalid API key"), cors
                 )
-        response = await handler(request)
+        with draining.track():
+            response = await handler(request)
+    except asyncio.CancelledError:
+        if not draining.stopping:  # the client went away
+            raise
+        shutdown.absorb_cancel()  # SIGTERM before the answer started: a 503 in the protocol's shape
+        response = error_response(request.path, 503, shutdown.MESSAGE)
     except web.HTTPRequestEntityTooLarge:
         response = error_response(
             request.path, 413, f"request body too large (limit {settings.max_body} bytes)"
@@ -152,6 +162,7 @@ def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.A
     app[SETTINGS] = settings
     app[MANAGER] = ModelManager(settings, Catalog(recipes or []))
     app.cleanup_ctx.append(_lifecycle)
+    shutdown.setup(app)
     ollama_routes.setup_routes(app)
     openai_routes.setup_routes(app)
     kobold_routes.setup_routes(app)

@@ -76,3 +76,7 @@ class DigestMismatch(NanoCommanderError, ValueError):
 
 class RegistryError(NanoCommanderError, RuntimeError):
     """A pull, push or store operation failed (network, disk, Hub)."""
+
+
+class ReferenceNotFound(RegistryError, LookupError):
+    """A pull names nothing it can fetch: no recipe file, no Hub name, no stored model (a 404)."""

@@ -34,7 +34,7 @@ from nanocommander.registry.store import (
     parse_digest,
 )
 
-from nanocommander.errors import InvalidName, RegistryError
+from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
 from nanocommander.recipe import ROLES, Recipe, Source
 
 Event = dict[str, Any]
@@ -134,7 +134,7 @@ class Registry:
         if name.is_hub:
             return self._pull(lambda: pull.hub_recipe(self.settings, name), name)
         if self.store.find(name) is None:
-            raise RegistryError(
+            raise ReferenceNotFound(
                 f"'{ref}' is neither a recipe file nor hf.co/user/repo[:tag], and no model of that "
                 "name is stored; to register a recipe run `pull RECIPE.yaml` or `create NAME -f`"
             )

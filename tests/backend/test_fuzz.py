@@ -54,7 +54,6 @@ ODD_STRINGS = [
     "\u202e\u2066rtl",
     "\ufeff",
     "🙂👍🏽",
-    "x" * 5000,
     "<|im_end|>",
     "<s></s>",
     "{{ 1/0 }}",
@@ -96,7 +95,10 @@ EXTREME_NUMBERS = [
     float("-inf"),
 ]
 
-odd_text = st.one_of(st.sampled_from(ODD_STRINGS), st.text(st.characters(exclude_categories=()), max_size=30))
+huge = st.integers(1000, 20_000).map(lambda n: "x" * n)
+any_text = st.text(st.characters(exclude_categories=()), max_size=30)
+lone = st.builds(lambda a, c, b: a + chr(c) + b, any_text, st.integers(0xD800, 0xDFFF), any_text)
+odd_text = st.one_of(st.sampled_from(ODD_STRINGS), any_text, lone, huge)
 number = st.one_of(
     st.sampled_from(EXTREME_NUMBERS), st.integers(), st.floats(allow_nan=True, allow_infinity=True)
 )
@@ -110,15 +112,18 @@ anything = st.recursive(
 
 def field(valid: st.SearchStrategy) -> st.SearchStrategy:
     """Mostly valid, sometimes anything at all (wrong type, extreme, odd Unicode, nested junk)."""
-    return st.one_of(valid, valid, anything)
+    return st.one_of(valid, valid, valid, anything)
 
 
-small_int = st.integers(0, 8)
-prob = st.floats(0, 1)
+small_int = st.one_of(st.integers(0, 8), st.integers(0, 8), st.sampled_from([-1, 2**31 - 1, 2**31, 10**30]))
+prob = st.one_of(st.floats(0, 1), st.floats(0, 1), number)
 model = st.sampled_from(["tiny", "tiny:latest", "TINY", "ghost", ""])
-prompt = st.one_of(st.sampled_from(["hi", "Once upon a time", ""]), odd_text)
+prompt = st.one_of(st.sampled_from(["hi", "Once upon a time", ""]), odd_text, odd_text)
 msg = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "system", "assistant", "tool", "developer", "robot"]), "content": prompt},
+    {
+        "role": st.sampled_from(["user", "system", "assistant", "tool", "developer", "robot"]),
+        "content": prompt,
+    },
     optional={"images": anything, "tool_calls": anything, "name": odd_text},
 )
 messages = st.lists(field(msg), min_size=0, max_size=3)
@@ -138,12 +143,14 @@ OPTION_VALUES: dict[str, st.SearchStrategy] = {
 options = st.fixed_dictionaries(
     {},
     optional={
-        **{k: field(OPTION_VALUES.get(k, prob if float in v else small_int)) for k, v in ALL_KEYS.items()},
+        **{k: OPTION_VALUES.get(k, prob if float in v else small_int) for k, v in ALL_KEYS.items()},
         **{k: anything for k in sorted(IGNORED_KEYS)[:4]},
     },
 )
-schema = st.sampled_from([None, "json", "", {"type": "object"}, {"type": "object", "properties": {"a": {"type": "integer"}}}])
-keep_alive = st.sampled_from([None, "5m", 0, -1, "1h30m", "soon", 10**30])
+schema = st.sampled_from(
+    [None, "json", "", {"type": "object"}, {"type": "object", "properties": {"a": {"type": "integer"}}}]
+)
+keep_alive = st.sampled_from([None, "5m", 0, -1, "1h30m", 1e30])
 kobold_fields = {
     "prompt": prompt,
     "memory": prompt,
@@ -190,8 +197,14 @@ openai_fields = {
     "presence_penalty": prob,
     "frequency_penalty": prob,
     "logit_bias": OPTION_VALUES["logit_bias"],
-    "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}, {"type": "xml"},
-                                        {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}]),
+    "response_format": st.sampled_from(
+        [
+            {"type": "text"},
+            {"type": "json_object"},
+            {"type": "xml"},
+            {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},
+        ]
+    ),
     "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": anything}), max_size=2),
     "n": small_int,
     "user": odd_text,
@@ -203,14 +216,24 @@ openai_fields = {
 }
 
 
-def body(required: dict[str, Any], optional: dict[str, Any]) -> st.SearchStrategy:
-    """An object with each field valid or not, some required ones dropped and unknown ones added."""
-    present = st.fixed_dictionaries(
-        {k: field(v) for k, v in required.items()}, optional={k: field(v) for k, v in optional.items()}
+@st.composite
+def body(draw, required: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:
+    """A valid-typed object (its text and numbers may still be odd or extreme), then up to three
+    mutations: a field replaced by anything, a field dropped, an unknown field added."""
+    value = draw(
+        st.fixed_dictionaries(required, optional={k: v for k, v in optional.items() if k not in required})
     )
-    drop = st.sets(st.sampled_from(sorted(required))) if required else st.just(set())
-    extra = st.dictionaries(odd_text, anything, max_size=2)
-    return st.builds(lambda p, d, e: {**e, **{k: v for k, v in p.items() if k not in d}}, present, drop, extra)
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["junk", "drop", "extra"]))
+        if kind != "extra" and value:
+            key = draw(st.sampled_from(sorted(value)))
+            if kind == "junk":
+                value[key] = draw(anything)
+            else:
+                del value[key]
+        else:
+            value[draw(odd_text)] = draw(anything)
+    return value
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -230,27 +253,102 @@ def _p(strategy: st.SearchStrategy, prefix: str) -> st.SearchStrategy:
     return strategy.map(lambda s: prefix + quote(s.encode("utf-8", "surrogatepass"), safe=":"))
 
 
-digest = st.one_of(st.just("sha256:" + "a" * 64), st.text(st.characters(codec="ascii"), max_size=70).map(
-    lambda s: s.replace("/", "").replace("?", "").replace("#", "")))
+digest = st.one_of(
+    st.just("sha256:" + "a" * 64),
+    st.text(st.characters(codec="ascii"), max_size=70).map(
+        lambda s: s.replace("/", "").replace("?", "").replace("#", "")
+    ),
+)
 
 OLLAMA = [
-    Route("ollama", "POST", "/api/generate", body({"model": model, "prompt": prompt}, {
-        "system": prompt, "template": st.sampled_from(["{{ .Prompt }}", "{% for m in messages %}{{ m.content }}{% endfor %}", "{{ 1/0 }}"]),
-        "raw": st.booleans(), "context": st.lists(st.integers(0, 300), max_size=4), "stream": st.booleans(),
-        "format": schema, "keep_alive": keep_alive, "options": options, "suffix": prompt, "images": anything})),
-    Route("ollama", "POST", "/api/chat", body({"model": model, "messages": messages}, {
-        "tools": st.lists(anything, max_size=2), "format": schema, "stream": st.booleans(),
-        "keep_alive": keep_alive, "options": options})),
+    Route(
+        "ollama",
+        "POST",
+        "/api/generate",
+        body(
+            {"model": model, "prompt": prompt},
+            {
+                "system": prompt,
+                "template": st.sampled_from(
+                    ["{% for m in messages %}{{ m.content }}{% endfor %}", "{{ 1/0 }}"]
+                ),
+                "raw": st.booleans(),
+                "context": st.lists(st.integers(0, 300), max_size=4),
+                "stream": st.booleans(),
+                "format": schema,
+                "keep_alive": keep_alive,
+                "options": options,
+                "suffix": prompt,
+                "images": anything,
+            },
+        ),
+    ),
+    Route(
+        "ollama",
+        "POST",
+        "/api/chat",
+        body(
+            {"model": model, "messages": messages},
+            {
+                "tools": st.lists(anything, max_size=2),
+                "format": schema,
+                "stream": st.booleans(),
+                "keep_alive": keep_alive,
+                "options": options,
+            },
+        ),
+    ),
     Route("ollama", "POST", "/api/show", body({"model": model}, {"name": model, "verbose": st.booleans()})),
     Route("ollama", "POST", "/api/embed", body({"model": model, "input": prompt}, {})),
     Route("ollama", "POST", "/api/embeddings", body({"model": model, "prompt": prompt}, {})),
-    Route("ollama", "POST", "/api/copy", body({"source": model, "destination": st.sampled_from(["fz-copy", "a/b/c/d/e", ""])}, {})),
-    Route("ollama", "DELETE", "/api/delete", body({"model": st.sampled_from(["fz-copy", "fz-made", "tiny", "ghost"])}, {})),
-    Route("ollama", "POST", "/api/create", body({"model": st.sampled_from(["fz-made", "bad name!", ""])}, {
-        "from": model, "files": st.dictionaries(odd_text, digest, max_size=2), "recipe": odd_text,
-        "system": prompt, "template": prompt, "parameters": options, "messages": messages, "stream": st.booleans()})),
-    Route("ollama", "POST", "/api/pull", body({"model": st.sampled_from(["ghost", "fz-made", "x/y:z"])}, {"stream": st.booleans(), "insecure": anything})),
-    Route("ollama", "POST", "/api/push", body({"model": st.sampled_from(["ghost", "fz-made"])}, {"destination": odd_text, "stream": st.booleans()})),
+    Route(
+        "ollama",
+        "POST",
+        "/api/copy",
+        body({"source": model, "destination": st.sampled_from(["fz-copy", "a/b/c/d/e", ""])}, {}),
+    ),
+    Route(
+        "ollama",
+        "DELETE",
+        "/api/delete",
+        body({"model": st.sampled_from(["fz-copy", "fz-made", "tiny", "ghost"])}, {}),
+    ),
+    Route(
+        "ollama",
+        "POST",
+        "/api/create",
+        body(
+            {"model": st.sampled_from(["fz-made", "bad name!", ""])},
+            {
+                "from": model,
+                "files": st.dictionaries(odd_text, digest, max_size=2),
+                "recipe": odd_text,
+                "system": prompt,
+                "template": prompt,
+                "parameters": options,
+                "messages": messages,
+                "stream": st.booleans(),
+            },
+        ),
+    ),
+    Route(
+        "ollama",
+        "POST",
+        "/api/pull",
+        body(
+            {"model": st.sampled_from(["ghost", "fz-made", "x/y:z"])},
+            {"stream": st.booleans(), "insecure": anything},
+        ),
+    ),
+    Route(
+        "ollama",
+        "POST",
+        "/api/push",
+        body(
+            {"model": st.sampled_from(["ghost", "fz-made"])},
+            {"destination": odd_text, "stream": st.booleans()},
+        ),
+    ),
     Route("ollama", "GET", "/api/tags"),
     Route("ollama", "GET", "/api/ps"),
     Route("ollama", "GET", "/api/version"),
@@ -258,11 +356,20 @@ OLLAMA = [
     Route("ollama", "POST", _p(digest, "/api/blobs/"), st.binary(max_size=64)),
 ]
 OPENAI = [
-    Route("openai", "POST", "/v1/chat/completions", body({"model": model, "messages": messages}, openai_fields)),
-    Route("openai", "POST", "/v1/completions", body({"model": model, "prompt": prompt}, {
-        **openai_fields, **{k: v for k, v in kobold_fields.items() if k not in openai_fields}})),
+    Route(
+        "openai", "POST", "/v1/chat/completions", body({"model": model, "messages": messages}, openai_fields)
+    ),
+    Route(
+        "openai",
+        "POST",
+        "/v1/completions",
+        body(
+            {"model": model, "prompt": prompt},
+            {**openai_fields, **{k: v for k, v in kobold_fields.items() if k not in openai_fields}},
+        ),
+    ),
     Route("openai", "GET", "/v1/models"),
-    Route("openai", "GET", _p(odd_text, "/v1/models/")),
+    Route("openai", "GET", _p(st.one_of(any_text, lone, st.sampled_from(ODD_STRINGS)), "/v1/models/")),
 ]
 _kobold_value = lambda b: isinstance(b, dict) and ("value" in b or "success" in b)  # noqa: E731
 KOBOLD = [
@@ -270,14 +377,41 @@ KOBOLD = [
     Route("kobold", "POST", "/api/extra/generate/stream", body({"prompt": prompt}, kobold_fields)),
     Route("kobold", "POST", "/api/extra/generate/check", body({}, {"genkey": odd_text})),
     Route("kobold", "POST", "/api/extra/abort", body({}, {"genkey": odd_text})),
-    Route("kobold", "POST", "/api/extra/tokencount", body({"prompt": prompt}, {"special": st.booleans()}), _kobold_value),
-    Route("kobold", "POST", "/api/extra/tokenize", body({"prompt": prompt}, {"special": st.booleans()}), _kobold_value),
-    Route("kobold", "POST", "/api/extra/detokenize", body({"ids": st.lists(st.integers(-5, 2**40), max_size=5)}, {}), _kobold_value),
+    Route(
+        "kobold",
+        "POST",
+        "/api/extra/tokencount",
+        body({"prompt": prompt}, {"special": st.booleans()}),
+        _kobold_value,
+    ),
+    Route(
+        "kobold",
+        "POST",
+        "/api/extra/tokenize",
+        body({"prompt": prompt}, {"special": st.booleans()}),
+        _kobold_value,
+    ),
+    Route(
+        "kobold",
+        "POST",
+        "/api/extra/detokenize",
+        body({"ids": st.lists(st.integers(-5, 2**40), max_size=5)}, {}),
+        _kobold_value,
+    ),
     *[
         Route("kobold", "GET", p)
-        for p in ("/api/v1/model", "/api/v1/info/version", "/api/v1/config/max_length",
-                  "/api/v1/config/max_context_length", "/api/extra/version", "/api/extra/true_max_context_length",
-                  "/api/extra/perf", "/api/extra/generate/check", "/props", "/api/latest/model")
+        for p in (
+            "/api/v1/model",
+            "/api/v1/info/version",
+            "/api/v1/config/max_length",
+            "/api/v1/config/max_context_length",
+            "/api/extra/version",
+            "/api/extra/true_max_context_length",
+            "/api/extra/perf",
+            "/api/extra/generate/check",
+            "/props",
+            "/api/latest/model",
+        )
     ],
 ]
 PROTOCOLS = {"ollama": OLLAMA, "openai": OPENAI, "kobold": KOBOLD}
@@ -310,7 +444,11 @@ def calls(draw, routes: list[Route]) -> tuple[Route, str, bytes | None]:
 def error_shape_ok(protocol: str, body: Any) -> bool:
     if protocol == "openai":
         e = body.get("error") if isinstance(body, dict) else None
-        return isinstance(e, dict) and set(e) == {"message", "type", "param", "code"} and isinstance(e["message"], str)
+        return (
+            isinstance(e, dict)
+            and set(e) == {"message", "type", "param", "code"}
+            and isinstance(e["message"], str)
+        )
     if protocol == "kobold":
         d = body.get("detail") if isinstance(body, dict) else None
         return isinstance(d, dict) and isinstance(d.get("msg"), str) and isinstance(d.get("type"), str)
@@ -318,6 +456,9 @@ def error_shape_ok(protocol: str, body: Any) -> bool:
 
 
 def check(client: httpx.Client, route: Route, path: str, data: bytes | None) -> None:
+    if os.environ.get("FUZZ_LOG"):
+        with open(os.environ["FUZZ_LOG"], "a") as log:
+            log.write(f"{route.method} {path} {data!r}\n")
     r = client.request(route.method, path, content=data, headers={"Content-Type": "application/json"})
     text = r.text
     where = f"{route.method} {path} {data[:300] if data else data!r} -> {r.status_code} {text[:300]}"
@@ -336,7 +477,10 @@ def check(client: httpx.Client, route: Route, path: str, data: bytes | None) -> 
 def healthy(client: httpx.Client) -> None:
     """The server still answers, and still generates, in every protocol."""
     assert client.get("/api/version").status_code == 200
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+    r = client.post(
+        "/api/generate",
+        json={"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
+    )
     assert r.status_code == 200 and r.json()["done"], r.text
     r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
     assert r.status_code == 200 and r.json()["choices"], r.text
@@ -353,7 +497,9 @@ def fuzz_server(start_server, recipe_of):
     mp.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing leaves the machine
     mp.setenv("HF_HUB_OFFLINE", "1")
     # a small context keeps every generation short, whatever num_predict the fuzzer picks
-    live = start_server([recipe_of("tiny", extra="parameters: {num_ctx: 96, num_predict: 6}\n")], max_body=256 * 1024)
+    live = start_server(
+        [recipe_of("tiny", extra="parameters: {num_ctx: 96, num_predict: 6}\n")], max_body=256 * 1024
+    )
     yield live
     mp.undo()
 

@@ -149,7 +149,9 @@ def _post(url: str, body: object, headers: dict[str, str], method: str = "POST")
     return httpx.request(method, url, content=data, headers=headers, timeout=60)
 
 
-def test_cross_origin_simple_requests_to_every_mutating_route_are_403_and_change_nothing(open_server, tmp_path):
+def test_cross_origin_simple_requests_to_every_mutating_route_are_403_and_change_nothing(
+    open_server, tmp_path
+):
     from nanocommander.registry import Registry
 
     url = open_server.url
@@ -214,8 +216,11 @@ def test_a_refused_origin_gets_the_protocols_own_403_on_every_method(open_server
     ],
 )
 def test_allowed_origins_work(open_server, origin):
-    r = _post(f"{open_server.url}/api/generate", {"model": "tiny", "prompt": "hi", "stream": False,
-                                                  "options": {"num_predict": 2}}, {"Origin": origin})
+    r = _post(
+        f"{open_server.url}/api/generate",
+        {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
+        {"Origin": origin},
+    )
     assert r.status_code == 200 and r.json()["done"], r.text
     assert r.headers["Access-Control-Allow-Origin"] == origin
 
@@ -275,10 +280,16 @@ def test_origin_and_host_rules():
     "path,raw,field",
     [
         ("/api/generate", b'{"model": "tiny", "prompt": "a\\udcffb"}', "prompt"),
-        ("/api/chat", b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}',
-         "messages[0].content"),
-        ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}]}',
-         "messages[0].content"),
+        (
+            "/api/chat",
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}',
+            "messages[0].content",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}]}',
+            "messages[0].content",
+        ),
         ("/api/v1/generate", b'{"prompt": "x", "stop_sequence": ["\\ud83d"]}', "stop_sequence[0]"),
     ],
 )
@@ -291,7 +302,10 @@ def test_a_lone_surrogate_is_a_400_naming_the_field(open_server, path, raw, fiel
     assert httpx.post(f"{open_server.url}/api/generate", content=ok, timeout=60).status_code == 200  # a pair
 
 
-@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 100_000, b'{"model": "tiny", "options": ' + b"[" * 150 + b"]" * 150 + b"}"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000, b'{"a":' * 100_000, b'{"model": "tiny", "options": ' + b"[" * 150 + b"]" * 150 + b"}"],
+)
 def test_deep_nesting_is_a_400(open_server, raw):
     for path, shape in (("/api/chat", "error"), ("/v1/completions", "error"), ("/api/v1/generate", "detail")):
         r = httpx.post(open_server.url + path, content=raw)
@@ -301,14 +315,23 @@ def test_deep_nesting_is_a_400(open_server, raw):
 def test_alpha_beyond_its_range_is_a_400_in_each_protocol(open_server):
     url = open_server.url
     for alpha in ("1e308", "-101", "NaN", "Infinity", "1e999"):
-        r = httpx.post(f"{url}/api/generate",
-                       content=f'{{"model": "tiny", "prompt": "x", "options": {{"alpha": {alpha}}}}}')
+        r = httpx.post(
+            f"{url}/api/generate",
+            content=f'{{"model": "tiny", "prompt": "x", "options": {{"alpha": {alpha}}}}}',
+        )
         assert r.status_code == 400 and '"alpha" must be' in r.json()["error"], (alpha, r.text)
-        r = httpx.post(f"{url}/v1/chat/completions", content=(
-            f'{{"model": "tiny", "alpha": {alpha}, "messages": [{{"role": "user", "content": "x"}}]}}'))
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            content=(
+                f'{{"model": "tiny", "alpha": {alpha}, "messages": [{{"role": "user", "content": "x"}}]}}'
+            ),
+        )
         assert r.status_code == 400 and '"alpha" must be' in r.json()["error"]["message"], (alpha, r.text)
         r = httpx.post(f"{url}/api/v1/generate", content=f'{{"prompt": "x", "alpha": {alpha}}}')
         assert r.status_code == 400 and r.json()["detail"]["type"] == "bad_input", (alpha, r.text)
-    r = httpx.post(f"{url}/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
-                                                "options": {"alpha": 100, "num_predict": 2}}, timeout=60)
+    r = httpx.post(
+        f"{url}/api/generate",
+        json={"model": "tiny", "prompt": "x", "stream": False, "options": {"alpha": 100, "num_predict": 2}},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.json()["done"]  # the bound itself is allowed
