@@ -50,7 +50,8 @@ async def run_server(settings: Settings, recipes) -> None:
     app = create_app(settings, recipes)
     # SIGTERM/SIGINT: stop listening, end running requests with their protocol's error object
     # (backend/shutdown.py), unload the models, exit; SHUTDOWN_S bounds the wait for handlers.
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S)
+    # A short lingering time: an upload cut by a stop is not read on for aiohttp's default 10 s.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S, lingering_time=1.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ and abort them; abort and token counting answer while a generation runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -154,8 +155,6 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     gen, chunks, _ = await _run(request, body)
 
     def encode(chunk: Chunk) -> bytes:
-        import json
-
         reason = None
         if chunk.done:
             reason = "stop" if chunk.done_reason and chunk.done_reason.value == "stop" else "length"
@@ -167,7 +166,7 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
         chunks,
         content_type="text/event-stream",
         encode=encode,
-        on_error=lambda msg: f'event: error\ndata: {{"msg": "{msg}"}}\n\n'.encode(),
+        on_error=lambda msg: f"event: error\ndata: {json.dumps({'msg': msg})}\n\n".encode(),
         headers={"X-Accel-Buffering": "no"},
     )
 
