@@ -213,7 +213,7 @@ async def blob_post(request: web.Request) -> web.Response:
     expected = path.name.removeprefix("sha256-")
     path.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".upload-{os.getpid()}-")  # see Store.stale_temps
     try:
         with os.fdopen(fd, "wb") as out:
             async for data in request.content.iter_chunked(1 << 20):

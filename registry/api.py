@@ -109,6 +109,8 @@ class VerifyReport:
     affected: list[str]  # models that use a corrupt blob and need pulling again
     removed: list[str]
     partials: int = 0  # bytes of unfinished downloads kept for resuming (removed with fix)
+    stale: int = 0  # temp files left by killed processes (removed with fix)
+    unreferenced: int = 0  # blobs no model uses, e.g. after an interrupted rm (collected with fix)
 
 
 class Registry:
@@ -329,15 +331,21 @@ class Registry:
         partial_dir = self.store.partial
         parts = [p for p in partial_dir.iterdir() if p.is_file()] if partial_dir.is_dir() else []
         partial_bytes = sum(p.stat().st_size for p in parts)
+        stale = self.store.stale_temps()
+        used = self.store.referenced()
+        unused = [d for d in digests if parse_digest(d) not in used]
         if fix:
             for digest in sorted(bad):
                 self.store.blob_path(digest).unlink(missing_ok=True)
                 removed.append(digest)
+            for path in stale:
+                path.unlink(missing_ok=True)
             with self.store.lock("gc", blocking=False) as idle:  # never under a running pull
                 if idle:
                     for p in parts:
                         p.unlink(missing_ok=True)
-        return VerifyReport(len(digests), corrupt, affected, removed, partial_bytes)
+            self.store.gc()
+        return VerifyReport(len(digests), corrupt, affected, removed, partial_bytes, len(stale), len(unused))
 
 
 def _name(name: str | Name) -> Name:

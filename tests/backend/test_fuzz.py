@@ -247,6 +247,9 @@ class Route:
     body: st.SearchStrategy | None = None
     own_error: Callable[[Any], bool] | None = None  # routes with their own documented error body
 
+    def __repr__(self) -> str:  # hypothesis prints it in a falsifying example: keep it short
+        return f"Route({self.method} {self.path if isinstance(self.path, str) else '<path>'})"
+
 
 def _p(strategy: st.SearchStrategy, prefix: str) -> st.SearchStrategy:
     """A path parameter, percent-encoded byte for byte (lone surrogates become invalid UTF-8)."""
