@@ -30,6 +30,8 @@ class Sampler:
     def __init__(self, opts: SamplingOptions, vocab, n_vocab: int):
         self.opts, self.n_vocab = opts, n_vocab
         self._data = _internals.LlamaTokenDataArray(n_vocab=n_vocab)
+        # XTC advances the array's `data` pointer; sample() puts it back to the buffer's start
+        self._start = self._data.candidates_data.ctypes.data_as(llama_cpp.llama_token_data_p)
         seed = opts.seed if opts.seed is not None and opts.seed >= 0 else random.getrandbits(32)
         self.seed = seed & 0xFFFFFFFF
         self.history = self._chain()
@@ -136,6 +138,7 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int:
         """Choose the next token from a logits vector of length n_vocab."""
         self._data.copy_logits(logits)
+        self._data.candidates.data = self._start  # else the next step writes past the buffer (a crash)
         cur = ctypes.byref(self._data.candidates)
         llama_cpp.llama_sampler_apply(self.history, cur)
         llama_cpp.llama_sampler_apply(self.choice, cur)

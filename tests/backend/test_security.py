@@ -335,3 +335,19 @@ def test_alpha_beyond_its_range_is_a_400_in_each_protocol(open_server):
         timeout=60,
     )
     assert r.status_code == 200 and r.json()["done"]  # the bound itself is allowed
+
+
+def test_xtc_over_many_tokens_does_not_crash_the_server(open_server):
+    """llama.cpp's XTC advances the candidates' data pointer; the sampler must put it back each
+    step, or the next step writes past its buffer and the process dies (found by the fuzzer)."""
+    body = {
+        "prompt": "hi",
+        "max_length": 40,
+        "xtc_probability": 0.9,
+        "xtc_threshold": 0.01,
+        "ban_eos_token": True,
+    }
+    for seed in range(12):
+        r = httpx.post(f"{open_server.url}/api/v1/generate", json={**body, "sampler_seed": seed}, timeout=60)
+        assert r.status_code == 200 and r.json()["results"], r.text
+    assert httpx.get(f"{open_server.url}/api/version").status_code == 200
