@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from nanocommander.engine.grammar import json_grammar
+from nanocommander.engine.options import check_value
+
+from nanocommander.errors import InvalidRequest
 
 MAPPING = {
     "max_length": "num_predict",
@@ -64,6 +67,7 @@ IGNORED = (
 
 
 def kobold_options(body: dict[str, Any]) -> dict[str, Any]:
+    """Kobold fields -> validated engine options; a wrong value names the Kobold field."""
     opts: dict[str, Any] = {}
     for src, dst in MAPPING.items():
         value = body.get(src)
@@ -73,13 +77,16 @@ def kobold_options(body: dict[str, Any]) -> dict[str, Any]:
             value = int(value)
         if src == "sampler_seed" and isinstance(value, int) and value < 0:
             continue
-        opts[dst] = value
+        try:  # checked here, as the routes use some values (max_length) before make_request
+            opts[dst] = check_value(dst, value)
+        except InvalidRequest as exc:
+            raise InvalidRequest(str(exc).replace(f'option "{dst}"', f'"{src}"')) from None
     bias: dict[int, float] = {}
     if isinstance(body.get("logit_bias"), dict):
         for k, v in body["logit_bias"].items():
             try:
                 bias[int(k)] = float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 continue
     for key in ("banned_tokens", "custom_token_bans"):
         value = body.get(key)
@@ -97,3 +104,15 @@ def kobold_options(body: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(grammar, str) and grammar.strip():
         opts["grammar"] = grammar
     return opts
+
+
+def max_context(body: dict[str, Any], n_ctx: int) -> int:
+    """`max_context_length`, clamped to the model's context (KoboldCpp's habit); absent: n_ctx."""
+    value = body.get("max_context_length")
+    if value is None or value == 0:
+        return n_ctx
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest('"max_context_length" must be an integer')
+    return max(min(value, n_ctx), 1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend.kobold_fields import kobold_options
+from nanocommander.backend.kobold_fields import kobold_options, max_context
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import stream_response
@@ -75,7 +75,7 @@ async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, 
         raise InvalidRequest('"prompt" must be a string')
     memory = body.get("memory") or ""
     text = (memory if isinstance(memory, str) else "") + prompt
-    max_ctx = min(int(body.get("max_context_length") or comp.n_ctx), comp.n_ctx)
+    max_ctx = max_context(body, comp.n_ctx)
     options = kobold_options(body)
     grammar = options.pop("grammar", None)
     ids = fit_context(comp.tokenize(text), options, max_ctx)

@@ -15,13 +15,11 @@ from typing import Any
 from aiohttp import web
 from nanocommander.backend import kobold_routes
 from nanocommander.backend import openai_api as wire
-from nanocommander.backend.kobold_fields import kobold_options
+from nanocommander.backend.kobold_fields import kobold_options, max_context
 from nanocommander.backend.ollama_api import composite_object
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
 from nanocommander.backend.translate import describe, make_request
-
-from nanocommander.errors import InvalidRequest
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -65,10 +63,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     comp = loaded.composite
     ids = comp.tokenize(prompt)
     if "max_length" in body or "max_context_length" in body:  # a Kobold client (SillyTavern's KoboldCpp type)
-        max_ctx = body.get("max_context_length") or comp.n_ctx
-        if not isinstance(max_ctx, int) or isinstance(max_ctx, bool):
-            raise InvalidRequest('"max_context_length" must be an integer')
-        ids = kobold_routes.fit_context(ids, options, min(max_ctx, comp.n_ctx))
+        ids = kobold_routes.fit_context(ids, options, max_context(body, comp.n_ctx))
     req = make_request(
         comp.recipe,
         ids,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -239,15 +238,28 @@ def body(draw, required: dict[str, Any], optional: dict[str, Any]) -> dict[str, 
 # -- routes ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Route:
-    protocol: str  # ollama | openai | kobold: the error envelope expected
-    method: str
-    path: str | st.SearchStrategy  # a strategy for routes with a path parameter
-    body: st.SearchStrategy | None = None
-    own_error: Callable[[Any], bool] | None = None  # routes with their own documented error body
+    """One route: its protocol (the error envelope expected), method, path (a strategy for routes
+    with a path parameter), body strategy, and `own_error` for routes with their own error body.
+    A plain class: hypothesis prints dataclasses field by field, strategies and all."""
 
-    def __repr__(self) -> str:  # hypothesis prints it in a falsifying example: keep it short
+    def __init__(
+        self,
+        protocol: str,
+        method: str,
+        path: str | st.SearchStrategy,
+        body: st.SearchStrategy | None = None,
+        own_error: Callable[[Any], bool] | None = None,
+    ):
+        self.protocol, self.method, self.path, self.body, self.own_error = (
+            protocol,
+            method,
+            path,
+            body,
+            own_error,
+        )
+
+    def __repr__(self) -> str:
         return f"Route({self.method} {self.path if isinstance(self.path, str) else '<path>'})"
 
 
