@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.engine.options import clean_options
-
 from nanocommander.errors import DigestMismatch, InvalidRequest, RegistryError
 from nanocommander.recipe import Recipe
 

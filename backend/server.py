@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from nanocommander.backend import accesslog, ollama_api, openai_api, shutdown
 from nanocommander.backend import guard as checks
-from nanocommander.backend import ollama_api, openai_api, shutdown
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
-
 from nanocommander.errors import (
     ContextOverflow,
     DigestMismatch,
@@ -158,7 +158,7 @@ async def _lifecycle(app: web.Application):
 def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.Application:
     from nanocommander.backend import kobold_routes, ollama_routes, openai_routes
 
-    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[accesslog.access_log, guard], client_max_size=settings.max_body)
     app[SETTINGS] = settings
     app[MANAGER] = ModelManager(settings, Catalog(recipes or []))
     app.cleanup_ctx.append(_lifecycle)

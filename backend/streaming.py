@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend.shutdown import MESSAGE, absorb_cancel, is_stopping
 
+from nanocommander.backend.shutdown import MESSAGE, absorb_cancel, is_stopping
 from nanocommander.errors import NanoCommanderError
 
 log = logging.getLogger("nanocommander.server")

@@ -1,8 +1,9 @@
 """A loaded composite: three members, their shared vocabulary, a chat template, and generation.
 
-Generation is layered: `_steps` runs the members and fuses their logits, `generate`
-adds sampling, detokenization, stop strings and stats, and `stream` runs it on a
-worker thread for asyncio callers. The engine sees token ids and text only; it
+Generation is layered: a strategy (engine/decoding.py) decides which members must hold
+which tokens and commits sampled tokens to a `Generation` (engine/generation.py); the
+composite serves those needs from its members (`hold`), `generate` drives one request,
+and `stream` runs it on a worker thread for asyncio callers. The engine sees token ids and text only; it
 knows nothing of any wire protocol.
 """
 
@@ -21,10 +22,13 @@ import numpy as np
 
 from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
 from nanocommander.engine.fusion import fuse
-from nanocommander.engine.member import LoadedModel, Member
+from nanocommander.engine.decoding import STRATEGIES
+from nanocommander.engine.generation import Generation, Need, Plan, Steps
+from nanocommander.engine.logprobs import reader as logprob_reader
+from nanocommander.engine.logprobs import special_piece
+from nanocommander.engine.member import Hold, LoadedModel, Member
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.sampling import Sampler
-from nanocommander.engine.textstream import TextStream
 from nanocommander.engine.types import Chunk, DoneReason, GenerateRequest, Stats
 from nanocommander.engine.vocab import shared_vocab
 from nanocommander.errors import ContextOverflow, InvalidRequest, ModelLoadError
@@ -213,34 +217,46 @@ class Composite:
 
     # -- generation ------------------------------------------------------------------------
 
-    def _active(self, req: GenerateRequest) -> tuple[list[Member], float]:
+    def plan(self, req: GenerateRequest) -> Plan:
+        """Which members run for `req` and with what alpha (alpha 0: the large model alone)."""
+        mask = self.vocab.mask
+        if req.ignore_eos and self.vocab.eog:
+            mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
+            mask[list(self.vocab.eog)] = True
         if req.member != "composite":
-            return [self.members[req.member]], 0.0
+            return Plan((req.member,), 0.0, self.vocab.n_vocab, mask)
         alpha = self.recipe.alpha if req.alpha is None else float(req.alpha)
         if not np.isfinite(alpha):
             raise InvalidRequest("alpha must be a finite number")
         if alpha == 0.0:  # the small models are not run at all
-            return [self.members["large"]], 0.0
-        return [self.members["large"], self.members["base"], self.members["tuned"]], alpha
+            return Plan(("large",), 0.0, self.vocab.n_vocab, mask)
+        return Plan(ROLES, alpha, self.vocab.n_vocab, mask)
 
-    def _eval(self, members: list[Member], tokens: list[int]) -> list[np.ndarray]:
+    def hold(self, need: Need) -> dict[str, np.ndarray]:
+        """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
+        return {role: out[0] for role, out in self.hold_many({r: [h] for r, h in need.items()}).items()}
+
+    def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
+        """Each member serves its Holds (of one or many sequences) in one batch."""
+        members = [self.members[role] for role in holds]
         share = len(members) if self.concurrent else 1  # concurrent members split the cores
         for m in members:
             m.use_threads(share)
         if self.concurrent and len(members) > 1:
-            futures = [self._executor.submit(m.eval, tokens) for m in members]
-            return [f.result() for f in futures]
-        return [m.eval(tokens) for m in members]
+            futures = {m.role: self._executor.submit(m.hold, holds[m.role]) for m in members}
+            return {role: f.result() for role, f in futures.items()}
+        return {m.role: m.hold(holds[m.role]) for m in members}
 
     def fused_logits(
         self, members: list[Member], alpha: float, tokens: list[int], extra_mask: np.ndarray | None = None
     ) -> np.ndarray:
-        """Evaluate `tokens` on the active members and return the fused logits (owned buffer)."""
-        outs = self._eval(members, tokens)
-        large = outs[0]
-        base, tuned = (outs[1], outs[2]) if len(outs) == 3 else (None, None)
+        """Evaluate `tokens` on `members` (large first) and return the fused last-position logits."""
+        logits = self.hold({m.role: Hold(0, tokens) for m in members})
+        first = logits[members[0].role][-1]
+        base = logits["base"][-1] if "base" in logits else None
+        tuned = logits["tuned"][-1] if "tuned" in logits else None
         mask = self.vocab.mask if extra_mask is None else extra_mask
-        return fuse(large, base, tuned, alpha, self.vocab.n_vocab, mask, self._logits)
+        return fuse(first, base, tuned, alpha, self.vocab.n_vocab, mask, self._logits)
 
     def _prompt_ids(self, req: GenerateRequest) -> list[int]:
         if isinstance(req.prompt, str):
@@ -250,17 +266,12 @@ class Composite:
             raise InvalidRequest(f"prompt token ids must be in [0, {self.vocab.n_vocab})")
         return ids
 
-    def generate(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
-        """Blocking generator of text chunks; the final chunk carries done_reason and stats."""
-        with self._lock:
-            yield from self._generate(req, cancel)
-
-    def _generate(self, req: GenerateRequest, cancel: threading.Event | None) -> Iterator[Chunk]:
+    def start(self, req: GenerateRequest, seq: int = 0) -> tuple[Generation, Steps]:
+        """Check a request and set up its Generation and strategy (raises before any work is done)."""
         if self.closed:
             raise ModelLoadError("model was unloaded")
-        t_start = time.perf_counter()
         stats = Stats(load_s=self.load_s)
-        members, alpha = self._active(req)
+        plan = self.plan(req)
         tokens = self._prompt_ids(req)
         if not tokens:
             raise InvalidRequest("empty prompt")
@@ -268,49 +279,56 @@ class Composite:
         n_predict = req.num_predict if req.num_predict is not None and req.num_predict >= 0 else -1
         if len(tokens) >= self.n_ctx or (n_predict > 0 and len(tokens) + n_predict > self.n_ctx):
             raise ContextOverflow(len(tokens), max(n_predict, 0), self.n_ctx)
-        mask = self.vocab.mask
-        if req.ignore_eos and self.vocab.eog:
-            mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
-            mask[list(self.vocab.eog)] = True
+        piece = self.primary.piece
+        lp = logprob_reader(req, plan.roles, self.vocab.n_vocab, plan.mask, lambda t: piece(t, True))
+        shown = frozenset(i[0] for s in req.special_text if len(i := self.tokenize(s, add_bos=False)) == 1)
         sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab)
-        text = TextStream(req.stop, trim_stop=req.trim_stop)
-        try:
-            sampler.accept_prompt(tokens)
-            before = members[0].stats.evaluated
-            logits = self.fused_logits(members, alpha, tokens, mask)
-            stats.prompt_eval_tokens = members[0].stats.evaluated - before
-            t_eval = time.perf_counter()
-            stats.prompt_eval_s = t_eval - t_start
-            reason = DoneReason.LENGTH
-            held: list[int] = []  # tokens whose text is still held back (partial UTF-8, stop prefix)
-            while True:
-                if self.closed or (cancel is not None and cancel.is_set()):
-                    reason = DoneReason.CANCEL
-                    break
-                token = sampler.sample(logits)
-                sampler.accept(token)
-                if token in self.vocab.eog and not req.ignore_eos:
-                    reason = DoneReason.STOP
-                    break
-                stats.eval_count += 1
-                tokens.append(token)
-                held.append(token)
-                piece, stopped = text.push(self.primary.piece(token))
-                if piece:
-                    yield Chunk(piece, held)
-                    held = []
-                if stopped:
-                    reason = DoneReason.STOP
-                    break
-                if stats.eval_count == n_predict or len(tokens) >= self.n_ctx:
-                    break
-                logits = self.fused_logits(members, alpha, tokens, mask)
-            tail = text.flush() if reason != DoneReason.STOP or not text.stopped else ""
-            stats.eval_s = time.perf_counter() - t_eval
-            stats.total_s = time.perf_counter() - t_start
-            yield Chunk(tail, held, done=True, done_reason=reason, stats=stats)
-        finally:
-            sampler.close()
+        sampler.accept_prompt(tokens)
+        gen = Generation(
+            req,
+            plan,
+            tokens,
+            seq=seq,
+            n_ctx=self.n_ctx,
+            eog=frozenset(self.vocab.eog),
+            piece=special_piece(piece, shown),
+            sampler=sampler,
+            stats=stats,
+            logprobs=lp,
+        )
+        return gen, STRATEGIES["proxy"](gen)
+
+    def generate(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """Blocking generator of text chunks; the final chunk carries done_reason and stats."""
+        with self._lock:
+            gen, steps = self.start(req)
+            try:
+                yield from self._drive(gen, steps, cancel)
+            finally:
+                steps.close()
+                gen.sampler.close()
+
+    def _drive(self, gen: Generation, steps: Steps, cancel: threading.Event | None) -> Iterator[Chunk]:
+        """Serve one Generation's Needs until its strategy returns; yield its chunks as they come."""
+        need = next(steps)
+        first = True
+        while True:
+            if self.closed or (cancel is not None and cancel.is_set()):
+                gen.reason = gen.reason or DoneReason.CANCEL
+                break
+            before = {role: self.members[role].stats.evaluated for role in need}
+            logits = self.hold(need)
+            if first:  # the prompt: count what the busiest member actually evaluated
+                gen.prompt_done(max(self.members[r].stats.evaluated - n for r, n in before.items()))
+                first = False
+            try:
+                need = steps.send(logits)
+            except StopIteration:
+                need = None
+            yield from gen.drain()
+            if need is None:
+                break
+        yield gen.finish()
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
         """Run `generate` on a worker thread; leaving the loop early cancels within one token."""
@@ -348,15 +366,23 @@ class Composite:
     ) -> np.ndarray:
         """Log-probabilities of token_ids[i] given token_ids[:i], for i >= start (for `eval`)."""
         req = GenerateRequest(prompt=list(token_ids), alpha=alpha, member=member)  # type: ignore[arg-type]
-        members, a = self._active(req)
+        plan = self.plan(req)
         ids = list(token_ids)
-        out = np.empty(len(ids) - start, dtype=np.float64)
-        with self._lock:
-            for i in range(max(start, 1), len(ids)):
-                logits = self.fused_logits(members, a, ids[:i]).astype(np.float64)
-                logits -= logits.max()
-                out[i - start] = logits[ids[i]] - np.log(np.exp(logits).sum())
-        return out if start >= 1 else out[1:]
+        first = max(start, 1)
+        n = len(ids) - first
+        out = np.empty(max(n, 0), dtype=np.float64)
+        if n > 0:
+            with self._lock:
+                logits = self.hold({r: Hold(0, ids[:-1], n) for r in plan.roles})
+            row = np.empty(plan.n_vocab, dtype=np.float32)
+            for k in range(n):
+                base = logits["base"][k] if "base" in logits else None
+                tuned = logits["tuned"][k] if "tuned" in logits else None
+                fused = fuse(logits[plan.roles[0]][k], base, tuned, plan.alpha, plan.n_vocab, None, row)
+                f = fused.astype(np.float64)
+                f -= f.max()
+                out[k] = f[ids[first + k]] - np.log(np.exp(f).sum())
+        return out
 
     # -- description -----------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """One member of the composite: a llama.cpp context over a (possibly shared) model.
 
-Evaluation keeps the longest common prefix with what the context already holds
-and evaluates only the rest, so a chat's turn 10 costs only its new tokens. The
-last position's logits are exposed as a numpy view over llama.cpp's own buffer
-(no per-step copy into Python); it is valid until the next `eval`.
+A member serves `Hold` requests: "make sequence s hold exactly these tokens and give me the
+logits of the last n positions". It keeps the longest common prefix with what its KV cache
+holds and evaluates only the rest, so prefix reuse across turns, lazy catch-up, speculative
+verification and rollback are all the same call; requests of several sequences share one batch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,9 @@ def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            from llama_cpp import _logger
+            from nanocommander.engine import llamalog
 
-            _logger.set_verbose(bool(os.environ.get("NANOCOMMANDER_DEBUG")))  # llama.cpp's load chatter
+            llamalog.install()  # llama.cpp's log only with --verbose or NANOCOMMANDER_DEBUG
             llama_cpp.llama_backend_init()
             _backend_ready = True
 
@@ -84,11 +85,26 @@ class LoadedModel:
 @dataclass
 class MemberStats:
     evaluated: int = 0  # tokens actually run through the model since creation
-    calls: int = 0
+    calls: int = 0  # llama_decode calls
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What one sequence needs from a member: hold exactly `tokens`, logits of the last `n_logits`.
+
+    The member keeps the longest common prefix of `tokens` with what its KV cache holds for the
+    sequence and evaluates only the rest, so the same request covers a new prompt (prefix reuse),
+    one more token (plain decoding), catching up on tokens a lazy member skipped, verifying drafted
+    tokens (n_logits > 1) and rolling back rejected ones (the cache drops what `tokens` lacks).
+    """
+
+    seq: int
+    tokens: Sequence[int]
+    n_logits: int = 1
 
 
 class Member:
-    """A context on a LoadedModel with its own KV cache, optionally with a LoRA applied."""
+    """A context on a LoadedModel with its own KV cache (`n_seq` sequences), optionally with a LoRA."""
 
     def __init__(
         self,
@@ -100,12 +116,14 @@ class Member:
         adapter: Path | None = None,
         adapter_scale: float = 1.0,
         n_batch: int = 512,
+        n_seq: int = 1,
     ):
         self.role, self.model = role, model
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = min(n_batch, n_ctx)
         params.n_ubatch = min(n_batch, n_ctx)
+        params.n_seq_max = n_seq
         self.threads = threads or default_threads()
         self._share = 1
         params.n_threads = params.n_threads_batch = self.threads
@@ -116,43 +134,100 @@ class Member:
             raise ModelLoadError(f"cannot create a context for {model.path.name}: {exc}") from None
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx.ctx)
         self.n_batch = params.n_batch
+        self.n_seq = n_seq
         self.adapter_path = Path(adapter) if adapter else None
         if adapter is not None:
             handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(model.adapter(adapter))
             scales = (ctypes.c_float * 1)(adapter_scale)
             if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, handles, 1, scales) != 0:
                 raise ModelLoadError(f"cannot apply adapter {adapter}")
-        self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(self.ctx.ctx)
-        self.tokens: list[int] = []  # what the KV cache holds, in order
+        self.cached: list[list[int]] = [[] for _ in range(n_seq)]  # what the KV cache holds, per sequence
         self.stats = MemberStats()
 
-    def eval(self, tokens: list[int]) -> np.ndarray:
-        """Make the context hold exactly `tokens`; return the last position's logits (a view)."""
-        if not tokens:
-            raise ValueError("cannot evaluate an empty sequence")
-        if len(tokens) > self.n_ctx:
-            raise ValueError(f"{len(tokens)} tokens exceed the context size {self.n_ctx}")
+    @property
+    def tokens(self) -> list[int]:
+        """Sequence 0's cached tokens (the single-sequence view)."""
+        return self.cached[0]
+
+    def eval(self, tokens: Sequence[int], seq: int = 0) -> np.ndarray:
+        """Make sequence `seq` hold exactly `tokens`; return the last position's logits (a copy)."""
+        return self.hold([Hold(seq, tokens)])[0][-1]
+
+    def hold(self, requests: Sequence[Hold]) -> list[np.ndarray]:
+        """Serve several sequences' Holds in one batch; returns per request an (n_logits, n_vocab) array.
+
+        All new tokens of all sequences go through llama_decode together (split into n_batch chunks),
+        so many sequences, a prompt and a draft cost one pass over the weights per chunk.
+        """
+        entries: list[tuple[int, int, int, int]] = []  # (seq, pos, token, output row or -1)
+        outs: list[np.ndarray] = []
+        rows: list[tuple[int, int]] = []  # output row -> (request index, row in its array)
+        seen: set[int] = set()
+        for i, req in enumerate(requests):
+            if req.seq in seen or not 0 <= req.seq < self.n_seq:
+                raise ValueError(f"bad or repeated sequence id {req.seq} for {self.role}")
+            seen.add(req.seq)
+            tokens = list(req.tokens)
+            n_logits = max(1, req.n_logits)
+            if len(tokens) < n_logits:
+                raise ValueError("cannot read logits beyond the sequence")
+            if len(tokens) > self.n_ctx:
+                raise ValueError(f"{len(tokens)} tokens exceed the context size {self.n_ctx}")
+            keep = self._truncate_to_prefix(req.seq, tokens, len(tokens) - n_logits)
+            first_logit = len(tokens) - n_logits
+            outs.append(np.empty((n_logits, self.model.n_vocab), dtype=np.float32))
+            for pos in range(keep, len(tokens)):
+                row = -1
+                if pos >= first_logit:
+                    row = len(rows)
+                    rows.append((i, pos - first_logit))
+                entries.append((req.seq, pos, tokens[pos], row))
+        for start in range(0, len(entries), self.n_batch):
+            chunk = entries[start : start + self.n_batch]
+            self._decode(chunk)
+            for j, (_, _, _, row) in enumerate(chunk):
+                if row >= 0:
+                    i, r = rows[row]
+                    ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, j)
+                    outs[i][r] = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+        self.stats.evaluated += len(entries)
+        return outs
+
+    def _truncate_to_prefix(self, seq: int, tokens: list[int], limit: int) -> int:
+        """Drop what sequence `seq` holds beyond its common prefix with `tokens` (at most `limit`)."""
+        cached = self.cached[seq]
         keep = 0
-        limit = min(len(tokens), len(self.tokens))
-        while keep < limit and tokens[keep] == self.tokens[keep]:
+        end = min(limit, len(cached))
+        while keep < end and tokens[keep] == cached[keep]:
             keep += 1
-        keep = min(keep, len(tokens) - 1)  # always evaluate at least one token to get its logits
-        if keep < len(self.tokens):
-            llama_cpp.llama_memory_seq_rm(self._memory, -1, keep, -1)
-            del self.tokens[keep:]
-        todo = tokens[keep:]
-        for start in range(0, len(todo), self.n_batch):
-            part = todo[start : start + self.n_batch]
-            self._batch.set_batch(part, n_past=len(self.tokens), logits_all=False)
-            rc = llama_cpp.llama_decode(self.ctx.ctx, self._batch.batch)
-            if rc != 0:
-                llama_cpp.llama_memory_seq_rm(self._memory, -1, len(self.tokens), -1)
-                raise RuntimeError(f"llama_decode failed for {self.role} (code {rc})")
-            self.tokens.extend(part)
-        self.stats.evaluated += len(todo)
+        self.truncate(seq, keep)
+        return keep
+
+    def _decode(self, chunk: list[tuple[int, int, int, int]]) -> None:
+        b = self._batch
+        b.n_tokens = len(chunk)
+        for j, (seq, pos, token, row) in enumerate(chunk):
+            b.token[j] = token
+            b.pos[j] = pos
+            b.n_seq_id[j] = 1
+            b.seq_id[j][0] = seq
+            b.logits[j] = row >= 0
+        rc = llama_cpp.llama_decode(self.ctx.ctx, b)
         self.stats.calls += 1
-        return self.logits()
+        if rc != 0:
+            for seq in {e[0] for e in chunk}:  # the failed chunk may be partly in the cache
+                llama_cpp.llama_memory_seq_rm(self._memory, seq, len(self.cached[seq]), -1)
+            raise RuntimeError(f"llama_decode failed for {self.role} (code {rc})")
+        for seq, _, token, _ in chunk:
+            self.cached[seq].append(token)
+
+    def truncate(self, seq: int, n: int) -> None:
+        """Keep only the first `n` tokens of sequence `seq` in the KV cache."""
+        if n < len(self.cached[seq]):
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, n, -1)
+            del self.cached[seq][n:]
 
     def use_threads(self, share: int) -> None:
         """Use threads/share threads, so members decoding at once don't oversubscribe the cores."""
@@ -161,14 +236,13 @@ class Member:
             llama_cpp.llama_set_n_threads(self.ctx.ctx, n, n)
             self._share = share
 
-    def logits(self) -> np.ndarray:
-        ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
-
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(self._memory, True)
-        self.tokens.clear()
+        for cached in self.cached:
+            cached.clear()
 
     def close(self) -> None:
-        self._batch.close()
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
         self.ctx.close()

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "nanocommander.backend.commands",
     "nanocommander.tune.commands",
     "nanocommander.plugins.commands",
+    "nanocommander.client",
 )
 
 

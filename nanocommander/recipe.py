@@ -31,7 +31,9 @@ from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, 
 from nanocommander.errors import InvalidRequest, RecipeError
 
 ROLES = ("large", "base", "tuned")
-TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "parameters", "license", "messages")
+TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "parameters", "license", "messages",
+            "tool_parser", "embedding")
+TOOL_PARSERS = ("hermes", "llama3", "mistral")
 SOURCE_KEYS = ("path", "hf", "file", "revision", "sha256", "ollama")
 MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads")
 PARAM_KEYS = tuple(k for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS) if k not in ("alpha", "member"))
@@ -103,6 +105,8 @@ class Recipe:
     license: str | None = None
     messages: tuple[Mapping[str, str], ...] = ()
     path: Path | None = None  # the file it was read from, if any
+    tool_parser: str | None = None  # hermes | llama3 | mistral; None: detect from the chat template
+    embedding: Source | None = None  # the GGUF that embeds; None: the large member
 
     def member(self, role: str) -> MemberSpec:
         return {"large": self.large, "base": self.base, "tuned": self.tuned}[role]
@@ -129,6 +133,10 @@ class Recipe:
             out["license"] = self.license
         if self.messages:
             out["messages"] = [dict(m) for m in self.messages]
+        if self.tool_parser:
+            out["tool_parser"] = self.tool_parser
+        if self.embedding is not None:
+            out["embedding"] = self.embedding.to_dict()
         return out
 
     def dump(self) -> str:
@@ -200,6 +208,8 @@ class _Parser:
             parameters=self.parameters(top["parameters"]) if "parameters" in top else {},
             license=self.string(top["license"], "license") if "license" in top else None,
             messages=self.messages(top["messages"]) if "messages" in top else (),
+            tool_parser=self.choice(top["tool_parser"], "tool_parser", TOOL_PARSERS) if "tool_parser" in top else None,
+            embedding=self.embedding(top["embedding"]) if "embedding" in top else None,
             path=(self.base_dir / Path(self.file).name) if self.file != "<recipe>" else None,
         )
 
@@ -247,6 +257,19 @@ class _Parser:
             return check_value("alpha", value)
         except InvalidRequest as exc:
             raise self.error(pair[1], "alpha", str(exc).split('" ', 1)[-1]) from None
+
+    def choice(self, pair, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.string(pair, key)
+        if value not in allowed:
+            raise self.error(pair[1], key, f"expected one of {', '.join(allowed)}")
+        return value
+
+    def embedding(self, pair) -> Source:
+        node = pair[1]
+        if isinstance(node, yaml.ScalarNode):  # shorthand: `embedding: models/embed.gguf`
+            return self.source({"path": pair}, "embedding", node)
+        fields = self.mapping(pair, "embedding", ("path", "sha256"))
+        return self.source(fields, "embedding", node)
 
     def integer(self, pair, key: str) -> int:
         value = self.scalar(pair, key)

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
+from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub, pull
 from nanocommander.registry.gguf_info import GGUFInfo, MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
@@ -33,9 +35,6 @@ from nanocommander.registry.store import (
     hash_file,
     parse_digest,
 )
-
-from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
-from nanocommander.recipe import ROLES, Recipe, Source
 
 Event = dict[str, Any]
 

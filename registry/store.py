@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanocommander.registry.name import Name
-
 from nanocommander.errors import DigestMismatch, InvalidName, ModelNotFound, RegistryError
+from nanocommander.registry.name import Name
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 TEMP = re.compile(r"^\.(?:tmp|upload)-(\d+)-")  # temp files name their writer's pid

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from nanocommander.engine.options import ALL_KEYS, IGNORED_KEYS
 
 settings.register_profile(

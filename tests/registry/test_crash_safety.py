@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from nanocommander.registry import Registry
 
 CRASHY = Path(__file__).with_name("crashy.py")
