@@ -27,7 +27,7 @@ from nanocommander.engine.options import ALL_KEYS, IGNORED_KEYS
 
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "400")),
     deadline=None,
     derandomize=True,
     database=None,
