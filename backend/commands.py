@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -58,6 +59,7 @@ async def run_server(settings: Settings, recipes) -> None:
     from aiohttp import web
 
     from nanocommander.backend.server import MANAGER, create_app
+    from nanocommander.engine import rpc
 
     app = create_app(settings, recipes)
     # SIGTERM/SIGINT: stop listening, end running requests with their protocol's error object
@@ -98,6 +100,10 @@ async def run_server(settings: Settings, recipes) -> None:
     finally:
         warm.cancel()
         await runner.cleanup()
+        if rpc.stranded():  # threads parked on a lost RPC server would keep the interpreter from exiting
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 def _warm_headers(catalog) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
+from nanocommander.engine import rpc
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
@@ -120,6 +121,7 @@ class ModelManager:
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        rpc.keep_serving_on_loss()  # a lost RPC server ends its requests, not the whole server
         self._reaper = asyncio.create_task(self._reap())
 
     async def stop(self) -> None:
@@ -133,6 +135,9 @@ class ModelManager:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self.loaded.get(key)
+            if loaded is not None and rpc.is_lost(loaded.composite):  # its RPC server went away: reload
+                rpc.strand(self.loaded.pop(key).composite)
+                loaded = None
             if loaded is None:
                 await asyncio.to_thread(self.check_memory, recipe)
                 comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
@@ -168,8 +173,8 @@ class ModelManager:
             return True
         del self.loaded[key]
         if loaded.embedder is not None:
-            await asyncio.to_thread(loaded.embedder.close)
-        await asyncio.to_thread(loaded.composite.close)
+            await asyncio.to_thread(rpc.close_or_strand, loaded.embedder)
+        await asyncio.to_thread(rpc.close_or_strand, loaded.composite)
         return True
 
     async def embedder(self, loaded: Loaded) -> Any:
@@ -185,7 +190,15 @@ class ModelManager:
                 n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
                 threads = recipe.parameters.get("num_thread")
                 pool = loaded.composite.pool
-                loaded.embedder = await asyncio.to_thread(Embedder, pool, path, n_ctx=n_ctx, threads=threads)
+                # the large member's own placement, so the pool shares its weights (and RPC servers)
+                where = (
+                    {}
+                    if src is not None
+                    else {"gpu_layers": recipe.large.gpu_layers, "rpc": rpc.placement(recipe.large)}
+                )
+                loaded.embedder = await asyncio.to_thread(
+                    Embedder, pool, path, n_ctx=n_ctx, threads=threads, **where
+                )
         return loaded.embedder
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -201,7 +214,7 @@ class ModelManager:
         alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
         accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
-            async for chunk in loaded.composite.stream(req):
+            async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
                 if chunk.stats is not None:
                     accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk

@@ -30,6 +30,7 @@ from nanocommander.errors import (
     NanoCommanderError,
     RecipeError,
     ReferenceNotFound,
+    RpcServerLost,
     ServerBusy,
     TokenizerMismatch,
 )
@@ -44,6 +45,7 @@ STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
     (ReferenceNotFound, 404),
     (ServerBusy, 503),
+    (RpcServerLost, 503),  # a machine holding the model's layers went away; the next request reloads
     (InsufficientMemory, 500),  # Ollama answers 500 when a model needs more memory than is free
     (ContextOverflow, 400),
     (InvalidName, 400),

@@ -28,6 +28,7 @@ from nanocommander.engine.logprobs import reader as logprob_reader
 from nanocommander.engine.logprobs import special_piece
 from nanocommander.engine.member import Hold, LoadedModel, Member
 from nanocommander.engine.pool import ModelPool
+from nanocommander.engine.rpc import placement
 from nanocommander.engine.sampling import Sampler
 from nanocommander.engine.types import Chunk, DoneReason, GenerateRequest, Stats
 from nanocommander.engine.vocab import shared_vocab
@@ -96,13 +97,13 @@ class Composite:
             models: dict[str, LoadedModel] = {}
             for role in ("large", "base"):
                 spec = recipe.member(role)
-                models[role] = pool.acquire(_member_path(spec), spec.gpu_layers)
+                models[role] = pool.acquire(_member_path(spec), spec.gpu_layers, placement(spec))
                 acquired.append(models[role])
             tuned = recipe.tuned
             if tuned.is_adapter:
                 models["tuned"] = models["base"]
             else:
-                models["tuned"] = pool.acquire(_member_path(tuned), tuned.gpu_layers)
+                models["tuned"] = pool.acquire(_member_path(tuned), tuned.gpu_layers, placement(tuned))
                 acquired.append(models["tuned"])
             want_ctx = n_ctx or recipe.parameters.get("num_ctx") or DEFAULT_NUM_CTX
             threads = recipe.parameters.get("num_thread")

@@ -19,6 +19,7 @@ from llama_cpp import _internals
 
 from nanocommander.engine.member import LoadedModel
 from nanocommander.engine.pool import ModelPool
+from nanocommander.engine.rpc import Placement
 from nanocommander.errors import InvalidRequest, ModelLoadError
 
 DEFAULT_EMBED_CTX = 2048
@@ -37,10 +38,17 @@ class Embedder:
     """One embedding context; `embed` is serialised by a lock (one sequence at a time)."""
 
     def __init__(
-        self, pool: ModelPool, path: Path, *, n_ctx: int = DEFAULT_EMBED_CTX, threads: int | None = None
+        self,
+        pool: ModelPool,
+        path: Path,
+        *,
+        n_ctx: int = DEFAULT_EMBED_CTX,
+        threads: int | None = None,
+        gpu_layers: int = 0,
+        rpc: Placement | None = None,
     ):
         self.pool, self.path = pool, Path(path)
-        self.model = pool.acquire(self.path)
+        self.model = pool.acquire(self.path, gpu_layers, rpc)
         try:
             declared = declared_pooling(self.model)
             if declared == llama_cpp.LLAMA_POOLING_TYPE_RANK:

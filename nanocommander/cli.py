@@ -16,6 +16,7 @@ from nanocommander.errors import NanoCommanderError
 # Modules that each define add_commands(subparsers); each command sets `func(args) -> int`.
 COMMAND_MODULES = (
     "nanocommander.engine.commands",
+    "nanocommander.engine.rpc_server",
     "nanocommander.registry.commands",
     "nanocommander.backend.commands",
     "nanocommander.tune.commands",

@@ -58,6 +58,13 @@ class ModelLoadError(NanoCommanderError, RuntimeError):
     """llama.cpp could not load a member or adapter file."""
 
 
+class RpcServerLost(NanoCommanderError, RuntimeError):
+    """An RPC server holding a member's layers went away during a request; the model reloads next time.
+
+    Not a ConnectionError: the streaming layer reads those as the client having left.
+    """
+
+
 class InsufficientMemory(NanoCommanderError, MemoryError):
     """A model's memory estimate exceeds what is free."""
 

@@ -2,7 +2,7 @@
 
     name: qwen-pirate
     members:
-      large: {path: models/large.gguf, gpu_layers: -1}
+      large: {path: models/large.gguf, gpu_layers: -1, rpc: ["10.0.0.5:50052"]}
       base:  {hf: Qwen/Qwen2.5-0.5B-GGUF, file: q4.gguf, revision: abc, sha256: ...}
       tuned: {adapter: adapters/pirate.gguf}      # a LoRA on base, or {path: ...}
     alpha: 1.0
@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, SAMPLING_KEYS, check_value
+from nanocommander.engine.rpc import parse_endpoint
 from nanocommander.errors import InvalidRequest, RecipeError
 
 ROLES = ("large", "base", "tuned")
@@ -35,7 +36,7 @@ TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "pa
             "tool_parser", "embedding")
 TOOL_PARSERS = ("hermes", "llama3", "mistral")
 SOURCE_KEYS = ("path", "hf", "file", "revision", "sha256", "ollama")
-MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads")
+MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads", "rpc", "tensor_split")
 PARAM_KEYS = tuple(k for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS) if k not in ("alpha", "member"))
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -72,6 +73,8 @@ class MemberSpec:
     gpu_layers: int = 0
     n_ctx: int | None = None
     threads: int | None = None
+    rpc: tuple[str, ...] = ()  # "host:port" of llama.cpp RPC servers that hold its offloaded layers
+    tensor_split: tuple[float, ...] = ()  # share of the offloaded layers per device (RPC servers first)
 
     @property
     def is_adapter(self) -> bool:
@@ -88,6 +91,9 @@ class MemberSpec:
             value = getattr(self, key)
             if value not in (None, 0):
                 out[key] = value
+        for key in ("rpc", "tensor_split"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
         return out
 
 
@@ -323,6 +329,11 @@ class _Parser:
                 extra[name] = self.integer(fields[name], f"{key}.{name}")
         if "adapter_scale" in fields:
             extra["adapter_scale"] = self.number(fields["adapter_scale"], f"{key}.adapter_scale")
+        if "rpc" in fields:
+            extra["rpc"] = self.servers(fields["rpc"], f"{key}.rpc")
+            extra.setdefault("gpu_layers", -1)  # naming servers means offloading every layer unless told
+        if "tensor_split" in fields:
+            extra["tensor_split"] = self.split(fields["tensor_split"], f"{key}.tensor_split")
         adapter = None
         if "adapter" in fields:
             anode = fields["adapter"][1]
@@ -337,7 +348,42 @@ class _Parser:
             source = self.source(source_fields, key, node)
         if adapter is not None and source is not None:
             raise self.error(node, f"{key}.adapter", "an adapter member takes the base's weights; drop path/hf")
+        if adapter is not None and ("rpc" in fields or "tensor_split" in fields):
+            name = "rpc" if "rpc" in fields else "tensor_split"
+            raise self.error(fields[name][0], f"{key}.{name}", "an adapter member runs where the base runs")
         return MemberSpec(role=role, source=source, adapter=adapter, **extra)
+
+    def servers(self, pair, key: str) -> tuple[str, ...]:
+        """`rpc:` as a list of host:port, or one string (comma-separated, as llama.cpp's --rpc)."""
+        node = pair[1]
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        out: list[str] = []
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]" if isinstance(node, yaml.SequenceNode) else key
+            value = self.string((None, item), where)
+            for part in (p for p in value.split(",") if p.strip()):
+                try:
+                    endpoint = str(parse_endpoint(part))
+                except ValueError as exc:
+                    raise self.error(item, where, str(exc)) from None
+                if endpoint in out:
+                    raise self.error(item, where, f"{endpoint} is listed twice")
+                out.append(endpoint)
+        if not out:
+            raise self.error(node, key, "expected a list of host:port")
+        return tuple(out)
+
+    def split(self, pair, key: str) -> tuple[float, ...]:
+        node = pair[1]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.error(node, key, "expected a list of numbers, one per device (RPC servers first)")
+        out = tuple(self.number((None, item), f"{key}[{i}]") for i, item in enumerate(node.value))
+        for i, (item, value) in enumerate(zip(node.value, out, strict=True)):
+            if value < 0 or value != value or value == float("inf"):
+                raise self.error(item, f"{key}[{i}]", "expected a finite number >= 0")
+        if not sum(out) > 0:
+            raise self.error(node, key, "at least one share must be positive")
+        return out
 
     def parameters(self, pair) -> dict[str, Any]:
         fields = self.mapping(pair, "parameters", PARAM_KEYS + tuple(sorted(IGNORED_KEYS)))

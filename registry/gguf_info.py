@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.engine.rpc import placement
 from nanocommander.recipe import ROLES, Recipe
 from nanocommander.registry.gguf_header import read_header
 
@@ -208,6 +209,9 @@ def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimat
         n_ctx = num_ctx or spec.n_ctx or want
         if info.context_length:
             n_ctx = min(n_ctx, info.context_length)
+        if not spec.is_adapter and placement(spec) is not None:  # weights and KV cache on RPC servers
+            members[role] = MemberMemory(role, 0, 0, n_ctx)
+            continue
         weights = 0
         real = src.path.resolve()
         if real not in seen:
