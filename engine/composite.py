@@ -283,7 +283,7 @@ class Composite:
         piece = self.primary.piece
         lp = logprob_reader(req, plan.roles, self.vocab.n_vocab, plan.mask, lambda t: piece(t, True))
         shown = frozenset(i[0] for s in req.special_text if len(i := self.tokenize(s, add_bos=False)) == 1)
-        sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab)
+        sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab, self.n_ctx)
         sampler.accept_prompt(tokens)
         gen = Generation(
             req,

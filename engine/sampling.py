@@ -27,8 +27,11 @@ DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 
 
 class Sampler:
-    def __init__(self, opts: SamplingOptions, vocab, n_vocab: int):
+    def __init__(self, opts: SamplingOptions, vocab, n_vocab: int, n_ctx: int = 4096):
         self.opts, self.n_vocab = opts, n_vocab
+        # -1 means "the whole context" (Ollama's and KoboldCpp's habit); llama.cpp's samplers need the number
+        self.repeat_last_n = n_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+        self.dry_last_n = n_ctx if opts.dry_penalty_last_n < 0 else opts.dry_penalty_last_n
         self._data = _internals.LlamaTokenDataArray(n_vocab=n_vocab)
         # XTC advances the array's `data` pointer; sample() puts it back to the buffer's start
         self._start = self._data.candidates_data.ctypes.data_as(llama_cpp.llama_token_data_p)
@@ -56,7 +59,7 @@ class Sampler:
             for i, (tok, b) in enumerate(bias.items()):
                 arr[i].token, arr[i].bias = tok, (-np.inf if b == -np.inf else b)
             self._add(self.history, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), arr))
-        last_n = o.repeat_last_n
+        last_n = self.repeat_last_n
         if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
             self._add(
                 self.history,
@@ -75,7 +78,7 @@ class Sampler:
                     o.dry_multiplier,
                     o.dry_base,
                     o.dry_allowed_length,
-                    o.dry_penalty_last_n,
+                    self.dry_last_n,
                     breakers,
                     len(o.dry_sequence_breakers),
                 ),
@@ -131,7 +134,7 @@ class Sampler:
 
     def accept_prompt(self, tokens: list[int]) -> None:
         """Let the penalty samplers see the recent prompt (not the grammar: it constrains output only)."""
-        window = max(self.opts.repeat_last_n, self.opts.dry_penalty_last_n, 0)
+        window = max(self.repeat_last_n, self.dry_last_n, 0)
         for tok in tokens[-window:] if window else ():
             llama_cpp.llama_sampler_accept(self.history, tok)
 
