@@ -351,7 +351,14 @@ class Composite:
     def generate_batch(self, reqs: Sequence[GenerateRequest]) -> list[list[Chunk]]:
         """Run requests together (admitted at once, as many in flight as there are slots) and return
         each one's chunks; for evaluation, benchmarks and tests. An error is raised once all end."""
-        started = [self.start(req) for req in reqs]
+        started: list[tuple[Generation, Steps]] = []
+        try:
+            for req in reqs:
+                started.append(self.start(req))
+        except BaseException:
+            for gen, _ in started:
+                gen.sampler.close()
+            raise
         inbox: queue.SimpleQueue[tuple[int, Item]] = queue.SimpleQueue()
         tickets = [
             self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead=1 << 30)

@@ -86,6 +86,8 @@ class Scheduler:
         """Queue tickets; tickets submitted together are admitted together (as slots allow)."""
         with self._cv:
             if self._stopping:
+                for ticket in tickets:
+                    self._close(ticket)
                 raise ModelLoadError("model was unloaded")
             self._pending.extend(tickets)
             if self._thread is None:
