@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 
 from nanocommander.backend.config import Settings, parse_host
+
+SHUTDOWN_S = 3.0  # how long a stop waits for running handlers after telling them to end
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -59,8 +62,21 @@ async def run_server(settings: Settings, recipes) -> None:
     from nanocommander.engine import rpc
 
     app = create_app(settings, recipes)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)  # accesslog.py logs requests
+    # SIGTERM/SIGINT: stop listening, end running requests with their protocol's error object
+    # (backend/shutdown.py), unload the models, exit; SHUTDOWN_S bounds the wait for handlers.
+    # A short lingering time: an upload cut by a stop is not read on for aiohttp's default 10 s.
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,  # accesslog.py logs requests
+        shutdown_timeout=SHUTDOWN_S,
+        lingering_time=1.0,
+    )
     await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     ports = [settings.port] + ([settings.kobold_port] if settings.kobold_port else [])
     for port in ports:
         await web.TCPSite(runner, settings.host, port).start()
@@ -79,7 +95,8 @@ async def run_server(settings: Settings, recipes) -> None:
     )
     warm = asyncio.create_task(asyncio.to_thread(_warm_headers, app[MANAGER].catalog))
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        print("nanocommander: shutting down", file=sys.stderr, flush=True)
     finally:
         warm.cancel()
         await runner.cleanup()

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from nanocommander.backend.guard import origin_allowed
 from nanocommander.engine.rpc import parse_servers
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
@@ -90,7 +91,7 @@ class Settings:
     api_key: str | None = None
     insecure_no_auth: bool = False
     keep_alive: float = 300.0
-    num_parallel: int = 1
+    num_parallel: int = 4  # slots per model: requests decoded together in one batch
     max_queue: int = 512
     max_body: int = 32 * 1024 * 1024
     family_slots: int = 3  # tuned contexts per adapter family (engine/family.py)
@@ -99,14 +100,14 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (1), _MAX_QUEUE (512),
+        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (4), _MAX_QUEUE (512),
         _FAMILY_SLOTS (3); keyword overrides (from the command line) win. A malformed value stops startup
         with its name."""
         env = os.environ
         try:
             host, port = parse_host(env.get("NANOCOMMANDER_HOST"))
             keep_alive = parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0)
-            num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 1)
+            num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 4)
             max_queue = _positive(env, "NANOCOMMANDER_MAX_QUEUE", 512)
             family_slots = _positive(env, "NANOCOMMANDER_FAMILY_SLOTS", 3)
             _servers(env)
@@ -136,7 +137,5 @@ class Settings:
             )
 
     def origin_allowed(self, origin: str) -> bool:
-        if "*" in self.origins or origin in self.origins:
-            return True
-        host = origin.split("://", 1)[-1].split(":", 1)[0].strip("[]")
-        return host in ("localhost", "127.0.0.1", "::1")
+        """Whether a browser page of `origin` may call the server (rules in backend/guard.py)."""
+        return origin_allowed(origin, self.origins)

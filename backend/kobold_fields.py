@@ -175,7 +175,7 @@ def kobold_options(body: dict[str, Any]) -> dict[str, Any]:
         for k, v in body["logit_bias"].items():
             try:
                 bias[int(k)] = float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 continue
     for key in ("banned_tokens", "custom_token_bans"):
         value = body.get(key)

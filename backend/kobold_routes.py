@@ -9,6 +9,7 @@ and abort them; abort and token counting answer while a generation runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -153,8 +154,6 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     gen, chunks, _ = await _run(request, body)
 
     def encode(chunk: Chunk) -> bytes:
-        import json
-
         reason = finish_reason(chunk) if chunk.done else None
         payload = json.dumps({"token": chunk.text, "finish_reason": reason}, ensure_ascii=False)
         return f"event: message\ndata: {payload}\n\n".encode()
@@ -164,15 +163,22 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
         chunks,
         content_type="text/event-stream",
         encode=encode,
-        on_error=lambda msg: f'event: error\ndata: {{"msg": "{msg}"}}\n\n'.encode(),
+        on_error=lambda msg: f"event: error\ndata: {json.dumps({'msg': msg})}\n\n".encode(),
         headers={"X-Accel-Buffering": "no"},
     )
+
+
+def _genkey(body: dict[str, Any]) -> str | None:
+    key = body.get("genkey")
+    if key is not None and not isinstance(key, str):
+        raise InvalidRequest('"genkey" must be a string')
+    return key
 
 
 async def check(request: web.Request) -> web.Response:
     body = await read_json(request) if request.method == "POST" else {}
     state = _state(request.app)
-    key = body.get("genkey")
+    key = _genkey(body)
     gen = state["gens"].get(key) if key else state.get("current")
     return web.json_response({"results": [{"text": gen.text if gen else ""}]})
 
@@ -183,7 +189,7 @@ async def abort(request: web.Request) -> web.Response:
     except InvalidRequest:
         body = {}
     state = _state(request.app)
-    key = body.get("genkey")
+    key = _genkey(body)
     gen = state["gens"].get(key) if key else state.get("current")
     if gen is None or gen.done:
         return web.json_response({"success": "false", "done": "false"})
@@ -207,6 +213,8 @@ async def detokenize(request: web.Request) -> web.Response:
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
         return web.json_response({"result": "", "success": False}, status=400)
     loaded = await _loaded(request)
+    if not all(0 <= i < loaded.composite.vocab.n_vocab for i in ids):  # llama.cpp aborts on a bad id
+        return web.json_response({"result": "", "success": False}, status=400)
     return web.json_response({"result": loaded.composite.detokenize(ids), "success": True})
 
 

@@ -44,17 +44,20 @@ def gib(n: int) -> str:
 
 
 def memory_estimate(
-    recipe: Recipe, loaded: set[Path] | None = None, tuned_contexts: int = 1
+    recipe: Recipe,
+    loaded: set[Path] | None = None,
+    num_parallel: int | None = None,
+    tuned_contexts: int = 1,
 ) -> tuple[int, int | None]:
-    """(bytes needed, bytes free): the registry's estimate when it offers one, else the distinct
-    member and adapter files not yet loaded (weights dominate; the KV cache of the tiny contexts
-    we default to is small next to them) against MemAvailable."""
+    """(bytes needed, bytes free): the registry's estimate (weights + KV cache for every slot, and
+    for every tuned context of an adapter family) when it offers one, else the distinct member
+    and adapter files not yet loaded against MemAvailable."""
     files = _member_files(recipe)
     shared = files & {p.resolve() for p in loaded or ()}
     try:
         from nanocommander.registry import estimate_memory
 
-        estimate = estimate_memory(recipe, tuned_contexts=tuned_contexts)
+        estimate = estimate_memory(recipe, num_parallel=num_parallel, tuned_contexts=tuned_contexts)
         return max(int(estimate.total) - sum(p.stat().st_size for p in shared), 0), estimate.free
     except (ImportError, AttributeError, ValueError, OSError):
         pass
@@ -148,7 +151,8 @@ class ModelManager:
                 loaded = None
             if loaded is None:
                 comp = await self._load(recipe)
-                loaded = Loaded(key, comp, asyncio.Semaphore(max(1, self.settings.num_parallel)))
+                # as many requests at once as the composite has slots; the rest wait here (MAX_QUEUE)
+                loaded = Loaded(key, comp, asyncio.Semaphore(comp.n_parallel))
                 self.loaded[key] = loaded
         self.touch(loaded, keep_alive)
         self.last_used_name = key
@@ -158,7 +162,9 @@ class ModelManager:
         fkey = family_key(recipe)
         if fkey is None:
             await asyncio.to_thread(self.check_memory, recipe)
-            return await asyncio.to_thread(Composite.load, recipe, self.pool)
+            return await asyncio.to_thread(
+                Composite.load, recipe, self.pool, n_parallel=self.settings.num_parallel
+            )
         async with self._locks.setdefault(("family", fkey), asyncio.Lock()):
             family = self.families.get(fkey)
             if family is not None and rpc.is_lost(family.core):  # its RPC server went away: a new family
@@ -167,7 +173,11 @@ class ModelManager:
             if family is None or family.closed:
                 await asyncio.to_thread(self.check_memory, recipe, self.settings.family_slots)
                 family = await asyncio.to_thread(
-                    Family.load, recipe, self.pool, capacity=self.settings.family_slots
+                    Family.load,
+                    recipe,
+                    self.pool,
+                    capacity=self.settings.family_slots,
+                    n_parallel=self.settings.num_parallel,
                 )
                 self.families[fkey] = family
             else:  # a new member costs its adapter
@@ -182,7 +192,9 @@ class ModelManager:
 
     def check_memory(self, recipe: Recipe, tuned_contexts: int = 1) -> None:
         """Refuse a model whose estimate exceeds free memory (weights already in the pool are free)."""
-        needed, free = memory_estimate(recipe, set(self.pool.loaded()), tuned_contexts)
+        needed, free = memory_estimate(
+            recipe, set(self.pool.loaded()), self.settings.num_parallel, tuned_contexts
+        )
         self._refuse_beyond(needed, free)
 
     def check_adapter_memory(self, family: Family, recipe: Recipe) -> None:

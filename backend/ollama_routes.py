@@ -121,7 +121,8 @@ async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
     key, recipe = await asyncio.to_thread(request.app[MANAGER].catalog.lookup, wire.model_name(body))
     described = await asyncio.to_thread(describe, recipe)
-    memory = await asyncio.to_thread(_memory, recipe)  # header reads: off the event loop
+    slots = request.app[MANAGER].settings.num_parallel
+    memory = await asyncio.to_thread(_memory, recipe, slots)  # header reads: off the event loop
     members = described["members"]
     large = members.get("large", {})
     arch = large.get("architecture") or "unknown"
@@ -152,12 +153,12 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
-def _memory(recipe: Any) -> dict[str, Any] | None:
+def _memory(recipe: Any, num_parallel: int | None) -> dict[str, Any] | None:
     """The registry's memory estimate (weights + KV cache per member), when the registry offers one."""
     try:
         from nanocommander.registry import estimate_memory
 
-        return estimate_memory(recipe).to_dict()
+        return estimate_memory(recipe, num_parallel=num_parallel).to_dict()
     except (ImportError, AttributeError, ValueError, OSError):
         return None
 
@@ -167,28 +168,41 @@ def _member_template(member: dict[str, Any]) -> str:
 
 
 async def ps(request: web.Request) -> web.Response:
-    """One entry per loaded composite; an adapter family is one entry (named by its most recently used
-    member) whose `family` object lists its members, adapters and tuned contexts."""
+    """One entry per loaded composite, with its slots and KV cache; an adapter family is one entry
+    (named by its most recently used member) whose `family` object lists its members, loaded
+    adapters and tuned contexts, and whose size is the family's estimate."""
 
     def listing() -> list[dict[str, Any]]:  # GGUF header reads: off the event loop
         models = []
         for group, family in request.app[MANAGER].units():
             latest = max(group, key=lambda m: m.last_used)
-            described = describe(latest.composite.recipe)
-            expires = max(m.expires_at for m in group)
+            comp = latest.composite
+            described = describe(comp.recipe)
             extra = None
             if family is not None:
                 extra = family.info({m.composite: m.name for m in group})
-                extra["memory"] = _family_memory(family, extra["adapters"])
+                extra["memory"] = _family_memory(family, extra["adapters"], comp.n_parallel)
                 if extra["memory"] is not None:
                     described = {**described, "size": extra["memory"]["total"]}
-            models.append(wire.ps_entry(latest.name, described, expires, latest.composite.n_ctx, extra))
+            expires = max(m.expires_at for m in group)
+            entry = wire.ps_entry(latest.name, described, expires, comp.n_ctx, extra)
+            memory = _memory(comp.recipe, comp.n_parallel)  # num_ctx of KV per slot
+            entry["composite"] = {
+                "num_parallel": comp.n_parallel,
+                "active": len(comp.scheduler.active()),
+                "kv_cache": memory
+                and {
+                    "formula": memory["kv_formula"],
+                    "bytes": {role: m["kv_cache"] for role, m in memory["members"].items()},
+                },
+            }
+            models.append(entry)
         return sorted(models, key=lambda m: m["expires_at"], reverse=True)
 
     return web.json_response({"models": await asyncio.to_thread(listing)})
 
 
-def _family_memory(family: Any, adapters: list[str]) -> dict[str, Any] | None:
+def _family_memory(family: Any, adapters: list[str], num_parallel: int) -> dict[str, Any] | None:
     """Shared large and base weights and contexts + the adapters loaded + the tuned contexts."""
     try:
         from nanocommander.registry.gguf_info import estimate_family
@@ -196,7 +210,8 @@ def _family_memory(family: Any, adapters: list[str]) -> dict[str, Any] | None:
         views = list(family.views)
         if not views:
             return None
-        return estimate_family(views[0].recipe, [Path(a) for a in adapters], len(family.slots)).to_dict()
+        paths = [Path(a) for a in adapters]
+        return estimate_family(views[0].recipe, paths, len(family.slots), num_parallel=num_parallel).to_dict()
     except (ImportError, AttributeError, ValueError, OSError):
         return None
 

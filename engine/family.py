@@ -4,16 +4,20 @@ Composites whose large and base are the same files (with the same load settings)
 tuned member is a LoRA adapter on that base differ only in that adapter and in per-request
 settings (alpha, template, system, sampling). A `Family` loads the large and base contexts
 once and keeps a small LRU of tuned contexts on the base's weights, each with its own KV
-cache. Each composite of the family is a `FamilyComposite`: a view that shares the loaded
-composite's members, vocabulary, executors and generation lock, with its own recipe and
-chat template.
+cache (its `n_seq` slots, like every member context). Each composite of the family is a
+`FamilyComposite`: a view that shares the loaded core composite's members, vocabulary,
+executor and scheduler, with its own recipe and chat template. One scheduler serves the
+requests of every member in the same rounds.
 
-Starting a generation binds it to a tuned context that holds the view's adapter: one that
-already has it (its KV cache is still valid for that adapter), else a new context while
-there are fewer than `capacity`, else the least recently used idle one, whose adapter is
-switched (llama_set_adapters_lora) and whose KV cache is cleared, since llama.cpp keeps it.
-So going from composite A to B costs an adapter switch and the tuned member's prompt; the
-large and base contexts keep their KV cache across the switch, and nothing is reloaded.
+When the scheduler gives a request its slot, the request is bound to a tuned context that
+holds its view's adapter: one that already has it (its KV cache is still valid for that
+adapter), else a new context while there are fewer than `capacity`, else the least recently
+used idle one, whose adapter is switched (llama_set_adapters_lora) and whose KV cache is
+cleared, since llama.cpp keeps it. A context serving a request is never switched (if all
+are busy a further one is made, and closed once idle). `hold_many` sends each request's
+tuned Holds to its context (`member_for`). So going from composite A to B costs an adapter
+switch and the tuned member's prompt; the large and base contexts keep their KV cache across
+the switch, and nothing is reloaded.
 
 Adapters stay loaded while a tuned context holds them, plus the `capacity` most recently used
 others; the rest are freed and loaded again when asked for (about a millisecond from the page
@@ -30,16 +34,16 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.generation import Generation, Steps
+from nanocommander.engine.composite import STREAM_AHEAD, Composite
+from nanocommander.engine.generation import Generation, Logits, Need, Steps
 from nanocommander.engine.member import Member
 from nanocommander.engine.pool import ModelPool
-from nanocommander.engine.types import GenerateRequest
 from nanocommander.errors import ModelLoadError
 from nanocommander.recipe import Recipe
 
@@ -130,15 +134,18 @@ class FamilyStats:
 class Family:
     """One large and base context set plus an LRU of tuned contexts, serving every composite of a family."""
 
-    def __init__(self, core: Composite, key: tuple, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, core: FamilyCore, key: tuple, capacity: int = DEFAULT_CAPACITY):
         self.core, self.key, self.capacity = core, key, max(1, capacity)
+        core.family = self
+        core._executor.shutdown(wait=False)  # large, base and every tuned context at once
+        core._executor = ThreadPoolExecutor(max_workers=2 + self.capacity, thread_name_prefix="member")
         self.slots = [Slot(core.members["tuned"], adapter_key(core.recipe))]
         self.views: list[FamilyComposite] = []
         self._warm: OrderedDict[Path, None] = OrderedDict()  # adapters kept loaded besides the slots' (LRU)
-        self.bound: dict[int, tuple[Generation, Slot]] = {}
+        self.bound: dict[int, Slot] = {}  # request slot (seq) -> its tuned context
         self.stats = FamilyStats()
         self.closed = False
-        self._mu = threading.Lock()  # slots, views and bindings; generations themselves share core._lock
+        self._mu = threading.Lock()  # slots, views and bindings
         self._clock = itertools.count(1)
 
     @classmethod
@@ -150,7 +157,7 @@ class Family:
         if key is None:
             raise ValueError(f"{recipe.name}: not an adapter composite over local files")
         steady_allocator()
-        return cls(Composite.load(recipe, pool, **kwargs), key, capacity)
+        return cls(FamilyCore.load(recipe, pool, **kwargs), key, capacity)  # type: ignore[arg-type]
 
     # -- views ------------------------------------------------------------------------------
 
@@ -161,7 +168,7 @@ class Family:
             raise ValueError(f"{recipe.name} is not a member of this family")
         adapter = adapter_key(recipe)
         view = FamilyComposite.__new__(FamilyComposite)
-        view.__dict__.update(self.core.__dict__)  # members, vocab, executors and the generation lock
+        view.__dict__.update(self.core.__dict__)  # members, vocab, executor and scheduler
         view.recipe, view.family, view.adapter, view.closed = recipe, self, adapter, False
         with self._mu:  # drop() cannot free the models meanwhile
             if self.closed:
@@ -183,32 +190,36 @@ class Family:
         self._close()
 
     def _close(self) -> None:
-        locked = self.core._lock.acquire(timeout=10)  # a generation still running ends first
-        try:
-            for slot in self.slots:
-                if slot.member is not self.core.members["tuned"]:
-                    slot.member.close()
-            while self._warm:
-                self.core.members["base"].model.release_adapter(self._warm.popitem()[0])
-        finally:
-            if locked:
-                self.core._lock.release()
+        self.core.scheduler.stop()  # requests still running end with a cancel chunk; no round runs after
+        for slot in self.slots:
+            if slot.member is not self.core.members["tuned"]:
+                slot.member.close()
+        while self._warm:
+            self.core.members["base"].model.release_adapter(self._warm.popitem()[0])
         self.core.close()  # large, base, the first tuned context and the pooled weights
 
     # -- tuned contexts ---------------------------------------------------------------------
 
-    def bind(self, gen: Generation, key: AdapterKey) -> None:
-        """Give `gen` a tuned context holding adapter `key`, switching the LRU idle one if need be."""
+    def bind(self, seq: int, key: AdapterKey) -> None:
+        """Give the request in slot `seq` a tuned context holding adapter `key` (the scheduler's thread,
+        between rounds), switching the least recently used idle one if need be."""
         slot = self._slot(key, pin=True)
         with self._mu:
-            self.bound[id(gen)] = (gen, slot)
+            self.bound[seq] = slot
 
-    def release(self, gen: Generation) -> None:
+    def tuned_for(self, seq: int) -> Member:
         with self._mu:
-            entry = self.bound.pop(id(gen), None)
-            if entry is None:
+            slot = self.bound.get(seq)
+        if slot is None:
+            raise RuntimeError(f"no tuned context is bound to slot {seq}")
+        return slot.member
+
+    def release(self, seq: int) -> None:
+        with self._mu:
+            slot = self.bound.pop(seq, None)
+            if slot is None:
                 return
-            entry[1].users -= 1
+            slot.users -= 1
             first = self.core.members["tuned"]  # the core's own context stays for the family's life
             idle = sorted(
                 (s for s in self.slots if s.users == 0 and s.member is not first), key=lambda s: s.last
@@ -216,16 +227,6 @@ class Family:
             for slot in idle[: max(0, len(self.slots) - self.capacity)]:  # made while every slot was busy
                 self.slots.remove(slot)
                 slot.member.close()
-
-    def members_for(self, gen: Generation | None, key: AdapterKey) -> Mapping[str, Member]:
-        large, base = self.core.members["large"], self.core.members["base"]
-        if gen is None:  # outside a generation (score): the generation lock is held by the caller
-            return {"large": large, "base": base, "tuned": self._slot(key, pin=False).member}
-        with self._mu:
-            entry = self.bound.get(id(gen))
-        if entry is None:  # a plan without the tuned member (alpha 0, large or base alone)
-            return {"large": large, "base": base}
-        return {"large": large, "base": base, "tuned": entry[1].member}
 
     def _slot(self, key: AdapterKey, *, pin: bool) -> Slot:
         with self._mu:
@@ -313,27 +314,46 @@ def _summary(seconds: list[float]) -> dict[str, float] | None:
     return {"median": round(ordered[len(ordered) // 2] * 1000, 3), "max": round(ordered[-1] * 1000, 3)}
 
 
-class FamilyComposite(Composite):
-    """One composite of a family: the family's members, its own recipe, template and adapter.
+class FamilyCore(Composite):
+    """The family's loaded composite: its scheduler serves every member's requests, and each
+    request's tuned Holds go to the tuned context bound to its slot."""
+
+    family: Family
+
+    def member_for(self, role: str, seq: int) -> Member:
+        return self.family.tuned_for(seq) if role == "tuned" else self.members[role]
+
+    def release(self, seq: int) -> None:
+        self.family.release(seq)
+
+
+class FamilyComposite(FamilyCore):
+    """One composite of a family: the family's members and scheduler, its own recipe, template and adapter.
 
     Made by `Family.view`, never by `Composite.load`; closing it drops the view, and the last
     view to close closes the family.
     """
 
-    family: Family
     adapter: AdapterKey
 
-    def start(self, req: GenerateRequest, seq: int = 0) -> tuple[Generation, Steps]:
-        gen, steps = super().start(req, seq)
-        if "tuned" in gen.plan.roles:
-            self.family.bind(gen, self.adapter)
-        return gen, steps
+    def _ticket(self, gen: Generation, steps: Steps, put, max_ahead: int = STREAM_AHEAD):
+        ticket = super()._ticket(gen, steps, put, max_ahead)
+        begin = ticket.begin
 
-    def members_for(self, gen: Generation | None = None) -> Mapping[str, Member]:
-        return self.family.members_for(gen, self.adapter)
+        def bound(seq: int) -> Steps:  # the request got slot `seq`: give it a tuned context too
+            if "tuned" in gen.plan.roles:
+                self.family.bind(seq, self.adapter)
+            return begin(seq)
 
-    def release(self, gen: Generation) -> None:
-        self.family.release(gen)
+        ticket.begin = bound
+        return ticket
+
+    def _job(self, prompt: list[int], role: str, need: Callable[[int], Need]) -> Logits:
+        def bound(seq: int) -> Need:
+            self.family.bind(seq, self.adapter)
+            return need(seq)
+
+        return super()._job(prompt, role, bound)
 
     def close(self) -> None:
         if self.closed:

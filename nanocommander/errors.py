@@ -85,5 +85,9 @@ class RegistryError(NanoCommanderError, RuntimeError):
     """A pull, push or store operation failed (network, disk, Hub)."""
 
 
+class ReferenceNotFound(RegistryError, LookupError):
+    """A pull names nothing it can fetch: no recipe file, no Hub name, no stored model (a 404)."""
+
+
 class AdapterMismatch(NanoCommanderError, ValueError):
     """A LoRA adapter does not fit the base it is meant for (architecture, tensor names or shapes)."""

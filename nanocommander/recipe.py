@@ -202,7 +202,7 @@ class _Parser:
         for role in ("large", "base"):
             if specs[role].is_adapter:
                 raise self.error(members[role][1], f"members.{role}.adapter", "only the tuned member may be an adapter")
-        alpha = self.number(top["alpha"], "alpha") if "alpha" in top else 1.0
+        alpha = self.alpha(top["alpha"]) if "alpha" in top else 1.0
         template = self.string(top["template"], "template") if "template" in top else "tuned"
         if template not in ROLES and "{{" not in template and "{%" not in template:
             raise self.error(top["template"][1], "template", "expected large, base, tuned or an inline Jinja template")
@@ -255,6 +255,14 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(pair[1], key, f"expected a number, got {type(value).__name__}")
         return float(value)
+
+    def alpha(self, pair) -> float:
+        """A number within the engine's bounds (engine/options.py: finite, |alpha| <= 100)."""
+        value = self.number(pair, "alpha")
+        try:
+            return check_value("alpha", value)
+        except InvalidRequest as exc:
+            raise self.error(pair[1], "alpha", str(exc).split('" ', 1)[-1]) from None
 
     def choice(self, pair, key: str, allowed: tuple[str, ...]) -> str:
         value = self.string(pair, key)

@@ -189,13 +189,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         first = d.template.strip().splitlines()[0] if d.template.strip() else ""
         print(f"\n  Template\n    {first[:100]}{' ...' if len(d.template.strip()) > len(first) else ''}")
     mem = d.memory
-    print("\n  Memory estimate (weights + f16 KV cache)")
-    rows = [("role", "weights", "kv cache", "n_ctx", "total")]
+    print("\n  Memory estimate (weights + f16 KV cache of n_ctx tokens per slot)")
+    rows = [("role", "weights", "kv cache", "n_ctx", "slots", "total")]
     for m in mem.members.values():
+        kv = format_bytes(m.kv_cache)
         rows.append(
-            (m.role, format_bytes(m.weights), format_bytes(m.kv_cache), str(m.n_ctx), format_bytes(m.total))
+            (m.role, format_bytes(m.weights), kv, str(m.n_ctx), str(m.num_parallel), format_bytes(m.total))
         )
-    rows.append(("all", "", "", "", format_bytes(mem.total)))
+    rows.append(("all", "", "", "", "", format_bytes(mem.total)))
     _table(rows, indent="    ")
     if mem.free is not None and not mem.fits:
         print(
@@ -229,6 +230,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if report.partials:
         verb = "removed" if args.fix else "kept for resuming (--fix removes them)"
         print(f"{format_bytes(report.partials)} of unfinished downloads {verb}")
+    if report.unreferenced:
+        verb = "collected" if args.fix else "(--fix collects them)"
+        print(f"{report.unreferenced} blobs no model uses {verb}")
+    if report.stale:
+        verb = "removed" if args.fix else "(--fix removes them)"
+        print(f"{report.stale} temp files left by interrupted commands {verb}")
     print(f"checked {report.checked} blobs, {len(report.corrupt)} corrupt")
     return 1 if report.corrupt and not args.fix else 0
 

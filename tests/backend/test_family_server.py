@@ -23,7 +23,7 @@ PROMPTS = ["<|im_start|>user\nhello there", "<|im_start|>user\nhello there, how 
 def adapters(tmp_path_factory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("adapters")
     out = {
-        f"style{i}": tiny_models.write_lora(folder / f"style{i}.gguf", seed=100 + i, std=1.0)
+        f"style{i}": tiny_models.write_lora(folder / f"style{i}.gguf", seed=100 + i, std=1.0, q8_a=True)
         for i in range(6)
     }
     out["wide"] = tiny_models.write_lora(folder / "wide.gguf", seed=99, shape=tiny_models.LARGE)
