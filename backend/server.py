@@ -53,8 +53,8 @@ STATUS = [  # (exception class, HTTP status); first match wins
     (InvalidRequest, 400),
     (RecipeError, 400),
     (TokenizerMismatch, 400),
-    (DigestMismatch, 400),
-    (AdapterMismatch, 400),  # a family member whose adapter does not fit the base  # an upload whose bytes do not hash to the digest named
+    (DigestMismatch, 400),  # an upload whose bytes do not hash to the digest named
+    (AdapterMismatch, 400),  # a family member whose adapter does not fit the base
     (ModelLoadError, 500),
     (NanoCommanderError, 500),
 ]

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 import yaml
-from nanocommander.registry import Registry
 
 from nanocommander.errors import InvalidName, ModelNotFound
+from nanocommander.registry import Registry
 
 
 def sha(data: bytes) -> str:

@@ -8,10 +8,10 @@ import os
 import shutil
 
 import pytest
-from nanocommander.registry import Registry
 
 from nanocommander.cli import main
 from nanocommander.errors import RegistryError
+from nanocommander.registry import Registry
 
 
 def sha(data: bytes) -> str:
