@@ -211,7 +211,9 @@ def _family_memory(family: Any, adapters: list[str], num_parallel: int) -> dict[
         if not views:
             return None
         paths = [Path(a) for a in adapters]
-        return estimate_family(views[0].recipe, paths, len(family.slots), num_parallel=num_parallel).to_dict()
+        return estimate_family(
+            views[0].recipe, paths, len(family.contexts), num_parallel=num_parallel
+        ).to_dict()
     except (ImportError, AttributeError, ValueError, OSError):
         return None
 

@@ -29,6 +29,7 @@ so with 100 SmolLM2-135M adapters loaded each tuned context grew by about 60 MB.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import os
 import threading
@@ -75,6 +76,7 @@ def family_key(recipe: Recipe) -> tuple | None:
         params.get("num_ctx"),
         params.get("num_batch"),
         params.get("num_thread"),
+        params.get("num_parallel"),
     ]
     return tuple(parts)
 
@@ -88,8 +90,9 @@ def _file_id(path: Path) -> tuple[int, int] | Path:
         return path.resolve()
 
 
+@functools.cache
 def steady_allocator() -> None:
-    """Pin glibc's mmap threshold so big buffers go back to the OS when freed.
+    """Pin glibc's mmap threshold (once per process) so big buffers go back to the OS when freed.
 
     Every adapter switch makes llama.cpp reserve its compute graph again, freeing and allocating
     buffers; glibc raises its mmap threshold after the first such free, and the buffers then
@@ -97,17 +100,12 @@ def steady_allocator() -> None:
     SmolLM2-135M with three tuned contexts, 39 MB with the threshold pinned (and then stayed).
     A MALLOC_MMAP_THRESHOLD_ set by the user is left alone; other C libraries are left alone.
     """
-    global _allocator_set
-    if _allocator_set or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return
-    _allocator_set = True
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
-
-
-_allocator_set = False
 
 
 def adapter_key(recipe: Recipe) -> AdapterKey:
@@ -115,12 +113,12 @@ def adapter_key(recipe: Recipe) -> AdapterKey:
 
 
 @dataclass
-class Slot:
+class TunedContext:
     """One tuned context and the adapter it holds."""
 
     member: Member
     key: AdapterKey | None
-    users: int = 0  # generations bound to it right now; a busy slot is never switched
+    users: int = 0  # requests bound to it right now; a busy context is never switched
     last: int = 0  # LRU clock
 
 
@@ -139,13 +137,15 @@ class Family:
         core.family = self
         core._executor.shutdown(wait=False)  # large, base and every tuned context at once
         core._executor = ThreadPoolExecutor(max_workers=2 + self.capacity, thread_name_prefix="member")
-        self.slots = [Slot(core.members["tuned"], adapter_key(core.recipe))]
+        self.contexts = [TunedContext(core.members["tuned"], adapter_key(core.recipe))]
         self.views: list[FamilyComposite] = []
-        self._warm: OrderedDict[Path, None] = OrderedDict()  # adapters kept loaded besides the slots' (LRU)
-        self.bound: dict[int, Slot] = {}  # request slot (seq) -> its tuned context
+        self._warm: OrderedDict[Path, None] = (
+            OrderedDict()
+        )  # adapters kept loaded besides the contexts' (LRU)
+        self.bound: dict[int, TunedContext] = {}  # scheduler slot (seq) -> its request's tuned context
         self.stats = FamilyStats()
         self.closed = False
-        self._mu = threading.Lock()  # slots, views and bindings
+        self._mu = threading.Lock()  # tuned contexts, views and bindings
         self._clock = itertools.count(1)
 
     @classmethod
@@ -191,9 +191,9 @@ class Family:
 
     def _close(self) -> None:
         self.core.scheduler.stop()  # requests still running end with a cancel chunk; no round runs after
-        for slot in self.slots:
-            if slot.member is not self.core.members["tuned"]:
-                slot.member.close()
+        for tc in self.contexts:
+            if tc.member is not self.core.members["tuned"]:
+                tc.member.close()
         while self._warm:
             self.core.members["base"].model.release_adapter(self._warm.popitem()[0])
         self.core.close()  # large, base, the first tuned context and the pooled weights
@@ -203,48 +203,47 @@ class Family:
     def bind(self, seq: int, key: AdapterKey) -> None:
         """Give the request in slot `seq` a tuned context holding adapter `key` (the scheduler's thread,
         between rounds), switching the least recently used idle one if need be."""
-        slot = self._slot(key, pin=True)
+        tc = self._context(key)
         with self._mu:
-            self.bound[seq] = slot
+            self.bound[seq] = tc
 
     def tuned_for(self, seq: int) -> Member:
         with self._mu:
-            slot = self.bound.get(seq)
-        if slot is None:
+            tc = self.bound.get(seq)
+        if tc is None:
             raise RuntimeError(f"no tuned context is bound to slot {seq}")
-        return slot.member
+        return tc.member
 
     def release(self, seq: int) -> None:
         with self._mu:
-            slot = self.bound.pop(seq, None)
-            if slot is None:
+            tc = self.bound.pop(seq, None)
+            if tc is None:
                 return
-            slot.users -= 1
+            tc.users -= 1
             first = self.core.members["tuned"]  # the core's own context stays for the family's life
             idle = sorted(
-                (s for s in self.slots if s.users == 0 and s.member is not first), key=lambda s: s.last
+                (s for s in self.contexts if s.users == 0 and s.member is not first), key=lambda s: s.last
             )
-            for slot in idle[: max(0, len(self.slots) - self.capacity)]:  # made while every slot was busy
-                self.slots.remove(slot)
-                slot.member.close()
+            for tc in idle[: max(0, len(self.contexts) - self.capacity)]:  # made while every context was busy
+                self.contexts.remove(tc)
+                tc.member.close()
 
-    def _slot(self, key: AdapterKey, *, pin: bool) -> Slot:
+    def _context(self, key: AdapterKey) -> TunedContext:
         with self._mu:
-            slot = next((s for s in self.slots if s.key == key), None)
-            if slot is None:
-                idle = [s for s in self.slots if s.users == 0]
-                if len(self.slots) < self.capacity or not idle:
-                    slot = self._new_slot()
+            tc = next((s for s in self.contexts if s.key == key), None)
+            if tc is None:
+                idle = [s for s in self.contexts if s.users == 0]
+                if len(self.contexts) < self.capacity or not idle:
+                    tc = self._new_context()
                 else:
-                    slot = min(idle, key=lambda s: s.last)
-                self._switch(slot, key)
-            slot.last = next(self._clock)
-            if pin:
-                slot.users += 1
-            return slot
+                    tc = min(idle, key=lambda s: s.last)
+                self._switch(tc, key)
+            tc.last = next(self._clock)
+            tc.users += 1
+            return tc
 
-    def _new_slot(self) -> Slot:
-        first = self.slots[0].member
+    def _new_context(self) -> TunedContext:
+        first = self.contexts[0].member
         member = Member(
             "tuned",
             first.model,
@@ -253,15 +252,15 @@ class Family:
             n_batch=first.n_batch,
             n_seq=first.n_seq,
         )
-        slot = Slot(member, None)
-        self.slots.append(slot)
+        tc = TunedContext(member, None)
+        self.contexts.append(tc)
         self.stats.contexts_made += 1
-        return slot
+        return tc
 
-    def _switch(self, slot: Slot, key: AdapterKey) -> None:
+    def _switch(self, tc: TunedContext, key: AdapterKey) -> None:
         t0 = time.perf_counter()
-        slot.member.set_adapter(*key)  # also clears its KV cache: it was computed under the old adapter
-        slot.key = key
+        tc.member.set_adapter(*key)  # also clears its KV cache: it was computed under the old adapter
+        tc.key = key
         self._keep_warm(key[0])
         self.stats.switches += 1
         self.stats.switch_s = [*self.stats.switch_s[-99:], time.perf_counter() - t0]
@@ -299,7 +298,7 @@ class Family:
                         "model": by_adapter.get(s.key),
                         "busy": s.users > 0,
                     }
-                    for s in self.slots
+                    for s in self.contexts
                 ],
                 "capacity": self.capacity,
                 "switches": self.stats.switches,

@@ -118,7 +118,7 @@ def test_interleaved_members_answer_as_fresh_servers(live, fresh):
         prompt, member = PROMPTS[step % len(PROMPTS)], "tuned" if step % 4 == 3 else "composite"
         assert generate(live.url, f"style{i}", prompt, member) == fresh[i, prompt, member], (step, i)
     family = live.app[MANAGER].loaded["style0:latest"].composite.family
-    assert family.stats.switches >= 8 and len(family.slots) == 2
+    assert family.stats.switches >= 8 and len(family.contexts) == 2
 
 
 def test_concurrent_requests_to_many_members_answer_as_fresh_servers(live, fresh):

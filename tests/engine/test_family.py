@@ -89,7 +89,7 @@ def test_interleaved_members_match_fresh_composites(styles, fresh, capacity):
             prompt = PROMPTS[step % len(PROMPTS)]
             member = "tuned" if step % 3 == 2 else "composite"
             assert run(views[i], prompt, member) == fresh[i, prompt, member], (step, i, prompt, member)
-        assert len(family.slots) == capacity and family.stats.switches >= len(order) // 2
+        assert len(family.contexts) == capacity and family.stats.switches >= len(order) // 2
         assert family.bound == {}  # every generation gave its tuned context back
     finally:
         for view in views:
@@ -146,13 +146,13 @@ def test_busy_contexts_are_never_switched_and_extra_ones_go_when_idle(styles):
         for seq in range(3):  # three requests in flight, three adapters: a third context is made
             family.bind(seq, views[seq].adapter)
         tuned = [family.tuned_for(seq) for seq in range(3)]
-        assert len({id(m) for m in tuned}) == 3 and len(family.slots) == 3
+        assert len({id(m) for m in tuned}) == 3 and len(family.contexts) == 3
         assert [m.adapter_path for m in tuned] == [v.adapter[0] for v in views[:3]]
         family.bind(3, views[1].adapter)  # the same adapter shares its context
         assert family.tuned_for(3) is tuned[1]
         for seq in range(4):
             family.release(seq)
-        assert len(family.slots) == 2 and family.bound == {}
+        assert len(family.contexts) == 2 and family.bound == {}
         info = views[0].info()
         assert info["family"]["members"] == ["style0", "style1", "style2", "style3"]
         assert info["members"]["tuned"]["adapter"].endswith("style0.gguf")
