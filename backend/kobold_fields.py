@@ -38,6 +38,8 @@ MAPPING = {
     "stop_sequence": "stop",
     "alpha": "alpha",
     "member": "member",
+    "steer": "steer",
+    "speculative": "speculative",
 }
 INT_FIELDS = {
     "max_length",

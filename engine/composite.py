@@ -22,7 +22,8 @@ import numpy as np
 
 from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
 from nanocommander.engine.fusion import fuse
-from nanocommander.engine.decoding import STRATEGIES
+from nanocommander.engine.decode_options import DEFAULT_SPECULATION, Steer
+from nanocommander.engine.decoding import strategy_for
 from nanocommander.engine.generation import Generation, Need, Plan, Steps
 from nanocommander.engine.member import Hold, LoadedModel, Member
 from nanocommander.engine.pool import ModelPool
@@ -216,19 +217,21 @@ class Composite:
     # -- generation ------------------------------------------------------------------------
 
     def plan(self, req: GenerateRequest) -> Plan:
-        """Which members run for `req` and with what alpha (alpha 0: the large model alone)."""
+        """Which members run for `req`, with what alpha, steering and drafting (request over recipe)."""
         mask = self.vocab.mask
         if req.ignore_eos and self.vocab.eog:
             mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
             mask[list(self.vocab.eog)] = True
+        steer = req.steer or self.recipe.steer or Steer()
+        spec = req.speculative or self.recipe.speculative or DEFAULT_SPECULATION
         if req.member != "composite":
-            return Plan((req.member,), 0.0, self.vocab.n_vocab, mask)
+            return Plan((req.member,), 0.0, self.vocab.n_vocab, mask, steer, spec)
         alpha = self.recipe.alpha if req.alpha is None else float(req.alpha)
         if not np.isfinite(alpha):
             raise InvalidRequest("alpha must be a finite number")
         if alpha == 0.0:  # the small models are not run at all
-            return Plan(("large",), 0.0, self.vocab.n_vocab, mask)
-        return Plan(ROLES, alpha, self.vocab.n_vocab, mask)
+            return Plan(("large",), 0.0, self.vocab.n_vocab, mask, steer, spec)
+        return Plan(ROLES, alpha, self.vocab.n_vocab, mask, steer, spec)
 
     def hold(self, need: Need) -> dict[str, np.ndarray]:
         """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
@@ -290,7 +293,7 @@ class Composite:
             sampler=sampler,
             stats=stats,
         )
-        return gen, STRATEGIES["proxy"](gen)
+        return gen, strategy_for(gen)
 
     def generate(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """Blocking generator of text chunks; the final chunk carries done_reason and stats."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nanocommander.engine.decode_options import OFF, Speculation, Steer
 from nanocommander.engine.fusion import fuse
 from nanocommander.engine.member import Hold
 from nanocommander.engine.sampling import Sampler
@@ -35,6 +36,13 @@ class Plan:
     alpha: float
     n_vocab: int
     mask: np.ndarray | None  # ids never to sample (padding, banned end tokens)
+    steer: Steer = Steer()  # where the delta applies (engine/steering.py)
+    spec: Speculation = OFF  # who drafts tokens to verify in one batch (engine/speculative.py)
+
+    @property
+    def steered(self) -> bool:
+        """Whether the small models' delta takes part at all (the composite with alpha != 0)."""
+        return len(self.roles) == 3 and self.alpha != 0.0
 
 
 class Generation:
@@ -86,11 +94,25 @@ class Generation:
         return fuse(first, base, tuned, p.alpha, p.n_vocab, p.mask, self._fused if out is None else out)
 
     @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    def room(self) -> int:
+        """How many more tokens may be committed (num_predict and the context both bound it)."""
+        left = self.n_ctx - len(self.tokens)
+        if self.n_predict > 0:
+            left = min(left, self.n_predict - self.stats.eval_count)
+        return max(left, 0)
+
+    @property
     def finished(self) -> bool:
         return self.reason is not None
 
-    def accept(self, token: int) -> bool:
-        """Commit one sampled token; False once the request is finished (end token, stop, limit)."""
+    def accept(self, token: int, steered: bool = False) -> bool:
+        """Commit one sampled token; False once the request is finished (end token, stop, limit).
+
+        `steered`: the small models' delta took part in choosing it (counted in the stats).
+        """
         if self.finished:
             return False
         self.sampler.accept(token)
@@ -98,6 +120,7 @@ class Generation:
             self.reason = DoneReason.STOP
             return False
         self.stats.eval_count += 1
+        self.stats.steered += steered
         self.tokens.append(token)
         self._held.append(token)
         piece, stopped = self.text.push(self.piece(token))

@@ -27,14 +27,18 @@ from typing import Any
 
 import yaml
 
+from nanocommander.engine.decode_options import Speculation, Steer, parse_speculative, parse_steer
 from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, SAMPLING_KEYS, check_value
 from nanocommander.errors import InvalidRequest, RecipeError
 
 ROLES = ("large", "base", "tuned")
-TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "parameters", "license", "messages")
+TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "parameters", "license", "messages",
+            "steer", "speculative")
 SOURCE_KEYS = ("path", "hf", "file", "revision", "sha256", "ollama")
 MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads")
-PARAM_KEYS = tuple(k for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS) if k not in ("alpha", "member"))
+PARAM_KEYS = tuple(
+    k for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS) if k not in ("alpha", "member", "steer", "speculative")
+)
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
@@ -102,6 +106,8 @@ class Recipe:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     license: str | None = None
     messages: tuple[Mapping[str, str], ...] = ()
+    steer: Steer | None = None  # None: plain proxy-tuning
+    speculative: Speculation | None = None  # None: the engine's default drafting
     path: Path | None = None  # the file it was read from, if any
 
     def member(self, role: str) -> MemberSpec:
@@ -129,6 +135,10 @@ class Recipe:
             out["license"] = self.license
         if self.messages:
             out["messages"] = [dict(m) for m in self.messages]
+        if self.steer is not None:
+            out["steer"] = self.steer.to_dict()
+        if self.speculative is not None:
+            out["speculative"] = self.speculative.to_dict()
         return out
 
     def dump(self) -> str:
@@ -200,6 +210,8 @@ class _Parser:
             parameters=self.parameters(top["parameters"]) if "parameters" in top else {},
             license=self.string(top["license"], "license") if "license" in top else None,
             messages=self.messages(top["messages"]) if "messages" in top else (),
+            steer=self.decoding(top, "steer", parse_steer),
+            speculative=self.decoding(top, "speculative", parse_speculative),
             path=(self.base_dir / Path(self.file).name) if self.file != "<recipe>" else None,
         )
 
@@ -320,6 +332,15 @@ class _Parser:
             except InvalidRequest as exc:
                 raise self.error(vnode, f"parameters.{name}", str(exc).split('" ', 1)[-1]) from None
         return out
+
+    def decoding(self, top: dict, key: str, parse) -> Any:
+        """`steer:` / `speculative:`: a name or a mapping, checked by the engine's one parser."""
+        if key not in top:
+            return None
+        try:
+            return parse(_construct(top[key][1]), key)
+        except InvalidRequest as exc:
+            raise self.error(top[key][1], key, str(exc)) from None
 
     def messages(self, pair) -> tuple[dict[str, str], ...]:
         node = pair[1]

@@ -1,0 +1,144 @@
+"""Steering modes: where the tuned-minus-base delta is applied, and lazy small members.
+
+* proxy: large + alpha * (tuned - base) at every token.
+* plausible: the same, restricted to tokens the large model finds plausible (>= beta x its top
+  probability; Li et al. 2023's adaptive plausibility constraint).
+* gated: the delta only at steps a gate opens; elsewhere the large model alone decides.
+* nudge: where the gate opens the tuned model's own token (or word) is taken (Fei et al. 2025).
+
+Gates that look only at the large model's logits (top-1 probability, entropy, the reply's
+opening tokens) make the small members lazy: a closed step yields a Need with only "large", and
+when the gate next opens the small members' Holds catch up on every skipped token in one batch
+(the common-prefix rule of Member.hold), so each token is evaluated once by each member.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nanocommander.engine.fusion import fuse
+from nanocommander.engine.generation import Generation, Logits, Steps
+from nanocommander.engine.speculative import Fuse
+
+SMALL = ("base", "tuned")
+NUDGE_WORD_MAX = 8  # a nudged word ends at the next word start, or after this many tokens
+
+
+def fuser(gen: Generation) -> Fuse:
+    """The per-position fusion of the stateless modes (proxy, plausible); speculation uses it too."""
+    steer = gen.plan.steer
+    if steer.mode != "plausible" or steer.beta <= 0.0 or not gen.plan.steered:
+        return gen.fuse
+    floor = float(np.log(steer.beta))
+    n = gen.plan.n_vocab
+
+    def plausible(logits: Logits, row: int) -> np.ndarray:
+        out = gen.fuse(logits, row)
+        large = logits["large"][row][:n]
+        out[large < large.max() + floor] = -np.inf
+        return out
+
+    return plausible
+
+
+def proxy(gen: Generation, fuse_row: Fuse | None = None) -> Steps:
+    """Every active member evaluates every token; fuse (proxy or plausible), sample, commit."""
+    fuse_row = fuse_row or gen.fuse
+    while True:
+        logits = yield gen.need()
+        if not gen.accept(gen.sampler.sample(fuse_row(logits, -1)), gen.plan.steered):
+            return
+
+
+def _large_stats(gen: Generation, large: np.ndarray) -> tuple[float, float]:
+    """The large model's top-1 probability and entropy (nats) over the sampleable ids."""
+    z = large[: gen.plan.n_vocab].astype(np.float64)
+    if gen.plan.mask is not None:
+        z[gen.plan.mask] = -np.inf
+    z -= z.max()
+    e = np.exp(z)
+    s = e.sum()
+    finite = e > 0
+    entropy = float(np.log(s) - (e[finite] * z[finite]).sum() / s)
+    return 1.0 / float(s), entropy
+
+
+def large_gate(gen: Generation, large: np.ndarray) -> bool:
+    """The gate's large-model test: the reply's opening, an unsure top-1, or a high entropy."""
+    steer = gen.plan.steer
+    if not steer.large_gated:
+        return True
+    if gen.n_generated < steer.opening:
+        return True
+    if steer.top1 is None and steer.entropy is None:
+        return False
+    top1, entropy = _large_stats(gen, large)
+    return (steer.top1 is not None and top1 < steer.top1) or (
+        steer.entropy is not None and entropy > steer.entropy
+    )
+
+
+def disagreement(gen: Generation, logits: Logits) -> float:
+    """How far tuning moved the tuned model's favourite token: log p_tuned(x) - log p_base(x)."""
+    n = gen.plan.n_vocab
+    t = logits["tuned"][-1][:n].astype(np.float64)
+    b = logits["base"][-1][:n].astype(np.float64)
+    if gen.plan.mask is not None:
+        t[gen.plan.mask] = b[gen.plan.mask] = -np.inf
+    x = int(np.argmax(t))
+    tm, bm = t.max(), b.max()
+    lt = t[x] - tm - np.log(np.exp(t - tm).sum())
+    lb = b[x] - bm - np.log(np.exp(b - bm).sum())
+    return float(lt - lb)
+
+
+def gated(gen: Generation, *, eager: bool = False) -> Steps:
+    """The delta only where the gate opens; small members run only then (unless `eager`)."""
+    plan, steer = gen.plan, gen.plan.steer
+    lazy = steer.large_gated and not eager
+    alone = np.empty(plan.n_vocab, dtype=np.float32)
+    while True:
+        if lazy:
+            out = dict((yield {"large": gen.hold()}))
+            opened = large_gate(gen, out["large"][-1])
+            if opened:
+                out.update((yield {r: gen.hold() for r in SMALL}))
+        else:
+            out = dict((yield gen.need()))
+            opened = large_gate(gen, out["large"][-1])
+        if opened and steer.delta is not None:
+            opened = disagreement(gen, out) >= steer.delta
+        if opened:
+            fused = gen.fuse(out)
+        else:
+            fused = fuse(out["large"][-1], None, None, 0.0, plan.n_vocab, plan.mask, alone)
+        if not gen.accept(gen.sampler.sample(fused), opened):
+            return
+
+
+def nudge(gen: Generation) -> Steps:
+    """Where the large-model gate opens, the tuned model writes the next token (or word)."""
+    plan, steer = gen.plan, gen.plan.steer
+    buf = np.empty(plan.n_vocab, dtype=np.float32)
+    alone = ("large",) if steer.large_gated else ()
+    while True:
+        large = None
+        if alone:
+            large = (yield {"large": gen.hold()})["large"][-1]
+        if large is not None and not large_gate(gen, large):
+            token = gen.sampler.sample(fuse(large, None, None, 0.0, plan.n_vocab, plan.mask, buf))
+            if not gen.accept(token):
+                return
+            continue
+        for i in range(NUDGE_WORD_MAX if steer.word else 1):
+            tuned = (yield {"tuned": gen.hold()})["tuned"][-1]
+            token = gen.sampler.sample(fuse(tuned, None, None, 0.0, plan.n_vocab, plan.mask, buf))
+            if i > 0 and _starts_word(gen, token):
+                break  # the next word is the large model's again
+            if not gen.accept(token, True):
+                return
+
+
+def _starts_word(gen: Generation, token: int) -> bool:
+    piece = gen.piece(token)
+    return not piece or piece[:1].isspace() or not piece[:1].isalnum()
