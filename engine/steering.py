@@ -92,7 +92,7 @@ def disagreement(gen: Generation, logits: Logits) -> float:
     return float(lt - lb)
 
 
-def gated(gen: Generation, *, eager: bool = False) -> Steps:
+def gated(gen: Generation, *, eager: bool = False) -> Steps:  # eager: for tests (same gate, no laziness)
     """The delta only where the gate opens; small members run only then (unless `eager`)."""
     plan, steer = gen.plan, gen.plan.steer
     lazy = steer.large_gated and not eager
