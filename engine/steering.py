@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanocommander.engine.decode_options import Steer
 from nanocommander.engine.fusion import fuse
 from nanocommander.engine.generation import Generation, Logits, Steps
 from nanocommander.engine.speculative import Fuse
@@ -50,11 +51,16 @@ def proxy(gen: Generation, fuse_row: Fuse | None = None) -> Steps:
             return
 
 
-def _large_stats(gen: Generation, large: np.ndarray) -> tuple[float, float]:
+def _masked(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> np.ndarray:
+    z = row[:n_vocab].astype(np.float64)
+    if mask is not None:
+        z[mask] = -np.inf
+    return z
+
+
+def large_stats(large: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> tuple[float, float]:
     """The large model's top-1 probability and entropy (nats) over the sampleable ids."""
-    z = large[: gen.plan.n_vocab].astype(np.float64)
-    if gen.plan.mask is not None:
-        z[gen.plan.mask] = -np.inf
+    z = _masked(large, n_vocab, mask)
     z -= z.max()
     e = np.exp(z)
     s = e.sum()
@@ -63,33 +69,40 @@ def _large_stats(gen: Generation, large: np.ndarray) -> tuple[float, float]:
     return 1.0 / float(s), entropy
 
 
-def large_gate(gen: Generation, large: np.ndarray) -> bool:
+def large_opens(
+    steer: Steer, large: np.ndarray, n_generated: int, n_vocab: int, mask: np.ndarray | None
+) -> bool:
     """The gate's large-model test: the reply's opening, an unsure top-1, or a high entropy."""
-    steer = gen.plan.steer
-    if not steer.large_gated:
-        return True
-    if gen.n_generated < steer.opening:
+    if not steer.large_gated or n_generated < steer.opening:
         return True
     if steer.top1 is None and steer.entropy is None:
         return False
-    top1, entropy = _large_stats(gen, large)
+    top1, entropy = large_stats(large, n_vocab, mask)
     return (steer.top1 is not None and top1 < steer.top1) or (
         steer.entropy is not None and entropy > steer.entropy
     )
 
 
-def disagreement(gen: Generation, logits: Logits) -> float:
+def disagreement(tuned: np.ndarray, base: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> float:
     """How far tuning moved the tuned model's favourite token: log p_tuned(x) - log p_base(x)."""
-    n = gen.plan.n_vocab
-    t = logits["tuned"][-1][:n].astype(np.float64)
-    b = logits["base"][-1][:n].astype(np.float64)
-    if gen.plan.mask is not None:
-        t[gen.plan.mask] = b[gen.plan.mask] = -np.inf
+    t, b = _masked(tuned, n_vocab, mask), _masked(base, n_vocab, mask)
     x = int(np.argmax(t))
     tm, bm = t.max(), b.max()
     lt = t[x] - tm - np.log(np.exp(t - tm).sum())
     lb = b[x] - bm - np.log(np.exp(b - bm).sum())
     return float(lt - lb)
+
+
+def large_gate(gen: Generation, large: np.ndarray) -> bool:
+    p = gen.plan
+    return large_opens(p.steer, large, gen.n_generated, p.n_vocab, p.mask)
+
+
+def delta_gate(gen: Generation, logits: Logits) -> bool:
+    p = gen.plan
+    if p.steer.delta is None:
+        return True
+    return disagreement(logits["tuned"][-1], logits["base"][-1], p.n_vocab, p.mask) >= p.steer.delta
 
 
 def gated(gen: Generation, *, eager: bool = False) -> Steps:  # eager: for tests (same gate, no laziness)
@@ -106,8 +119,7 @@ def gated(gen: Generation, *, eager: bool = False) -> Steps:  # eager: for tests
         else:
             out = dict((yield gen.need()))
             opened = large_gate(gen, out["large"][-1])
-        if opened and steer.delta is not None:
-            opened = disagreement(gen, out) >= steer.delta
+        opened = opened and delta_gate(gen, out)
         if opened:
             fused = gen.fuse(out)
         else:
