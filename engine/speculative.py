@@ -120,6 +120,7 @@ def speculative(gen: Generation, fuse: Fuse | None = None) -> Steps:
             tail = [out["tuned"][-1]] if n == len(rows) else []
             out["tuned"] = np.stack(rows[: n + 1 - len(tail)] + tail)
         gen.stats.drafted += n
+        gen.stats.rounds += n > 0
         accepted = 0
         for i in range(n + 1):
             fused = fuse(out, i)

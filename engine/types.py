@@ -58,6 +58,7 @@ class Stats:
     total_s: float = 0.0
     drafted: int = 0  # tokens proposed by a draft (speculative decoding)
     accepted: int = 0  # drafted tokens the composite accepted
+    rounds: int = 0  # draft-and-verify rounds (accepted / rounds: mean accepted length)
     steered: int = 0  # generated tokens at which the small models' delta was applied
     speculative: str | None = None  # the draft source when speculation ran ("tuned", "lookup")
     steer_mode: str | None = None  # the steering mode when it is not plain proxy-tuning
