@@ -71,8 +71,11 @@ def tiny_recipe(folder: Path) -> Recipe:
     import tiny_models
 
     paths = tiny_models.write_set(folder)
-    return Recipe.parse(f"name: tiny\nmembers:\n  large: {{path: {paths['large']}}}\n  base: {{path: {paths['base']}}}\n"
-                        f"  tuned: {{adapter: {paths['lora']}}}\n", check_files=True)
+    return Recipe.parse(
+        f"name: tiny\nmembers:\n  large: {{path: {paths['large']}}}\n  base: {{path: {paths['base']}}}\n"
+        f"  tuned: {{adapter: {paths['lora']}}}\n",
+        check_files=True,
+    )
 
 
 def random_lora(path: Path, model: Path, *, rank: int = 8, std: float = 0.05, seed: int = 7) -> Path:
@@ -81,16 +84,23 @@ def random_lora(path: Path, model: Path, *, rank: int = 8, std: float = 0.05, se
 
     reader = gguf.GGUFReader(str(model))
     arch = reader.fields["general.architecture"].contents()
-    shapes = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}  # GGUF order: (in, out)
+    shapes = {
+        t.name: tuple(int(x) for x in t.shape) for t in reader.tensors if len(t.shape) == 2
+    }  # (in, out)
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 2.0 * rank)
     for name, (in_f, out_f) in sorted(shapes.items()):
-        if name.startswith("blk.") and name.split(".")[2] in ("attn_q", "attn_v", "ffn_up", "ffn_down") \
-                and name.endswith(".weight"):
-            w.add_tensor(f"{name}.lora_a", (rng.standard_normal((rank, in_f)) * in_f**-0.5).astype(np.float32))
+        if (
+            name.startswith("blk.")
+            and name.split(".")[2] in ("attn_q", "attn_v", "ffn_up", "ffn_down")
+            and name.endswith(".weight")
+        ):
+            w.add_tensor(
+                f"{name}.lora_a", (rng.standard_normal((rank, in_f)) * in_f**-0.5).astype(np.float32)
+            )
             w.add_tensor(f"{name}.lora_b", (rng.standard_normal((out_f, rank)) * std).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -102,8 +112,11 @@ def random_lora(path: Path, model: Path, *, rank: int = 8, std: float = 0.05, se
 def pair_recipe(folder: Path, large: Path, small: Path) -> Recipe:
     """large + alpha * ((small + a random LoRA) - small): a speed stand-in for a tuned triple."""
     lora = random_lora(folder / "lora.gguf", small)
-    return Recipe.parse(f"name: pair\nmembers:\n  large: {{path: {large}}}\n  base: {{path: {small}}}\n"
-                        f"  tuned: {{adapter: {lora}}}\nparameters: {{num_ctx: 2048}}\n", check_files=True)
+    return Recipe.parse(
+        f"name: pair\nmembers:\n  large: {{path: {large}}}\n  base: {{path: {small}}}\n"
+        f"  tuned: {{adapter: {lora}}}\nparameters: {{num_ctx: 2048}}\n",
+        check_files=True,
+    )
 
 
 def smollm2_recipe(folder: Path) -> Recipe:
@@ -119,11 +132,19 @@ def decode_speed(comp: Composite, prompt: str, n: int, **kw) -> dict:
     req = GenerateRequest(prompt=prompt, sampling=GREEDY, num_predict=n, ignore_eos=True, **kw)
     chunks = list(comp.generate(req))
     s = chunks[-1].stats
-    out = {"tokens_per_s": s.tokens_per_s, "prompt_tokens_per_s": s.prompt_eval_tokens / s.prompt_eval_s,
-           "eval_count": s.eval_count, "text": "".join(c.text for c in chunks)}
+    out = {
+        "tokens_per_s": s.tokens_per_s,
+        "prompt_tokens_per_s": s.prompt_eval_tokens / s.prompt_eval_s,
+        "eval_count": s.eval_count,
+        "text": "".join(c.text for c in chunks),
+    }
     if s.speculative:
-        out.update(drafted=s.drafted, accepted=s.accepted, acceptance=s.acceptance,
-                   mean_accepted=s.accepted / s.rounds if s.rounds else 0.0)
+        out.update(
+            drafted=s.drafted,
+            accepted=s.accepted,
+            acceptance=s.acceptance,
+            mean_accepted=s.accepted / s.rounds if s.rounds else 0.0,
+        )
     if s.steer_mode or kw.get("member", "composite") == "composite":
         out["steered_fraction"] = s.steered_fraction
     return out
@@ -258,13 +279,19 @@ def main() -> int:
     print_rows("chat reply", results["chat"])
     print_rows("code-editing prompt", results["code"])
     o, b = results["overhead_ms"], results["batch_ceiling"]
-    print(f"\nper-token Python work at {o['n_vocab']} tokens: fuse {o['fuse']:.2f} ms, sampler chain "
-          f"{o['sample_default']:.2f} ms (greedy {o['sample_greedy']:.2f}, probs {o['probs_default']:.2f}), "
-          f"detokenize {o['detokenize']:.3f} ms; total {o['per_token_total']:.2f} ms")
-    print(f"batch ceiling (large, one sequence): 1 token {b['batch_1_ms']:.1f} ms, 4 tokens {b['batch_4_ms']:.1f} ms "
-          f"({b['per_token_speedup_4']:.2f}x per token), 8 tokens {b['batch_8_ms']:.1f} ms "
-          f"({b['per_token_speedup_8']:.2f}x per token)")
-    print(f"time to first token: turn 1 {results['ttft_turn1_ms']:.1f} ms, turn 10 {results['ttft_turn10_ms']:.1f} ms")
+    print(
+        f"\nper-token Python work at {o['n_vocab']} tokens: fuse {o['fuse']:.2f} ms, sampler chain "
+        f"{o['sample_default']:.2f} ms (greedy {o['sample_greedy']:.2f}, probs {o['probs_default']:.2f}), "
+        f"detokenize {o['detokenize']:.3f} ms; total {o['per_token_total']:.2f} ms"
+    )
+    print(
+        f"batch ceiling (large, one sequence): 1 token {b['batch_1_ms']:.1f} ms, 4 tokens {b['batch_4_ms']:.1f} ms "
+        f"({b['per_token_speedup_4']:.2f}x per token), 8 tokens {b['batch_8_ms']:.1f} ms "
+        f"({b['per_token_speedup_8']:.2f}x per token)"
+    )
+    print(
+        f"time to first token: turn 1 {results['ttft_turn1_ms']:.1f} ms, turn 10 {results['ttft_turn10_ms']:.1f} ms"
+    )
     print(f"max resident memory: {results['max_rss_mib']:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

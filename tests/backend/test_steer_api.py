@@ -10,8 +10,11 @@ NEVER = {"mode": "gated", "top1": 0.0}  # a gate that never opens: the large mod
 
 
 def ollama(server, **body):
-    r = httpx.post(f"{server.url}/api/generate", json={"model": "tiny", "prompt": "Once upon a time",
-                                                        "stream": False, **body}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/api/generate",
+        json={"model": "tiny", "prompt": "Once upon a time", "stream": False, **body},
+        timeout=60,
+    )
     return r
 
 
@@ -29,10 +32,15 @@ def test_ollama_options_steer_and_speculative(server):
     assert "draft_count" not in plain and "steer_mode" not in plain
 
 
-@pytest.mark.parametrize("options,words", [({"steer": "sideways"}, "steer must be one of"),
-                                           ({"steer": {"mode": "gated", "beta": 1}}, "not a parameter"),
-                                           ({"speculative": "always"}, "speculative must be"),
-                                           ({"speculative": {"draft": "tuned", "max": 99}}, "speculative.max")])
+@pytest.mark.parametrize(
+    "options,words",
+    [
+        ({"steer": "sideways"}, "steer must be one of"),
+        ({"steer": {"mode": "gated", "beta": 1}}, "not a parameter"),
+        ({"speculative": "always"}, "speculative must be"),
+        ({"speculative": {"draft": "tuned", "max": 99}}, "speculative.max"),
+    ],
+)
 def test_ollama_bad_values_are_400(server, options, words):
     r = ollama(server, options=options)
     assert r.status_code == 400 and words in r.json()["error"]
@@ -40,9 +48,17 @@ def test_ollama_bad_values_are_400(server, options, words):
 
 def test_openai_top_level_steer_and_speculative(server):
     def chat(**extra):
-        return httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
-            "model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0, "max_tokens": 10,
-            **extra})
+        return httpx.post(
+            f"{server.url}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "temperature": 0,
+                "max_tokens": 10,
+                **extra,
+            },
+        )
 
     large = chat(member="large").json()["choices"][0]["message"]["content"]
     assert chat(steer=NEVER, speculative=False).json()["choices"][0]["message"]["content"] == large
@@ -55,8 +71,11 @@ def test_openai_top_level_steer_and_speculative(server):
 
 def test_kobold_top_level_steer_and_speculative(server):
     def gen(**extra):
-        return httpx.post(f"{server.url}/api/v1/generate", timeout=60, json={
-            "prompt": "Once upon a time", "max_length": 10, "temperature": 0, "rep_pen": 1.0, **extra})
+        return httpx.post(
+            f"{server.url}/api/v1/generate",
+            timeout=60,
+            json={"prompt": "Once upon a time", "max_length": 10, "temperature": 0, "rep_pen": 1.0, **extra},
+        )
 
     large = gen(member="large").json()["results"][0]["text"]
     assert gen(steer=NEVER, speculative=False).json()["results"][0]["text"] == large

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 from engine_helpers import GREEDY, recipe_over
+
 from nanocommander.engine import speculative
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.decode_options import OFF, parse_speculative
@@ -91,9 +91,10 @@ def test_stop_strings_and_lengths_at_draft_boundaries(comps, monkeypatch):
         full, _, _ = run(comp, prompt, speculative=OFF, num_predict=40)
         stops = [full[i : i + 2] for i in (3, 9, 17) if len(full) > i + 2 and full[i : i + 2].strip()]
         for n in (1, 2, 5, 13):
-            assert run(comp, prompt, speculative=TUNED, num_predict=n)[:2] == run(
-                comp, prompt, speculative=OFF, num_predict=n
-            )[:2]
+            assert (
+                run(comp, prompt, speculative=TUNED, num_predict=n)[:2]
+                == run(comp, prompt, speculative=OFF, num_predict=n)[:2]
+            )
         for stop in stops:
             plain = run(comp, prompt, speculative=OFF, num_predict=40, stop=(stop,))
             got = run(comp, prompt, speculative=TUNED, num_predict=40, stop=(stop,))
@@ -111,7 +112,10 @@ def test_caches_hold_only_accepted_tokens_and_next_turn_matches_cold(comps, monk
     committed = prompt + ids
     for m in comp.members.values():
         held = m.cached[0]
-        same = next((i for i, (a, b) in enumerate(zip(held, committed)) if a != b), min(len(held), len(committed)))
+        same = next(
+            (i for i, (a, b) in enumerate(zip(held, committed, strict=False)) if a != b),
+            min(len(held), len(committed)),
+        )
         assert same >= len(committed) - 1, m.role  # every committed token but the newest is held
     turn2 = committed + comp.tokenize(" and then", add_bos=False)
     warm = run(comp, turn2, speculative=TUNED, num_predict=24)
@@ -127,8 +131,9 @@ def test_cancel_mid_draft_stops_within_a_step_and_model_stays_usable(comps, monk
     monkeypatch.setattr(speculative, "P_MIN", 0.0)
     comp = comps["agree"]
     cancel = threading.Event()
-    req = GenerateRequest(prompt="Once upon a time", sampling=GREEDY, num_predict=200, ignore_eos=True,
-                          speculative=TUNED)
+    req = GenerateRequest(
+        prompt="Once upon a time", sampling=GREEDY, num_predict=200, ignore_eos=True, speculative=TUNED
+    )
     seen, after = 0, 0
     for chunk in comp.generate(req, cancel):
         if chunk.done:

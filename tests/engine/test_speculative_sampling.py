@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 from engine_helpers import recipe_over
+
 from nanocommander.engine import speculative
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.decode_options import parse_speculative
@@ -77,8 +78,14 @@ def sampled_pairs(comp, n: int) -> tuple[dict[tuple[int, int], int], int]:
     counts: dict[tuple[int, int], int] = {}
     drafted = 0
     for seed in range(n):
-        req = GenerateRequest(prompt=PROMPT, sampling=merge_sampling({**OPTS, "seed": seed}), num_predict=3,
-                              alpha=ALPHA, ignore_eos=True, speculative=parse_speculative("tuned"))
+        req = GenerateRequest(
+            prompt=PROMPT,
+            sampling=merge_sampling({**OPTS, "seed": seed}),
+            num_predict=3,
+            alpha=ALPHA,
+            ignore_eos=True,
+            speculative=parse_speculative("tuned"),
+        )
         chunks = list(comp.generate(req))
         ids = tuple(t for c in chunks for t in c.token_ids)[:2]  # the second token is always drafted
         drafted += chunks[-1].stats.drafted
@@ -89,10 +96,14 @@ def sampled_pairs(comp, n: int) -> tuple[dict[tuple[int, int], int], int]:
 def test_probs_is_what_sample_draws(comp):
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, comp.vocab.n_vocab).astype(np.float32)
-    for opts in ({"temperature": 0.7, "top_k": 8}, {"temperature": 1.3, "top_k": 0, "top_p": 0.5},
-                 {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.2}):
-        s = Sampler(merge_sampling({**opts, "seed": 3, "repeat_penalty": 1.0}), comp.primary.vocab,
-                    comp.vocab.n_vocab)
+    for opts in (
+        {"temperature": 0.7, "top_k": 8},
+        {"temperature": 1.3, "top_k": 0, "top_p": 0.5},
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.2},
+    ):
+        s = Sampler(
+            merge_sampling({**opts, "seed": 3, "repeat_penalty": 1.0}), comp.primary.vocab, comp.vocab.n_vocab
+        )
         try:
             p = s.probs(logits)
             n = 3000

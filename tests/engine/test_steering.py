@@ -6,6 +6,7 @@ import functools
 
 import pytest
 from engine_helpers import GREEDY, recipe_over
+
 from nanocommander.engine import decoding, steering
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.decode_options import OFF, RECOMMENDED, parse_steer
@@ -13,8 +14,14 @@ from nanocommander.engine.generation import Generation
 from nanocommander.engine.types import GenerateRequest
 from nanocommander.errors import InvalidRequest
 
-PROMPTS = ["Hello there", "The quick brown fox", "Once upon a time, in a land", "héllo wörld 日本", "1 2 3 4",
-           "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"]
+PROMPTS = [
+    "Hello there",
+    "The quick brown fox",
+    "Once upon a time, in a land",
+    "héllo wörld 日本",
+    "1 2 3 4",
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +59,15 @@ def test_gate_limits_equal_large_alone_and_proxy(comp, prompt):
 
 
 # The tiny models are unsure (top-1 0.06-0.45, entropy 3.1-4.3 nats): thresholds that open about half the time.
-@pytest.mark.parametrize("steer", [{"mode": "gated", "top1": 0.15}, {"mode": "gated", "entropy": 3.9, "delta": 0.2},
-                                   {"mode": "gated", "opening": 4, "top1": 0.1}, {**RECOMMENDED.to_dict(), "top1": 0.15}])
+@pytest.mark.parametrize(
+    "steer",
+    [
+        {"mode": "gated", "top1": 0.15},
+        {"mode": "gated", "entropy": 3.9, "delta": 0.2},
+        {"mode": "gated", "opening": 4, "top1": 0.1},
+        {**RECOMMENDED.to_dict(), "top1": 0.15},
+    ],
+)
 def test_lazy_catch_up_equals_eager_and_evaluates_each_token_once(comp, steer, monkeypatch):
     eager = {}
     with monkeypatch.context() as mp:
@@ -78,10 +92,15 @@ def test_lazy_catch_up_equals_eager_and_evaluates_each_token_once(comp, steer, m
 
 
 def test_bad_steer_values_are_clear_errors():
-    for bad, words in [("fancy", "steer must be one of"), ({"mode": "gated", "beta": 0.5}, "not a parameter"),
-                       ({"mode": "plausible", "beta": 2}, "between 0 and 1"), ({"mode": "x"}, "steer.mode"),
-                       ({"mode": "gated", "top1": "high"}, "finite number"), (3, "mode name or an object"),
-                       ({"mode": "gated", "opening": -1}, ">= 0")]:
+    for bad, words in [
+        ("fancy", "steer must be one of"),
+        ({"mode": "gated", "beta": 0.5}, "not a parameter"),
+        ({"mode": "plausible", "beta": 2}, "between 0 and 1"),
+        ({"mode": "x"}, "steer.mode"),
+        ({"mode": "gated", "top1": "high"}, "finite number"),
+        (3, "mode name or an object"),
+        ({"mode": "gated", "opening": -1}, ">= 0"),
+    ]:
         with pytest.raises(InvalidRequest, match=words):
             parse_steer(bad)
     assert parse_steer("recommended") == RECOMMENDED

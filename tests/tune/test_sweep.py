@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.sweep import BUILTIN, Setting, correct, load_general, mark
 
