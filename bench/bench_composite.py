@@ -16,6 +16,7 @@ Also prompt-eval speed, time to first token of turn 10 vs turn 1 (KV prefix reus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -127,15 +128,22 @@ def smollm2_recipe(folder: Path) -> Recipe:
 
 
 def decode_speed(comp: Composite, prompt: str, n: int, **kw) -> dict:
+    """Wall-clock tokens/s, and tokens per CPU-second of this process (robust on a shared machine)."""
     for m in comp.members.values():
         m.reset()
     req = GenerateRequest(prompt=prompt, sampling=GREEDY, num_predict=n, ignore_eos=True, **kw)
-    chunks = list(comp.generate(req))
+    chunks, cpu0 = [], 0.0
+    for chunk in comp.generate(req):
+        if not chunks:  # the first chunk: the prompt is done
+            cpu0 = time.process_time()
+        chunks.append(chunk)
+    cpu = time.process_time() - cpu0
     s = chunks[-1].stats
     out = {
         "tokens_per_s": s.tokens_per_s,
         "prompt_tokens_per_s": s.prompt_eval_tokens / s.prompt_eval_s,
         "eval_count": s.eval_count,
+        "tokens_per_cpu_s": (s.eval_count - len(chunks[0].token_ids)) / max(cpu, 1e-9),
         "text": "".join(c.text for c in chunks),
     }
     if s.speculative:
@@ -158,12 +166,12 @@ def overhead_ms(comp: Composite, reps: int = 30) -> dict:
     gen, steps = comp.start(GenerateRequest(prompt="x", sampling=merge_sampling({})))
     steps.close()
 
-    def timed(fn) -> float:
+    def timed(fn) -> float:  # CPU time of this (single-threaded) work: robust on a shared machine
         fn()
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(reps):
             fn()
-        return (time.perf_counter() - t0) / reps * 1000
+        return (time.process_time() - t0) / reps * 1000
 
     fused = gen.fuse(rows)
     out = {"n_vocab": n, "fuse": timed(lambda: gen.fuse(rows))}
@@ -191,11 +199,11 @@ def batch_ceiling(comp: Composite, reps: int = 3) -> dict:
     out = {}
     for k in (1, 4, 8):
         extra = ids[1 : 1 + k]
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time: with --threads 1 it is the decode's own work
         for _ in range(reps):
             large.hold([Hold(0, ids + extra, k)])
             large.truncate(0, len(ids))
-        out[f"batch_{k}_ms"] = (time.perf_counter() - t0) / reps * 1000
+        out[f"batch_{k}_ms"] = (time.process_time() - t0) / reps * 1000
     out["per_token_speedup_4"] = out["batch_1_ms"] * 4 / out["batch_4_ms"]
     out["per_token_speedup_8"] = out["batch_1_ms"] * 8 / out["batch_8_ms"]
     return out
@@ -228,19 +236,24 @@ def run_prompt(comp: Composite, user: str, tokens: int, steering: bool) -> dict:
         for label, steer in STEERING.items():
             rows[label] = decode_speed(comp, prompt, tokens, steer=parse_steer(steer), speculative=OFF)
     base = rows["large alone"]["tokens_per_s"]
+    base_cpu = rows["large alone"]["tokens_per_cpu_s"]
     for r in rows.values():
         r["ratio_to_large"] = r["tokens_per_s"] / base
+        r["cpu_ratio_to_large"] = r["tokens_per_cpu_s"] / base_cpu
+        print(f"  {r}"[:160], file=sys.stderr, flush=True)
     return rows
 
 
 def print_rows(title: str, rows: dict) -> None:
     print(f"\n{title}")
-    print(f"{'mode':<30}{'tokens/s':>10}{'x large':>9}{'accept':>8}{'mean acc':>10}{'steered':>9}")
+    print(f"{'mode':<30}{'tokens/s':>10}{'x large':>9}{'tok/cpu-s':>11}{'x large':>9}{'accept':>8}"
+          f"{'mean acc':>10}{'steered':>9}")
     for label, r in rows.items():
         acc = f"{r['acceptance']:>8.0%}" if "acceptance" in r else f"{'':>8}"
         mean = f"{r['mean_accepted']:>10.2f}" if "mean_accepted" in r else f"{'':>10}"
         steered = f"{r['steered_fraction']:>9.0%}" if "steered_fraction" in r else f"{'':>9}"
-        print(f"{label:<30}{r['tokens_per_s']:>10.1f}{r['ratio_to_large']:>9.2f}{acc}{mean}{steered}")
+        print(f"{label:<30}{r['tokens_per_s']:>10.1f}{r['ratio_to_large']:>9.2f}{r['tokens_per_cpu_s']:>11.2f}"
+              f"{r['cpu_ratio_to_large']:>9.2f}{acc}{mean}{steered}")
 
 
 def main() -> int:
@@ -251,6 +264,8 @@ def main() -> int:
     ap.add_argument("--pair", nargs=2, type=Path, metavar=("LARGE", "SMALL"))
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--no-steering", action="store_true", help="skip the steering modes")
+    ap.add_argument("--threads", type=int, help="threads per member (1 makes CPU time a clean cost measure)")
+    ap.add_argument("--turns", type=int, default=10, help="chat turns for the time-to-first-token test (0: skip)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nc-bench-"))
@@ -262,6 +277,8 @@ def main() -> int:
         recipe = pair_recipe(tmp, *args.pair)
     else:
         recipe = Recipe.load(args.recipe)
+    if args.threads:
+        recipe = dataclasses.replace(recipe, parameters={**recipe.parameters, "num_thread": args.threads})
     comp = Composite.load(recipe)
     comp.concurrent = False  # on a 2-core CPU members share the cores either way (README)
     results: dict = {"recipe": recipe.name, "tokens": args.tokens}
@@ -271,8 +288,9 @@ def main() -> int:
     results["batch_ceiling"] = batch_ceiling(comp)
     results["chat"] = run_prompt(comp, CHAT, args.tokens, not args.no_steering)
     results["code"] = run_prompt(comp, CODE, args.tokens, False)
-    t1, t10 = ttft_turns(comp)
-    results["ttft_turn1_ms"], results["ttft_turn10_ms"] = t1 * 1000, t10 * 1000
+    if args.turns:
+        t1, t10 = ttft_turns(comp, args.turns)
+        results["ttft_turn1_ms"], results["ttft_turn10_ms"] = t1 * 1000, t10 * 1000
     results["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     comp.close()
 
