@@ -6,6 +6,9 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from nanocommander.backend.guard import origin_allowed
+from nanocommander.engine.rpc import parse_servers
+
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
 
 
@@ -71,6 +74,14 @@ def _positive(env: os._Environ[str], key: str, default: int) -> int:
     return int(text)
 
 
+def _servers(env: os._Environ[str]) -> None:
+    """NANOCOMMANDER_RPC is read at each model load (engine/rpc.py); a typo should stop startup, though."""
+    try:
+        parse_servers(env.get("NANOCOMMANDER_RPC", ""))
+    except ValueError as exc:
+        raise ValueError(f"NANOCOMMANDER_RPC: {exc}") from None
+
+
 @dataclass
 class Settings:
     host: str = DEFAULT_HOST
@@ -96,6 +107,7 @@ class Settings:
             keep_alive = parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0)
             num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 1)
             max_queue = _positive(env, "NANOCOMMANDER_MAX_QUEUE", 512)
+            _servers(env)
         except ValueError as exc:
             raise SystemExit(f"bad server setting: {exc}") from None
         s = cls(
@@ -121,7 +133,5 @@ class Settings:
             )
 
     def origin_allowed(self, origin: str) -> bool:
-        if "*" in self.origins or origin in self.origins:
-            return True
-        host = origin.split("://", 1)[-1].split(":", 1)[0].strip("[]")
-        return host in ("localhost", "127.0.0.1", "::1")
+        """Whether a browser page of `origin` may call the server (rules in backend/guard.py)."""
+        return origin_allowed(origin, self.origins)

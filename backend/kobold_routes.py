@@ -8,6 +8,7 @@ and abort them; abort and token counting answer while a generation runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend.kobold_fields import kobold_options
+
+from nanocommander.backend.kobold_fields import context_limit, fit_context, kobold_options, lenient
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import stream_response
 from nanocommander.backend.translate import make_request
-from nanocommander.engine.types import Chunk
-
+from nanocommander.engine.types import Chunk, DoneReason
 from nanocommander.errors import InvalidRequest, ModelNotFound
 
 KCPP_VERSION = "1.76"  # unlocks stop sequences, token counting, abort, SSE streaming, grammar
@@ -69,37 +70,30 @@ def _max_ctx(request: web.Request) -> int:
 async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, AsyncIterator[Chunk], Loaded]:
     loaded = await _loaded(request)
     comp = loaded.composite
+    body = lenient(body)
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
         raise InvalidRequest('"prompt" must be a string')
-    memory = body.get("memory") or ""
-    text = (memory if isinstance(memory, str) else "") + prompt
-    max_ctx = min(int(body.get("max_context_length") or comp.n_ctx), comp.n_ctx)
+    memory = body.get("memory") if isinstance(body.get("memory"), str) else ""
     options = kobold_options(body)
     grammar = options.pop("grammar", None)
-    ids = fit_context(comp.tokenize(text), options, max_ctx)
+    keep = len(comp.tokenize(memory)) if memory else 1  # BOS and memory are never cut
+    ids = fit_context(comp.tokenize(memory + prompt), options, context_limit(body, comp.n_ctx), keep)
     req = make_request(
         comp.recipe,
         ids,
         options,
         grammar=grammar,
-        ignore_eos=bool(body.get("ban_eos_token") or body.get("bypass_eos")),
+        ignore_eos=any(body.get(k) for k in ("ban_eos_token", "use_default_badwordsids", "bypass_eos")),
         trim_stop=body.get("trim_stop", True) is not False,
     )
     gen, chunks = start(request, loaded, req, body.get("genkey"))
     return gen, chunks, loaded
 
 
-def fit_context(ids: list[int], options: dict[str, Any], max_ctx: int) -> list[int]:
-    """KoboldCpp's habit: cut the oldest prompt text and clamp max_length so both fit the context."""
-    keep = max(max_ctx // 2, 1)
-    if len(ids) > max_ctx - 1:
-        ids = ids[:1] + ids[len(ids) - keep + 1 :]
-    room = max_ctx - len(ids)
-    wanted = int(options.get("num_predict", -1))
-    if wanted < 0 or wanted > room:
-        options["num_predict"] = room
-    return ids
+def finish_reason(chunk: Chunk | None) -> str:
+    """KoboldCpp's finish reason: stop for an end token or a stop string; length at the limit or on abort."""
+    return "stop" if chunk is not None and chunk.done_reason == DoneReason.STOP else "length"
 
 
 def start(
@@ -132,7 +126,7 @@ async def _tracked(
                     "last_eval": s.eval_s,
                     "last_token_count": s.eval_count,
                     "last_input_count": s.prompt_tokens,
-                    "stop_reason": 1 if chunk.done_reason and chunk.done_reason.value == "stop" else 0,
+                    "stop_reason": 1 if chunk.done_reason == DoneReason.STOP else 0,
                 }
             if gen.abort.is_set():
                 break
@@ -144,9 +138,14 @@ async def _tracked(
 async def generate(request: web.Request) -> web.Response:
     body = await read_json(request)
     gen, chunks, _ = await _run(request, body)
-    async for _chunk in chunks:
+    last = None
+    async for last in chunks:  # noqa: B007 (the last chunk carries the reason and stats)
         pass
-    return web.json_response({"results": [{"text": gen.text, "finish_reason": "stop"}]})
+    stats = last.stats if last is not None and last.stats else None
+    result = {"text": gen.text, "finish_reason": finish_reason(last)}
+    if stats:
+        result.update(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.eval_count)
+    return web.json_response({"results": [result]})
 
 
 async def generate_stream(request: web.Request) -> web.StreamResponse:
@@ -154,11 +153,7 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     gen, chunks, _ = await _run(request, body)
 
     def encode(chunk: Chunk) -> bytes:
-        import json
-
-        reason = None
-        if chunk.done:
-            reason = "stop" if chunk.done_reason and chunk.done_reason.value == "stop" else "length"
+        reason = finish_reason(chunk) if chunk.done else None
         payload = json.dumps({"token": chunk.text, "finish_reason": reason}, ensure_ascii=False)
         return f"event: message\ndata: {payload}\n\n".encode()
 
@@ -167,15 +162,22 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
         chunks,
         content_type="text/event-stream",
         encode=encode,
-        on_error=lambda msg: f'event: error\ndata: {{"msg": "{msg}"}}\n\n'.encode(),
+        on_error=lambda msg: f"event: error\ndata: {json.dumps({'msg': msg})}\n\n".encode(),
         headers={"X-Accel-Buffering": "no"},
     )
+
+
+def _genkey(body: dict[str, Any]) -> str | None:
+    key = body.get("genkey")
+    if key is not None and not isinstance(key, str):
+        raise InvalidRequest('"genkey" must be a string')
+    return key
 
 
 async def check(request: web.Request) -> web.Response:
     body = await read_json(request) if request.method == "POST" else {}
     state = _state(request.app)
-    key = body.get("genkey")
+    key = _genkey(body)
     gen = state["gens"].get(key) if key else state.get("current")
     return web.json_response({"results": [{"text": gen.text if gen else ""}]})
 
@@ -186,7 +188,7 @@ async def abort(request: web.Request) -> web.Response:
     except InvalidRequest:
         body = {}
     state = _state(request.app)
-    key = body.get("genkey")
+    key = _genkey(body)
     gen = state["gens"].get(key) if key else state.get("current")
     if gen is None or gen.done:
         return web.json_response({"success": "false", "done": "false"})
@@ -210,6 +212,8 @@ async def detokenize(request: web.Request) -> web.Response:
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
         return web.json_response({"result": "", "success": False}, status=400)
     loaded = await _loaded(request)
+    if not all(0 <= i < loaded.composite.vocab.n_vocab for i in ids):  # llama.cpp aborts on a bad id
+        return web.json_response({"result": "", "success": False}, status=400)
     return web.json_response({"result": loaded.composite.detokenize(ids), "success": True})
 
 

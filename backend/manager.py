@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
+from nanocommander.engine import rpc
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
-from nanocommander.registry.gguf_info import free_memory
-
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
+from nanocommander.registry.gguf_info import free_memory
 
 
 def canonical(name: str) -> str:
@@ -72,6 +73,7 @@ class Loaded:
     keep_alive: float = 300.0
     expires_at: float = field(default_factory=lambda: time.time() + 300)
     last_used: float = field(default_factory=time.time)
+    embedder: Any = None  # engine.embed.Embedder, made on the first embedding request
 
 
 class Catalog:
@@ -119,6 +121,7 @@ class ModelManager:
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        rpc.keep_serving_on_loss()  # a lost RPC server ends its requests, not the whole server
         self._reaper = asyncio.create_task(self._reap())
 
     async def stop(self) -> None:
@@ -132,6 +135,9 @@ class ModelManager:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self.loaded.get(key)
+            if loaded is not None and rpc.is_lost(loaded.composite):  # its RPC server went away: reload
+                rpc.strand(self.loaded.pop(key).composite)
+                loaded = None
             if loaded is None:
                 await asyncio.to_thread(self.check_memory, recipe)
                 comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
@@ -166,8 +172,34 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
-        await asyncio.to_thread(loaded.composite.close)
+        if loaded.embedder is not None:
+            await asyncio.to_thread(rpc.close_or_strand, loaded.embedder)
+        await asyncio.to_thread(rpc.close_or_strand, loaded.composite)
         return True
+
+    async def embedder(self, loaded: Loaded) -> Any:
+        """The model's embedding context: the recipe's `embedding` GGUF, else the large member."""
+        from nanocommander.engine.composite import _member_path
+        from nanocommander.engine.embed import DEFAULT_EMBED_CTX, Embedder
+
+        async with self._locks.setdefault(loaded.name, asyncio.Lock()):
+            if loaded.embedder is None:
+                recipe = loaded.composite.recipe
+                src = recipe.embedding
+                path = src.path if src is not None else _member_path(recipe.large)
+                n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
+                threads = recipe.parameters.get("num_thread")
+                pool = loaded.composite.pool
+                # the large member's own placement, so the pool shares its weights (and RPC servers)
+                where = (
+                    {}
+                    if src is not None
+                    else {"gpu_layers": recipe.large.gpu_layers, "rpc": rpc.placement(recipe.large)}
+                )
+                loaded.embedder = await asyncio.to_thread(
+                    Embedder, pool, path, n_ctx=n_ctx, threads=threads, **where
+                )
+        return loaded.embedder
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
         """Queue for the model, then stream; leaving early cancels the generation within one token."""
@@ -179,8 +211,12 @@ class ModelManager:
         finally:
             loaded.waiting -= 1
         loaded.active += 1
+        alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
+        accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
-            async for chunk in loaded.composite.stream(req):
+            async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
+                if chunk.stats is not None:
+                    accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk
         finally:
             loaded.active -= 1

@@ -15,9 +15,10 @@ from typing import Any
 
 from nanocommander.backend.config import parse_duration
 from nanocommander.backend.translate import grammar_for_format, size_label
+from nanocommander.engine.logprobs import token_text
 from nanocommander.engine.options import clean_options
-from nanocommander.engine.types import Chunk, DoneReason
-
+from nanocommander.engine.toolcalls import ToolCall
+from nanocommander.engine.types import Chunk, DoneReason, TokenLogprob
 from nanocommander.errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -38,6 +39,9 @@ class GenerateCall:
     keep_alive: float | None = None  # None: the server default
     options: Mapping[str, Any] = field(default_factory=dict)  # validated (clean_options)
     stream: bool = True
+    logprobs: Any = None  # the raw `logprobs`, `top_logprobs` and `logprobs_member` (tools.logprobs_request)
+    top_logprobs: Any = None
+    logprobs_member: Any = None
 
     @property
     def lifecycle(self) -> bool:
@@ -56,6 +60,10 @@ class ChatCall:
     keep_alive: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = True
+    tool_choice: Any = None  # NanoCommander's extension: OpenAI's tool_choice ("required" or a function)
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logprobs_member: Any = None
 
 
 def _typed(body: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
@@ -108,6 +116,7 @@ def parse_generate(body: Mapping[str, Any]) -> GenerateCall:
         keep_alive=keep_alive(body),
         options=options(body),
         stream=stream_flag(body),
+        **_logprob_fields(body),
     )
     if call.raw and (call.system or call.template or call.context):
         raise InvalidRequest("raw mode does not support template, system, or context")
@@ -149,7 +158,13 @@ def parse_chat(body: Mapping[str, Any]) -> ChatCall:
         keep_alive=keep_alive(body),
         options=options(body),
         stream=stream_flag(body),
+        tool_choice=body.get("tool_choice"),
+        **_logprob_fields(body),
     )
+
+
+def _logprob_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: body.get(k) for k in ("logprobs", "top_logprobs", "logprobs_member")}
 
 
 # -- chunks -> wire ---------------------------------------------------------------------------
@@ -189,6 +204,29 @@ def final_fields(chunk: Chunk) -> dict[str, Any]:
     return out
 
 
+def logprob_items(entries: Sequence[TokenLogprob] | None) -> list[dict[str, Any]] | None:
+    """Ollama's `logprobs`: token, logprob, bytes and top_logprobs per generated token."""
+    if entries is None:
+        return None
+
+    def one(e: TokenLogprob) -> dict[str, Any]:
+        return {
+            "token": token_text(e.piece),
+            "logprob": e.logprob,
+            "bytes": list(e.piece),
+        }
+
+    return [{**one(e), "top_logprobs": [one(t) for t in e.top]} for e in entries]
+
+
+def tool_call_items(calls: Sequence[ToolCall], start: int = 0) -> list[dict[str, Any]]:
+    """Ollama's `message.tool_calls`: arguments as an object, as the template wrote them."""
+    return [
+        {"id": c.id, "function": {"index": start + i, "name": c.name, "arguments": c.arguments}}
+        for i, c in enumerate(calls)
+    ]
+
+
 def generate_item(model: str, chunk: Chunk, context: Sequence[int] | None = None) -> dict[str, Any]:
     """One /api/generate line; the final one carries `context` unless in raw mode (context=None)."""
     item: dict[str, Any] = {
@@ -197,6 +235,8 @@ def generate_item(model: str, chunk: Chunk, context: Sequence[int] | None = None
         "response": chunk.text,
         "done": chunk.done,
     }
+    if chunk.logprobs is not None:
+        item["logprobs"] = logprob_items(chunk.logprobs)
     if chunk.done:
         item.update(final_fields(chunk))
         if context is not None:
@@ -204,27 +244,42 @@ def generate_item(model: str, chunk: Chunk, context: Sequence[int] | None = None
     return item
 
 
-def chat_item(model: str, chunk: Chunk) -> dict[str, Any]:
-    """One /api/chat line: message.role and message.content on every line, the final one too."""
-    item: dict[str, Any] = {
-        "model": model,
-        "created_at": now_iso(),
-        "message": {"role": "assistant", "content": chunk.text},
-        "done": chunk.done,
-    }
+def chat_item(
+    model: str, chunk: Chunk, calls: Sequence[ToolCall] = (), *, first_call: int = 0
+) -> dict[str, Any]:
+    """One /api/chat line: message.role and message.content on every line, the final one too;
+    tool calls ride on the line that completed them."""
+    message: dict[str, Any] = {"role": "assistant", "content": chunk.text}
+    if calls:
+        message["tool_calls"] = tool_call_items(calls, first_call)
+    item: dict[str, Any] = {"model": model, "created_at": now_iso(), "message": message, "done": chunk.done}
+    if chunk.logprobs is not None:
+        item["logprobs"] = logprob_items(chunk.logprobs)
     if chunk.done:
         item.update(final_fields(chunk))
     return item
 
 
+def _fold_logprobs(out: dict[str, Any], items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    if any("logprobs" in i for i in items):
+        out["logprobs"] = [e for i in items for e in i.get("logprobs") or ()]
+    return out
+
+
 def fold_generate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """stream:false is the stream folded: the last line with the whole response."""
-    return {**items[-1], "response": "".join(i["response"] for i in items)}
+    return _fold_logprobs({**items[-1], "response": "".join(i["response"] for i in items)}, items)
 
 
 def fold_chat(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    content = "".join(i["message"]["content"] for i in items)
-    return {**items[-1], "message": {"role": "assistant", "content": content}}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(i["message"]["content"] for i in items),
+    }
+    calls = [c for i in items for c in i["message"].get("tool_calls") or ()]
+    if calls:
+        message["tool_calls"] = calls
+    return _fold_logprobs({**items[-1], "message": message}, items)
 
 
 def lifecycle_item(model: str, reason: str, *, chat: bool) -> dict[str, Any]:

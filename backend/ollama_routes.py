@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+
+from nanocommander.backend import embed_api, tools
 from nanocommander.backend import ollama_api as wire
-from nanocommander.backend.manager import Loaded, canonical
+from nanocommander.backend.manager import Loaded
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe, make_request
 from nanocommander.engine.types import GenerateRequest
-
-from nanocommander.errors import InvalidRequest
 
 
 async def _lifecycle(
@@ -48,6 +49,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         )
         ids = list(call.context) + comp.tokenize(text, add_bos=not call.context)
     req = make_request(comp.recipe, ids, dict(call.options), grammar=call.grammar)
+    req = tools.logprobs_request(req, call.logprobs, call.top_logprobs, call.logprobs_member)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         out: list[int] = []
@@ -64,23 +66,29 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await _lifecycle(request, call.model, call.keep_alive, chat=True)
     manager = request.app[MANAGER]
     loaded = await manager.get(call.model, call.keep_alive)
-    req = _chat_request(loaded, call)
+    req, plan = _chat_request(loaded, call)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        async for chunk in manager.generate(loaded, req):
-            yield wire.chat_item(call.model, chunk)
+        n_calls = 0
+        async for chunk, calls in tools.split(manager.generate(loaded, req), plan.family):
+            yield wire.chat_item(call.model, chunk, calls, first_call=n_calls)
+            n_calls += len(calls)
 
     return await _respond(request, call.stream, items(), wire.fold_chat)
 
 
-def _chat_request(loaded: Loaded, call: wire.ChatCall) -> GenerateRequest:
+def _chat_request(loaded: Loaded, call: wire.ChatCall) -> tuple[GenerateRequest, tools.ToolPlan]:
     comp = loaded.composite
+    offered = list(call.tools) if call.tools else None
+    plan = tools.plan(comp.template.source, comp.recipe.tool_parser, offered, call.tool_choice)
     text = comp.chat_prompt(
         list(call.messages),
-        tools=list(call.tools) if call.tools else None,
+        tools=offered,
         num_predict=max(int(call.options.get("num_predict", 0)), 0),
     )
-    return make_request(comp.recipe, text, dict(call.options), grammar=call.grammar)
+    req = make_request(comp.recipe, text, dict(call.options), grammar=call.grammar)
+    req = tools.logprobs_request(req, call.logprobs, call.top_logprobs, call.logprobs_member)
+    return plan.apply(req), plan
 
 
 async def _respond(
@@ -112,6 +120,7 @@ async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
     key, recipe = await asyncio.to_thread(request.app[MANAGER].catalog.lookup, wire.model_name(body))
     described = await asyncio.to_thread(describe, recipe)
+    memory = await asyncio.to_thread(_memory, recipe)  # header reads: off the event loop
     members = described["members"]
     large = members.get("large", {})
     arch = large.get("architecture") or "unknown"
@@ -137,7 +146,7 @@ async def show(request: web.Request) -> web.Response:
             "model_info": {k: v for k, v in model_info.items() if v is not None},
             "capabilities": wire.capabilities(template),
             "modified_at": wire.now_iso(),
-            "composite": {**wire.composite_object(recipe.alpha, members), "memory": _memory(recipe)},
+            "composite": {**wire.composite_object(recipe.alpha, members), "memory": memory},
         }
     )
 
@@ -165,11 +174,28 @@ async def ps(request: web.Request) -> web.Response:
 
 
 async def embed(request: web.Request) -> web.Response:
-    """Composites generate text only: answer as Ollama does for a model without embeddings."""
-    body = await read_json(request)
-    name = wire.model_name(body)
-    request.app[MANAGER].catalog.lookup(name)  # 404 for unknown models first, as Ollama
-    raise InvalidRequest(f'"{canonical(name)}" does not support embeddings')
+    """/api/embed: normalised vectors of each input, from the large member (or the recipe's `embedding`)."""
+    call = embed_api.parse_ollama(await read_json(request))
+    return web.json_response(await _embed(request, call))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """/api/embeddings (legacy): one prompt, one raw vector."""
+    call = embed_api.parse_ollama(await read_json(request), legacy=True)
+    return web.json_response(await _embed(request, call))
+
+
+async def _embed(request: web.Request, call: embed_api.EmbedCall) -> dict[str, Any]:
+    from nanocommander.engine.embed import finish
+
+    t0 = time.perf_counter()
+    manager = request.app[MANAGER]
+    loaded = await manager.get(call.model, call.keep_alive)
+    embedder = await manager.embedder(loaded)
+    load_s = time.perf_counter() - t0
+    vectors, n_tokens = await asyncio.to_thread(embedder.embed, call.inputs, truncate=call.truncate)
+    vectors = finish(vectors, dimensions=call.dimensions, normalize=not call.legacy)
+    return embed_api.ollama_response(call, vectors.tolist(), n_tokens, time.perf_counter() - t0, load_s)
 
 
 async def root(request: web.Request) -> web.Response:
@@ -191,5 +217,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/chat", chat)
     app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embed)
+    app.router.add_post("/api/embeddings", embeddings)
     registry_routes.setup_routes(app)

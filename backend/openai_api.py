@@ -7,6 +7,7 @@ asked for. Errors use OpenAI's envelope {"error": {message, type, param, code}}.
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import uuid
@@ -14,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nanocommander.backend.translate import grammar_for_format
+from nanocommander.engine.logprobs import token_text
 from nanocommander.engine.options import check_value
-from nanocommander.engine.types import Chunk, DoneReason, Stats
-
+from nanocommander.engine.toolcalls import ToolCall
+from nanocommander.engine.types import Chunk, DoneReason, Stats, TokenLogprob
 from nanocommander.errors import InvalidRequest
 
 # OpenAI field -> engine option; top-level alpha/member/steer/speculative are NanoCommander's knobs.
@@ -174,46 +176,88 @@ def new_id(prefix: str) -> tuple[str, int]:
     return f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
 
 
-def finish_reason(chunk: Chunk) -> str:
-    return "length" if chunk.done_reason == DoneReason.LENGTH else "stop"
+def finish_reason(chunk: Chunk, calls: bool = False) -> str:
+    if chunk.done_reason == DoneReason.LENGTH:
+        return "length"
+    return "tool_calls" if calls else "stop"
 
 
-def usage(stats: Stats | None) -> dict[str, int]:
+def usage(stats: Stats | None, *more: Stats | None) -> dict[str, int]:
+    """Token counts; with `n` samples the prompt counts once and the completions add up."""
     s = stats or Stats()
+    completion = s.eval_count + sum(m.eval_count for m in more if m is not None)
     return {
         "prompt_tokens": s.prompt_tokens,
-        "completion_tokens": s.eval_count,
-        "total_tokens": s.prompt_tokens + s.eval_count,
+        "completion_tokens": completion,
+        "total_tokens": s.prompt_tokens + completion,
     }
 
 
-def chat_completion(cid: str, created: int, model: str, chunks: Sequence[Chunk]) -> dict[str, Any]:
-    """A non-streamed chat completion: the stream folded."""
-    last = chunks[-1]
+def tool_call_item(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    """OpenAI's tool call: arguments as a JSON string; streamed deltas also carry their index."""
+    item: dict[str, Any] = {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+    }
+    return item if index is None else {"index": index, **item}
+
+
+def _token(e: TokenLogprob) -> dict[str, Any]:
+    return {"token": token_text(e.piece), "logprob": e.logprob, "bytes": list(e.piece)}
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """`choices[].logprobs` of chat: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    if entries is None:
+        return None
+    content = [{**_token(e), "top_logprobs": [_token(t) for t in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def _joined_logprobs(chunks: Sequence[Chunk]) -> list[TokenLogprob] | None:
+    if all(c.logprobs is None for c in chunks):
+        return None
+    return [e for c in chunks for e in c.logprobs or ()]
+
+
+def chat_choice(index: int, chunks: Sequence[Chunk], calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
+    content = "".join(c.text for c in chunks)
+    message: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
+    if calls:
+        message["tool_calls"] = [tool_call_item(c) for c in calls]
+    return {
+        "index": index,
+        "message": message,
+        "finish_reason": finish_reason(chunks[-1], bool(calls)),
+        "logprobs": chat_logprobs(_joined_logprobs(chunks)),
+    }
+
+
+def chat_completion(
+    cid: str,
+    created: int,
+    model: str,
+    chunks: Sequence[Chunk],
+    calls: Sequence[ToolCall] = (),
+    *,
+    more: Sequence[tuple[Sequence[Chunk], Sequence[ToolCall]]] = (),
+) -> dict[str, Any]:
+    """A non-streamed chat completion: the stream folded (`more`: the other `n` samples)."""
+    choices = [(chunks, calls), *more]
     return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "system_fingerprint": "fp_nanocommander",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(c.text for c in chunks)},
-                "finish_reason": finish_reason(last),
-                "logprobs": None,
-            }
-        ],
-        "usage": usage(last.stats),
+        "choices": [chat_choice(i, ch, cl) for i, (ch, cl) in enumerate(choices)],
+        "usage": usage(*(ch[-1].stats for ch, _ in choices)),
     }
 
 
-def chat_chunks(
-    cid: str, created: int, model: str, chunk: Chunk, *, first: bool, with_usage: bool
-) -> list[dict]:
-    """The SSE objects for one engine chunk: a role delta first, content deltas, a finish chunk,
-    then (stream_options.include_usage) a usage chunk with no choices."""
-    base = {
+def _chunk_base(cid: str, created: int, model: str) -> dict[str, Any]:
+    return {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": created,
@@ -221,21 +265,67 @@ def chat_chunks(
         "system_fingerprint": "fp_nanocommander",
     }
 
-    def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+def chat_chunks(
+    cid: str,
+    created: int,
+    model: str,
+    chunk: Chunk,
+    *,
+    first: bool,
+    with_usage: bool,
+    index: int = 0,
+    calls: Sequence[ToolCall] = (),
+    first_call: int = 0,
+    had_calls: bool = False,
+) -> list[dict]:
+    """The SSE objects for one engine chunk: a role delta first, content deltas, tool-call
+    deltas (each call whole), a finish chunk, then (stream_options.include_usage) a usage
+    chunk with no choices. `had_calls`: this choice already streamed tool calls."""
+    base = _chunk_base(cid, created, model)
+
+    def choice(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        entry = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**base, "choices": [entry]}
 
     out = [choice({"role": "assistant", "content": ""})] if first else []
-    if chunk.text:
-        out.append(choice({"content": chunk.text}))
+    if chunk.text or chunk.logprobs:
+        out.append(choice({"content": chunk.text}, logprobs=chat_logprobs(chunk.logprobs)))
+    if calls:
+        items = [tool_call_item(c, first_call + i) for i, c in enumerate(calls)]
+        out.append(choice({"tool_calls": items}))
     if chunk.done:
-        out.append(choice({}, finish_reason(chunk)))
+        out.append(choice({}, finish_reason(chunk, bool(calls) or had_calls)))
         if with_usage:
-            out.append({**base, "choices": [], "usage": usage(chunk.stats)})
+            out.append(usage_chunk(cid, created, model, [chunk.stats]))
     return out
 
 
-def completion(cid: str, created: int, model: str, chunks: Sequence[Chunk]) -> dict[str, Any]:
-    last = chunks[-1]
+def usage_chunk(cid: str, created: int, model: str, stats: Sequence[Stats | None]) -> dict[str, Any]:
+    return {**_chunk_base(cid, created, model), "choices": [], "usage": usage(*stats)}
+
+
+def completion_logprobs(entries: Sequence[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
+    if entries is None:
+        return None
+    tokens = [token_text(e.piece) for e in entries]
+    decoder, offsets = codecs.getincrementaldecoder("utf-8")(errors="replace"), []
+    for e in entries:  # where each token's text starts in the completion (a split character counts once)
+        offsets.append(offset)
+        offset += len(decoder.decode(e.piece))
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{_token(t)["token"]: t.logprob for t in e.top} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def completion(
+    cid: str, created: int, model: str, chunks: Sequence[Chunk], *, more: Sequence[Sequence[Chunk]] = ()
+) -> dict[str, Any]:
+    choices = [chunks, *more]
     return {
         "id": cid,
         "object": "text_completion",
@@ -243,22 +333,32 @@ def completion(cid: str, created: int, model: str, chunks: Sequence[Chunk]) -> d
         "model": model,
         "choices": [
             {
-                "index": 0,
-                "text": "".join(c.text for c in chunks),
-                "finish_reason": finish_reason(last),
-                "logprobs": None,
+                "index": i,
+                "text": "".join(c.text for c in ch),
+                "finish_reason": finish_reason(ch[-1]),
+                "logprobs": completion_logprobs(_joined_logprobs(ch)),
             }
+            for i, ch in enumerate(choices)
         ],
-        "usage": usage(last.stats),
+        "usage": usage(*(ch[-1].stats for ch in choices)),
     }
 
 
-def completion_chunks(cid: str, created: int, model: str, chunk: Chunk, *, with_usage: bool) -> list[dict]:
+def completion_chunks(
+    cid: str, created: int, model: str, chunk: Chunk, *, with_usage: bool, index: int = 0, offset: int = 0
+) -> list[dict]:
+    """`offset`: characters of this choice streamed before the chunk (for text_offset)."""
     base = {"id": cid, "object": "text_completion", "created": created, "model": model}
     if not chunk.text and not chunk.done:
         return []
     finish = finish_reason(chunk) if chunk.done else None
-    out = [{**base, "choices": [{"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": finish}]}]
+    entry = {
+        "index": index,
+        "text": chunk.text,
+        "logprobs": completion_logprobs(chunk.logprobs, offset),
+        "finish_reason": finish,
+    }
+    out = [{**base, "choices": [entry]}]
     if chunk.done and with_usage:
         out.append({**base, "choices": [], "usage": usage(chunk.stats)})
     return out

@@ -6,21 +6,23 @@ Pulls stream the registry's Ollama-shaped progress events as NDJSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.engine.options import clean_options
-
 from nanocommander.errors import DigestMismatch, InvalidRequest, RegistryError
 from nanocommander.recipe import Recipe
 
@@ -43,26 +45,42 @@ def _name(body: dict) -> str:
 
 
 async def _events(gen: Iterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """Run a blocking progress iterator on a thread, yielding its events as they come."""
+    """Run a blocking progress iterator on a thread, yielding its events as they come.
+
+    When the consumer leaves early (client gone, server stopping), the thread closes `gen`,
+    which cancels a pull at its next chunk (its resumable download stays in partial/).
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    end = object()
+    end, stop = object(), threading.Event()
+
+    def put(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def work() -> None:
         try:
             for event in gen:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                if stop.is_set():
+                    break
+                put(event)
         except BaseException as exc:  # delivered to the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            put(exc)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, end)
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+            put(end)
 
     task = loop.run_in_executor(None, work)
-    while (item := await queue.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    await task
+    try:
+        while (item := await queue.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        await task
+    finally:
+        stop.set()
 
 
 async def _progress(request: web.Request, body: dict, gen: Iterator[dict[str, Any]]) -> web.StreamResponse:
@@ -195,7 +213,7 @@ async def blob_post(request: web.Request) -> web.Response:
     expected = path.name.removeprefix("sha256-")
     path.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".upload-{os.getpid()}-")  # see Store.stale_temps
     try:
         with os.fdopen(fd, "wb") as out:
             async for data in request.content.iter_chunked(1 << 20):

@@ -7,17 +7,18 @@ The middleware picks the envelope by path, so no handler formats errors by hand.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from nanocommander.backend import ollama_api, openai_api
+
+from nanocommander.backend import accesslog, ollama_api, openai_api, shutdown
+from nanocommander.backend import guard as checks
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
-
 from nanocommander.errors import (
     ContextOverflow,
     DigestMismatch,
@@ -28,6 +29,8 @@ from nanocommander.errors import (
     ModelNotFound,
     NanoCommanderError,
     RecipeError,
+    ReferenceNotFound,
+    RpcServerLost,
     ServerBusy,
     TokenizerMismatch,
 )
@@ -40,7 +43,9 @@ VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
 
 STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
+    (ReferenceNotFound, 404),
     (ServerBusy, 503),
+    (RpcServerLost, 503),  # a machine holding the model's layers went away; the next request reloads
     (InsufficientMemory, 500),  # Ollama answers 500 when a model needs more memory than is free
     (ContextOverflow, 400),
     (InvalidName, 400),
@@ -71,7 +76,13 @@ def error_response(path: str, status: int, message: str) -> web.Response:
     if kind == "openai":
         body: Any = openai_api.error_body(status, message)
     elif kind == "kobold":
-        etype = {400: "bad_input", 404: "not_found", 503: "service_unavailable"}.get(status, "server_error")
+        etype = {
+            400: "bad_input",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            503: "service_unavailable",
+        }.get(status, "server_error")
         body = {"detail": {"msg": message, "type": etype}}
     else:
         body = ollama_api.error_body(status, message)
@@ -79,26 +90,20 @@ def error_response(path: str, status: int, message: str) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is {}; anything else is a 400."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"invalid JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the JSON body must be an object")
-    return body
+    """The request body as a JSON object; an empty body is {}; anything else is a 400 (see guard)."""
+    return checks.parse_body(await request.read())
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    """CORS, the optional bearer key, and every error in the protocol's own envelope."""
+    """Host and Origin checks, CORS, the optional bearer key, and every error in the protocol's envelope."""
     settings = request.app[SETTINGS]
+    refused = checks.refusal(request.headers, settings.host, settings.origins)
+    if refused:  # before any handler, for every method: a cross-site POST must not run at all
+        return error_response(request.path, 403, refused)
     origin = request.headers.get("Origin")
     cors = {}
-    if origin and settings.origin_allowed(origin):
+    if origin:
         cors = {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS, HEAD",
@@ -108,6 +113,7 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         }
     if request.method == "OPTIONS":
         return web.Response(status=204 if cors else 403, headers=cors)
+    draining = request.app[shutdown.DRAINING]
     try:
         if settings.api_key and request.path not in ("/", "/api/version"):
             given = request.headers.get("Authorization", "").encode()
@@ -115,7 +121,13 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
                 return _with(
                     error_response(request.path, 401, "unauthorized: missing or invalid API key"), cors
                 )
-        response = await handler(request)
+        with draining.track():
+            response = await handler(request)
+    except asyncio.CancelledError:
+        if not draining.stopping:  # the client went away
+            raise
+        shutdown.absorb_cancel()  # SIGTERM before the answer started: a 503 in the protocol's shape
+        response = error_response(request.path, 503, shutdown.MESSAGE)
     except web.HTTPRequestEntityTooLarge:
         response = error_response(
             request.path, 413, f"request body too large (limit {settings.max_body} bytes)"
@@ -148,10 +160,11 @@ async def _lifecycle(app: web.Application):
 def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.Application:
     from nanocommander.backend import kobold_routes, ollama_routes, openai_routes
 
-    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[accesslog.access_log, guard], client_max_size=settings.max_body)
     app[SETTINGS] = settings
     app[MANAGER] = ModelManager(settings, Catalog(recipes or []))
     app.cleanup_ctx.append(_lifecycle)
+    shutdown.setup(app)
     ollama_routes.setup_routes(app)
     openai_routes.setup_routes(app)
     kobold_routes.setup_routes(app)

@@ -7,6 +7,8 @@ stream with an error object. A client that goes away stops the generation.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nanocommander.backend.shutdown import MESSAGE, absorb_cancel, is_stopping
 from nanocommander.errors import NanoCommanderError
 
 log = logging.getLogger("nanocommander.server")
@@ -50,6 +53,12 @@ async def stream_response(
             await response.write(trailer)
     except (ConnectionResetError, ConnectionError):
         pass  # client went away; closing `items` below cancels the generation
+    except asyncio.CancelledError:
+        if not is_stopping(request):
+            raise  # the client went away
+        absorb_cancel()  # SIGTERM: the stream's last line is its protocol's error object
+        with contextlib.suppress(ConnectionError):
+            await response.write(on_error(MESSAGE))
     except NanoCommanderError as exc:
         await response.write(on_error(str(exc)))
     except Exception as exc:  # a bug after the first byte: still end with an error object, and log it

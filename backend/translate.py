@@ -7,7 +7,6 @@ the engine's request. Defaults merge in one order: engine, recipe, request.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 from nanocommander.engine.grammar import json_grammar
 from nanocommander.engine.options import clean_options, merge_sampling
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.errors import InvalidRequest
 from nanocommander.recipe import Recipe
 
@@ -60,40 +58,21 @@ def make_request(
     )
 
 
-@functools.lru_cache(maxsize=256)
-def gguf_facts(path: str, mtime: float) -> dict[str, Any]:
-    """Architecture, context length, parameter count and quantization from a GGUF header (no weights read)."""
-    import gguf
+def gguf_facts(path: str | Path) -> dict[str, Any]:
+    """Architecture, context length, parameter count and quantization from a GGUF header (no weights
+    read; the registry caches it per file, size and mtime)."""
+    from nanocommander.registry.gguf_info import read_gguf
 
-    reader = gguf.GGUFReader(path)
-
-    def value(key: str) -> Any:
-        field = reader.fields.get(key)
-        if field is None:
-            return None
-        part = field.parts[field.data[0]]
-        if field.types and field.types[0] == gguf.GGUFValueType.STRING:
-            return bytes(part).decode("utf-8", errors="replace")
-        return part.tolist()[0] if hasattr(part, "tolist") else part
-
-    arch = value("general.architecture") or "unknown"
-    n_params = int(sum(int(t.n_elements) for t in reader.tensors))
-    ftype = value("general.file_type")
-    try:
-        quant = (
-            gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_") if ftype is not None else "unknown"
-        )
-    except ValueError:
-        quant = "unknown"
+    info = read_gguf(path)
     return {
-        "architecture": arch,
-        "context_length": value(f"{arch}.context_length"),
-        "embedding_length": value(f"{arch}.embedding_length"),
-        "parameter_count": n_params,
-        "quantization": quant,
-        "size": Path(path).stat().st_size,
-        "general.type": value("general.type") or "model",
-        "chat_template": value("tokenizer.chat_template"),
+        "architecture": info.architecture or "unknown",
+        "context_length": info.context_length,
+        "embedding_length": info.embedding_length,
+        "parameter_count": info.parameters,
+        "quantization": info.quantization or "unknown",
+        "size": info.size,
+        "general.type": info.kind,
+        "chat_template": info.chat_template,
     }
 
 
@@ -109,7 +88,7 @@ def describe(recipe: Recipe) -> dict[str, Any]:
         entry: dict[str, Any] = {"source": spec.to_dict()}
         path = src.path if src is not None else None
         if path is not None and Path(path).is_file():
-            entry.update(gguf_facts(str(path), Path(path).stat().st_mtime))
+            entry.update(gguf_facts(path))
         if spec.is_adapter:
             entry["adapter"] = str(path) if path else None
         members[spec.role] = entry

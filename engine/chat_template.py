@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from nanocommander.errors import InvalidRequest
@@ -32,10 +33,27 @@ def _tojson(
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
+MAX_PRODUCT = 1 << 20  # longest string or list a template may build with `*`
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, also refusing `'x' * 10**10` and `10 ** 10 ** 10` (a request's template is user code)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError("exponent too large")
+        if operator == "*":
+            sizes = [len(x) for x in (left, right) if isinstance(x, (str, list, tuple))]
+            counts = [x for x in (left, right) if isinstance(x, int)]
+            if sizes and counts and sizes[0] * abs(counts[0]) > MAX_PRODUCT:
+                raise SecurityError("repetition too large")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.filters["tojson"] = _tojson
@@ -51,7 +69,7 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
         try:
             self._template = _ENV.from_string(self.source)
-        except jinja2.TemplateSyntaxError as exc:
+        except Exception as exc:  # syntax errors, and recursion on absurdly nested input
             raise InvalidRequest(f"chat template does not parse: {exc}") from None
 
     def render(
@@ -69,8 +87,8 @@ class ChatTemplate:
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
-        except jinja2.TemplateError as exc:
-            raise InvalidRequest(f"chat template failed: {exc}") from None
+        except Exception as exc:  # the template is code: whatever it raises is its own failure
+            raise InvalidRequest(f"chat template failed: {type(exc).__name__}: {exc}") from None
 
 
 def apply_defaults(

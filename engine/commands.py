@@ -28,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--compare", action="store_true", help="print large alone, tuned alone, then the composite"
     )
     p.add_argument(
-        "--verbose", action="store_true", help="print load time, token counts and speeds to stderr"
+        "--verbose", action="store_true", help="print load time, token counts, speeds and llama.cpp's log to stderr"
     )
     p.set_defaults(func=run)
 
@@ -46,6 +46,10 @@ def load_recipe(ref: str) -> Recipe:
 def run(args: argparse.Namespace) -> int:
     from nanocommander.engine.composite import Composite
 
+    if args.verbose:  # llama.cpp's own log lines too
+        from nanocommander.engine import llamalog
+
+        llamalog.install(True)
     recipe = load_recipe(args.recipe)
     print(f"loading {recipe.name}...", file=sys.stderr, flush=True)
     comp = Composite.load(recipe)

@@ -25,8 +25,11 @@ from nanocommander.engine.fusion import fuse
 from nanocommander.engine.decode_options import DEFAULT_SPECULATION, Steer
 from nanocommander.engine.decoding import strategy_for
 from nanocommander.engine.generation import Generation, Need, Plan, Steps
+from nanocommander.engine.logprobs import reader as logprob_reader
+from nanocommander.engine.logprobs import special_piece
 from nanocommander.engine.member import Hold, LoadedModel, Member
 from nanocommander.engine.pool import ModelPool
+from nanocommander.engine.rpc import placement
 from nanocommander.engine.sampling import Sampler
 from nanocommander.engine.types import Chunk, DoneReason, GenerateRequest, Stats
 from nanocommander.engine.vocab import shared_vocab
@@ -95,13 +98,13 @@ class Composite:
             models: dict[str, LoadedModel] = {}
             for role in ("large", "base"):
                 spec = recipe.member(role)
-                models[role] = pool.acquire(_member_path(spec), spec.gpu_layers)
+                models[role] = pool.acquire(_member_path(spec), spec.gpu_layers, placement(spec))
                 acquired.append(models[role])
             tuned = recipe.tuned
             if tuned.is_adapter:
                 models["tuned"] = models["base"]
             else:
-                models["tuned"] = pool.acquire(_member_path(tuned), tuned.gpu_layers)
+                models["tuned"] = pool.acquire(_member_path(tuned), tuned.gpu_layers, placement(tuned))
                 acquired.append(models["tuned"])
             want_ctx = n_ctx or recipe.parameters.get("num_ctx") or DEFAULT_NUM_CTX
             threads = recipe.parameters.get("num_thread")
@@ -280,7 +283,10 @@ class Composite:
         n_predict = req.num_predict if req.num_predict is not None and req.num_predict >= 0 else -1
         if len(tokens) >= self.n_ctx or (n_predict > 0 and len(tokens) + n_predict > self.n_ctx):
             raise ContextOverflow(len(tokens), max(n_predict, 0), self.n_ctx)
-        sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab)
+        piece = self.primary.piece
+        lp = logprob_reader(req, plan.roles, self.vocab.n_vocab, plan.mask, lambda t: piece(t, True))
+        shown = frozenset(i[0] for s in req.special_text if len(i := self.tokenize(s, add_bos=False)) == 1)
+        sampler = Sampler(req.sampling, self.primary.vocab, self.vocab.n_vocab, self.n_ctx)
         sampler.accept_prompt(tokens)
         gen = Generation(
             req,
@@ -289,9 +295,10 @@ class Composite:
             seq=seq,
             n_ctx=self.n_ctx,
             eog=frozenset(self.vocab.eog),
-            piece=self.primary.piece,
+            piece=special_piece(piece, shown),
             sampler=sampler,
             stats=stats,
+            logprobs=lp,
         )
         return gen, strategy_for(gen)
 

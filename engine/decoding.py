@@ -17,6 +17,7 @@ from collections.abc import Callable
 from nanocommander.engine import speculative as spec
 from nanocommander.engine import steering
 from nanocommander.engine.generation import Generation, Steps
+from nanocommander.errors import InvalidRequest
 
 
 def proxy(gen: Generation) -> Steps:
@@ -47,4 +48,9 @@ def strategy_for(gen: Generation) -> Steps:
     name = strategy_name(gen)
     if gen.plan.steered and gen.plan.steer.mode != "proxy":
         gen.stats.steer_mode = gen.plan.steer.mode
+    role = gen.logprobs.role if gen.logprobs is not None else "composite"
+    if role != "composite" and name == "nudge":
+        raise InvalidRequest("logprobs_member cannot be read in steer mode nudge (its steps run one member)")
+    if role in steering.SMALL and name == "gated":  # every step must hold the small members' logits
+        return steering.gated(gen, eager=True)
     return STRATEGIES[name](gen)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanocommander.errors import InvalidRequest
+
 
 def fuse(
     large: np.ndarray,
@@ -21,8 +23,15 @@ def fuse(
     """
     np.copyto(out, large[:n_vocab])
     if alpha != 0.0 and base is not None and tuned is not None:
-        delta = np.subtract(tuned[:n_vocab], base[:n_vocab])
-        out += np.float32(alpha) * delta
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as an error
+            delta = np.subtract(tuned[:n_vocab], base[:n_vocab])
+            out += np.float32(alpha) * delta
     if mask is not None:
         out[mask] = -np.inf
+    top = out.max()  # NaN if any is NaN; one reduction, cheap next to a forward pass
+    if not np.isfinite(top):
+        raise InvalidRequest(
+            "the fused logits are not finite (NaN or infinite): alpha is too large for these models, "
+            "or a member produced non-finite logits"
+        )
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from nanocommander.engine.decode_options import OFF, Speculation, Steer
 from nanocommander.engine.fusion import fuse
+from nanocommander.engine.logprobs import LogprobReader
 from nanocommander.engine.member import Hold
 from nanocommander.engine.sampling import Sampler
 from nanocommander.engine.textstream import TextStream
@@ -60,6 +61,7 @@ class Generation:
         piece: Callable[[int], bytes],
         sampler: Sampler,
         stats: Stats,
+        logprobs: LogprobReader | None = None,
     ):
         self.req, self.plan, self.seq, self.n_ctx = req, plan, seq, n_ctx
         self.tokens = list(prompt)
@@ -73,6 +75,8 @@ class Generation:
         self._fused = np.empty(plan.n_vocab, dtype=np.float32)
         self.t_start = time.perf_counter()
         self.t_first: float | None = None  # when the prompt's logits arrived
+        self.logprobs = logprobs
+        self._last: tuple[np.ndarray, Logits, int] | None = None  # the latest fuse: what accept() reads
 
     # -- what strategies use -----------------------------------------------------------------
 
@@ -91,7 +95,16 @@ class Generation:
         base = logits["base"][row] if "base" in logits else None
         tuned = logits["tuned"][row] if "tuned" in logits else None
         first = logits[p.roles[0]][row]
-        return fuse(first, base, tuned, p.alpha, p.n_vocab, p.mask, self._fused if out is None else out)
+        fused = fuse(first, base, tuned, p.alpha, p.n_vocab, p.mask, self._fused if out is None else out)
+        self._last = (fused, logits, row)
+        return fused
+
+    def alone(self, logits: Logits, role: str, row: int = -1) -> np.ndarray:
+        """One member's logits as the distribution to sample (a closed gate, a nudge); like `fuse`."""
+        p = self.plan
+        fused = fuse(logits[role][row], None, None, 0.0, p.n_vocab, p.mask, self._fused)
+        self._last = (fused, logits, row)
+        return fused
 
     @property
     def n_generated(self) -> int:
@@ -121,11 +134,14 @@ class Generation:
             return False
         self.stats.eval_count += 1
         self.stats.steered += steered
+        if self.logprobs is not None and self._last is not None:  # sampled from the latest fuse()
+            fused, logits, row = self._last
+            self.logprobs.add(token, fused, {r: v[row] for r, v in logits.items()})
         self.tokens.append(token)
         self._held.append(token)
         piece, stopped = self.text.push(self.piece(token))
         if piece:
-            self.out.append(Chunk(piece, self._held))
+            self.out.append(Chunk(piece, self._held, logprobs=self.logprobs.take() if self.logprobs else None))
             self._held = []
         if stopped:
             self.reason = DoneReason.STOP
@@ -152,4 +168,5 @@ class Generation:
         now = time.perf_counter()
         self.stats.eval_s = now - (self.t_first or now)
         self.stats.total_s = now - self.t_start
-        return Chunk(tail, self._held, done=True, done_reason=self.reason, stats=self.stats)
+        last = self.logprobs.take() if self.logprobs else None
+        return Chunk(tail, self._held, done=True, done_reason=self.reason, stats=self.stats, logprobs=last)

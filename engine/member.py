@@ -19,6 +19,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from nanocommander.engine.rpc import Placement, RpcDevices
 from nanocommander.errors import ModelLoadError
 
 _backend_ready = False
@@ -29,9 +30,9 @@ def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            from llama_cpp import _logger
+            from nanocommander.engine import llamalog
 
-            _logger.set_verbose(bool(os.environ.get("NANOCOMMANDER_DEBUG")))  # llama.cpp's load chatter
+            llamalog.install()  # llama.cpp's log only with --verbose or NANOCOMMANDER_DEBUG
             llama_cpp.llama_backend_init()
             _backend_ready = True
 
@@ -43,11 +44,12 @@ def default_threads() -> int:
 class LoadedModel:
     """A llama_model loaded once and shared by every context (and composite) that uses the file."""
 
-    def __init__(self, path: Path, gpu_layers: int = 0):
+    def __init__(self, path: Path, gpu_layers: int = 0, rpc: Placement | None = None):
         _init_backend()
         self.path = Path(path)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
+        self.rpc = RpcDevices(rpc, params) if rpc else None  # checks each server, offloads to its devices
         try:
             self.model = _internals.LlamaModel(path_model=str(self.path), params=params, verbose=False)
         except ValueError as exc:
@@ -80,6 +82,8 @@ class LoadedModel:
     def close(self) -> None:
         self._adapters.clear()  # llama.cpp frees adapters together with their model
         self.model.close()
+        if self.rpc:
+            self.rpc.close()
 
 
 @dataclass

@@ -8,6 +8,7 @@ repeat_last_n 64). Layers merge in order: built-in defaults, then the recipe's
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,17 @@ IGNORED_KEYS = frozenset(
 
 ALL_KEYS = {**SAMPLING_KEYS, **CONTROL_KEYS, **LOAD_KEYS}
 
+# Numeric bounds, inclusive. Beyond them the engine cannot compute: logits are float32 and
+# sampler arguments are C int32/float. alpha scales the tuned-minus-base delta; |alpha| > 100
+# only overflows or drowns the large model, so it is refused rather than silently garbled.
+ALPHA_LIMIT = 100.0
+FLOAT_LIMIT = 1e6
+INT32 = (-(2**31), 2**31 - 1)
+RANGES: dict[str, tuple[float, float]] = {
+    "alpha": (-ALPHA_LIMIT, ALPHA_LIMIT),
+    "seed": (-(2**63), 2**64 - 1),  # reduced modulo 2**32; negative means random
+}
+
 MEMBERS = ("composite", "large", "base", "tuned")
 
 
@@ -128,6 +140,8 @@ def check_value(key: str, value: Any) -> Any:
         raise InvalidRequest(f'option "{key}" must be of type {names}')
     if float in types:
         value = float(value)
+    if isinstance(value, (int, float)):
+        bounded(key, value)
     if key == "stop":
         items = [value] if isinstance(value, str) else list(value)
         if not all(isinstance(s, str) for s in items):
@@ -137,12 +151,30 @@ def check_value(key: str, value: Any) -> Any:
         return tuple(str(s) for s in value)
     if key == "logit_bias":
         try:
-            return {int(k): float(v) for k, v in value.items()}
-        except (TypeError, ValueError) as exc:
+            bias = {int(k): float(v) for k, v in value.items()}
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidRequest('option "logit_bias" must map token ids to numbers') from exc
+        if not all(b == -math.inf or abs(b) <= FLOAT_LIMIT for b in bias.values()):
+            raise InvalidRequest(
+                f'option "logit_bias" values must be within +-{FLOAT_LIMIT:g} (or -inf to ban a token)'
+            )
+        return bias
     if key == "member" and value not in MEMBERS:
         raise InvalidRequest(f'option "member" must be one of {", ".join(MEMBERS)}')
     return value
+
+
+def bounded(key: str, value: float) -> None:
+    """Refuse NaN, infinities and numbers outside the key's range (RANGES, else int32 or +-FLOAT_LIMIT)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f'option "{key}" must be a finite number')
+    lo, hi = RANGES.get(key) or ((-FLOAT_LIMIT, FLOAT_LIMIT) if isinstance(value, float) else INT32)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f'option "{key}" must be between {_num(lo)} and {_num(hi)}')
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def clean_options(options: Mapping[str, Any] | None, *, unknown: str = "ignore") -> dict[str, Any]:

@@ -31,9 +31,14 @@ DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 
 
 class Sampler:
-    def __init__(self, opts: SamplingOptions, vocab, n_vocab: int):
+    def __init__(self, opts: SamplingOptions, vocab, n_vocab: int, n_ctx: int = 4096):
         self.opts, self.n_vocab = opts, n_vocab
+        # -1 means "the whole context" (Ollama's and KoboldCpp's habit); llama.cpp's samplers need the number
+        self.repeat_last_n = n_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+        self.dry_last_n = n_ctx if opts.dry_penalty_last_n < 0 else opts.dry_penalty_last_n
         self._data = _internals.LlamaTokenDataArray(n_vocab=n_vocab)
+        # XTC advances the array's `data` pointer; sample() puts it back to the buffer's start
+        self._start = self._data.candidates_data.ctypes.data_as(llama_cpp.llama_token_data_p)
         seed = opts.seed if opts.seed is not None and opts.seed >= 0 else random.getrandbits(32)
         self.seed = seed & 0xFFFFFFFF
         self.history = self._chain()
@@ -59,7 +64,7 @@ class Sampler:
             for i, (tok, b) in enumerate(bias.items()):
                 arr[i].token, arr[i].bias = tok, (-np.inf if b == -np.inf else b)
             self._add(self.history, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), arr))
-        last_n = o.repeat_last_n
+        last_n = self.repeat_last_n
         if o.repeat_penalty != 1.0 or o.presence_penalty or o.frequency_penalty:
             self._add(
                 self.history,
@@ -78,7 +83,7 @@ class Sampler:
                     o.dry_multiplier,
                     o.dry_base,
                     o.dry_allowed_length,
-                    o.dry_penalty_last_n,
+                    self.dry_last_n,
                     breakers,
                     len(o.dry_sequence_breakers),
                 ),
@@ -143,12 +148,13 @@ class Sampler:
 
     def accept_prompt(self, tokens: list[int]) -> None:
         """Let the penalty samplers see the recent prompt (not the grammar: it constrains output only)."""
-        window = max(self.opts.repeat_last_n, self.opts.dry_penalty_last_n, 0)
+        window = max(self.repeat_last_n, self.dry_last_n, 0)
         for tok in tokens[-window:] if window else ():
             llama_cpp.llama_sampler_accept(self.history, tok)
 
     def _shape(self, logits: np.ndarray):
         self._data.copy_logits(logits)
+        self._data.candidates.data = self._start  # else the next step writes past the buffer (a crash)
         cur = ctypes.byref(self._data.candidates)
         llama_cpp.llama_sampler_apply(self.history, cur)
         llama_cpp.llama_sampler_apply(self.choice, cur)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from nanocommander.engine.decode_options import Steer
-from nanocommander.engine.fusion import fuse
 from nanocommander.engine.generation import Generation, Logits, Steps
 from nanocommander.engine.speculative import Fuse
 
@@ -105,11 +104,9 @@ def delta_gate(gen: Generation, logits: Logits) -> bool:
     return disagreement(logits["tuned"][-1], logits["base"][-1], p.n_vocab, p.mask) >= p.steer.delta
 
 
-def gated(gen: Generation, *, eager: bool = False) -> Steps:  # eager: for tests (same gate, no laziness)
+def gated(gen: Generation, *, eager: bool = False) -> Steps:
     """The delta only where the gate opens; small members run only then (unless `eager`)."""
-    plan, steer = gen.plan, gen.plan.steer
-    lazy = steer.large_gated and not eager
-    alone = np.empty(plan.n_vocab, dtype=np.float32)
+    lazy = gen.plan.steer.large_gated and not eager
     while True:
         if lazy:
             out = dict((yield {"large": gen.hold()}))
@@ -120,31 +117,24 @@ def gated(gen: Generation, *, eager: bool = False) -> Steps:  # eager: for tests
             out = dict((yield gen.need()))
             opened = large_gate(gen, out["large"][-1])
         opened = opened and delta_gate(gen, out)
-        if opened:
-            fused = gen.fuse(out)
-        else:
-            fused = fuse(out["large"][-1], None, None, 0.0, plan.n_vocab, plan.mask, alone)
+        fused = gen.fuse(out) if opened else gen.alone(out, "large")
         if not gen.accept(gen.sampler.sample(fused), opened):
             return
 
 
 def nudge(gen: Generation) -> Steps:
     """Where the large-model gate opens, the tuned model writes the next token (or word)."""
-    plan, steer = gen.plan, gen.plan.steer
-    buf = np.empty(plan.n_vocab, dtype=np.float32)
-    alone = ("large",) if steer.large_gated else ()
+    steer = gen.plan.steer
     while True:
-        large = None
-        if alone:
-            large = (yield {"large": gen.hold()})["large"][-1]
-        if large is not None and not large_gate(gen, large):
-            token = gen.sampler.sample(fuse(large, None, None, 0.0, plan.n_vocab, plan.mask, buf))
-            if not gen.accept(token):
-                return
-            continue
+        if steer.large_gated:
+            out = yield {"large": gen.hold()}
+            if not large_gate(gen, out["large"][-1]):
+                if not gen.accept(gen.sampler.sample(gen.alone(out, "large"))):
+                    return
+                continue
         for i in range(NUDGE_WORD_MAX if steer.word else 1):
-            tuned = (yield {"tuned": gen.hold()})["tuned"][-1]
-            token = gen.sampler.sample(fuse(tuned, None, None, 0.0, plan.n_vocab, plan.mask, buf))
+            out = yield {"tuned": gen.hold()}
+            token = gen.sampler.sample(gen.alone(out, "tuned"))
             if i > 0 and _starts_word(gen, token):
                 break  # the next word is the large model's again
             if not gen.accept(token, True):

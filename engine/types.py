@@ -43,6 +43,19 @@ class GenerateRequest:
     trim_stop: bool = True  # drop the matched stop string from the output
     steer: Steer | None = None  # None: the recipe's steering mode
     speculative: Speculation | None = None  # None: the recipe's drafting; OFF turns it off
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the top k
+    logprobs_member: Member = "composite"  # read log-probabilities from one member's logits instead
+    special_text: tuple[str, ...] = ()  # control tokens whose text is emitted (tool-call markers)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability (and the most likely alternatives, best first)."""
+
+    token: int
+    piece: bytes  # the token's bytes (a piece of a multi-byte character is not valid UTF-8 alone)
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -85,3 +98,4 @@ class Chunk:
     done: bool = False
     done_reason: DoneReason | None = None
     stats: Stats | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when the request asked

@@ -16,10 +16,12 @@ from nanocommander.errors import NanoCommanderError
 # Modules that each define add_commands(subparsers); each command sets `func(args) -> int`.
 COMMAND_MODULES = (
     "nanocommander.engine.commands",
+    "nanocommander.engine.rpc_server",
     "nanocommander.registry.commands",
     "nanocommander.backend.commands",
     "nanocommander.tune.commands",
     "nanocommander.plugins.commands",
+    "nanocommander.client",
 )
 
 

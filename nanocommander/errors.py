@@ -58,6 +58,13 @@ class ModelLoadError(NanoCommanderError, RuntimeError):
     """llama.cpp could not load a member or adapter file."""
 
 
+class RpcServerLost(NanoCommanderError, RuntimeError):
+    """An RPC server holding a member's layers went away during a request; the model reloads next time.
+
+    Not a ConnectionError: the streaming layer reads those as the client having left.
+    """
+
+
 class InsufficientMemory(NanoCommanderError, MemoryError):
     """A model's memory estimate exceeds what is free."""
 
@@ -76,3 +83,7 @@ class DigestMismatch(NanoCommanderError, ValueError):
 
 class RegistryError(NanoCommanderError, RuntimeError):
     """A pull, push or store operation failed (network, disk, Hub)."""
+
+
+class ReferenceNotFound(RegistryError, LookupError):
+    """A pull names nothing it can fetch: no recipe file, no Hub name, no stored model (a 404)."""

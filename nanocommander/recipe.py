@@ -2,7 +2,7 @@
 
     name: qwen-pirate
     members:
-      large: {path: models/large.gguf, gpu_layers: -1}
+      large: {path: models/large.gguf, gpu_layers: -1, rpc: ["10.0.0.5:50052"]}
       base:  {hf: Qwen/Qwen2.5-0.5B-GGUF, file: q4.gguf, revision: abc, sha256: ...}
       tuned: {adapter: adapters/pirate.gguf}      # a LoRA on base, or {path: ...}
     alpha: 1.0
@@ -29,13 +29,15 @@ import yaml
 
 from nanocommander.engine.decode_options import Speculation, Steer, parse_speculative, parse_steer
 from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, SAMPLING_KEYS, check_value
+from nanocommander.engine.rpc import parse_endpoint
 from nanocommander.errors import InvalidRequest, RecipeError
 
 ROLES = ("large", "base", "tuned")
 TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "parameters", "license", "messages",
-            "steer", "speculative")
+            "tool_parser", "embedding", "steer", "speculative")
+TOOL_PARSERS = ("hermes", "llama3", "mistral")
 SOURCE_KEYS = ("path", "hf", "file", "revision", "sha256", "ollama")
-MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads")
+MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads", "rpc", "tensor_split")
 PARAM_KEYS = tuple(
     k for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS) if k not in ("alpha", "member", "steer", "speculative")
 )
@@ -74,6 +76,8 @@ class MemberSpec:
     gpu_layers: int = 0
     n_ctx: int | None = None
     threads: int | None = None
+    rpc: tuple[str, ...] = ()  # "host:port" of llama.cpp RPC servers that hold its offloaded layers
+    tensor_split: tuple[float, ...] = ()  # share of the offloaded layers per device (RPC servers first)
 
     @property
     def is_adapter(self) -> bool:
@@ -90,6 +94,9 @@ class MemberSpec:
             value = getattr(self, key)
             if value not in (None, 0):
                 out[key] = value
+        for key in ("rpc", "tensor_split"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
         return out
 
 
@@ -109,6 +116,8 @@ class Recipe:
     steer: Steer | None = None  # None: plain proxy-tuning
     speculative: Speculation | None = None  # None: the engine's default drafting
     path: Path | None = None  # the file it was read from, if any
+    tool_parser: str | None = None  # hermes | llama3 | mistral; None: detect from the chat template
+    embedding: Source | None = None  # the GGUF that embeds; None: the large member
 
     def member(self, role: str) -> MemberSpec:
         return {"large": self.large, "base": self.base, "tuned": self.tuned}[role]
@@ -139,6 +148,10 @@ class Recipe:
             out["steer"] = self.steer.to_dict()
         if self.speculative is not None:
             out["speculative"] = self.speculative.to_dict()
+        if self.tool_parser:
+            out["tool_parser"] = self.tool_parser
+        if self.embedding is not None:
+            out["embedding"] = self.embedding.to_dict()
         return out
 
     def dump(self) -> str:
@@ -198,7 +211,7 @@ class _Parser:
         for role in ("large", "base"):
             if specs[role].is_adapter:
                 raise self.error(members[role][1], f"members.{role}.adapter", "only the tuned member may be an adapter")
-        alpha = self.number(top["alpha"], "alpha") if "alpha" in top else 1.0
+        alpha = self.alpha(top["alpha"]) if "alpha" in top else 1.0
         template = self.string(top["template"], "template") if "template" in top else "tuned"
         if template not in ROLES and "{{" not in template and "{%" not in template:
             raise self.error(top["template"][1], "template", "expected large, base, tuned or an inline Jinja template")
@@ -212,6 +225,8 @@ class _Parser:
             messages=self.messages(top["messages"]) if "messages" in top else (),
             steer=self.decoding(top, "steer", parse_steer),
             speculative=self.decoding(top, "speculative", parse_speculative),
+            tool_parser=self.choice(top["tool_parser"], "tool_parser", TOOL_PARSERS) if "tool_parser" in top else None,
+            embedding=self.embedding(top["embedding"]) if "embedding" in top else None,
             path=(self.base_dir / Path(self.file).name) if self.file != "<recipe>" else None,
         )
 
@@ -251,6 +266,27 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(pair[1], key, f"expected a number, got {type(value).__name__}")
         return float(value)
+
+    def alpha(self, pair) -> float:
+        """A number within the engine's bounds (engine/options.py: finite, |alpha| <= 100)."""
+        value = self.number(pair, "alpha")
+        try:
+            return check_value("alpha", value)
+        except InvalidRequest as exc:
+            raise self.error(pair[1], "alpha", str(exc).split('" ', 1)[-1]) from None
+
+    def choice(self, pair, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.string(pair, key)
+        if value not in allowed:
+            raise self.error(pair[1], key, f"expected one of {', '.join(allowed)}")
+        return value
+
+    def embedding(self, pair) -> Source:
+        node = pair[1]
+        if isinstance(node, yaml.ScalarNode):  # shorthand: `embedding: models/embed.gguf`
+            return self.source({"path": pair}, "embedding", node)
+        fields = self.mapping(pair, "embedding", ("path", "sha256"))
+        return self.source(fields, "embedding", node)
 
     def integer(self, pair, key: str) -> int:
         value = self.scalar(pair, key)
@@ -304,6 +340,11 @@ class _Parser:
                 extra[name] = self.integer(fields[name], f"{key}.{name}")
         if "adapter_scale" in fields:
             extra["adapter_scale"] = self.number(fields["adapter_scale"], f"{key}.adapter_scale")
+        if "rpc" in fields:
+            extra["rpc"] = self.servers(fields["rpc"], f"{key}.rpc")
+            extra.setdefault("gpu_layers", -1)  # naming servers means offloading every layer unless told
+        if "tensor_split" in fields:
+            extra["tensor_split"] = self.split(fields["tensor_split"], f"{key}.tensor_split")
         adapter = None
         if "adapter" in fields:
             anode = fields["adapter"][1]
@@ -318,7 +359,42 @@ class _Parser:
             source = self.source(source_fields, key, node)
         if adapter is not None and source is not None:
             raise self.error(node, f"{key}.adapter", "an adapter member takes the base's weights; drop path/hf")
+        if adapter is not None and ("rpc" in fields or "tensor_split" in fields):
+            name = "rpc" if "rpc" in fields else "tensor_split"
+            raise self.error(fields[name][0], f"{key}.{name}", "an adapter member runs where the base runs")
         return MemberSpec(role=role, source=source, adapter=adapter, **extra)
+
+    def servers(self, pair, key: str) -> tuple[str, ...]:
+        """`rpc:` as a list of host:port, or one string (comma-separated, as llama.cpp's --rpc)."""
+        node = pair[1]
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        out: list[str] = []
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]" if isinstance(node, yaml.SequenceNode) else key
+            value = self.string((None, item), where)
+            for part in (p for p in value.split(",") if p.strip()):
+                try:
+                    endpoint = str(parse_endpoint(part))
+                except ValueError as exc:
+                    raise self.error(item, where, str(exc)) from None
+                if endpoint in out:
+                    raise self.error(item, where, f"{endpoint} is listed twice")
+                out.append(endpoint)
+        if not out:
+            raise self.error(node, key, "expected a list of host:port")
+        return tuple(out)
+
+    def split(self, pair, key: str) -> tuple[float, ...]:
+        node = pair[1]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.error(node, key, "expected a list of numbers, one per device (RPC servers first)")
+        out = tuple(self.number((None, item), f"{key}[{i}]") for i, item in enumerate(node.value))
+        for i, (item, value) in enumerate(zip(node.value, out, strict=True)):
+            if value < 0 or value != value or value == float("inf"):
+                raise self.error(item, f"{key}[{i}]", "expected a finite number >= 0")
+        if not sum(out) > 0:
+            raise self.error(node, key, "at least one share must be positive")
+        return out
 
     def parameters(self, pair) -> dict[str, Any]:
         fields = self.mapping(pair, "parameters", PARAM_KEYS + tuple(sorted(IGNORED_KEYS)))

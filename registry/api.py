@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
+from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub, pull
 from nanocommander.registry.gguf_info import GGUFInfo, MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
@@ -33,9 +35,6 @@ from nanocommander.registry.store import (
     hash_file,
     parse_digest,
 )
-
-from nanocommander.errors import InvalidName, RegistryError
-from nanocommander.recipe import ROLES, Recipe, Source
 
 Event = dict[str, Any]
 
@@ -109,6 +108,8 @@ class VerifyReport:
     affected: list[str]  # models that use a corrupt blob and need pulling again
     removed: list[str]
     partials: int = 0  # bytes of unfinished downloads kept for resuming (removed with fix)
+    stale: int = 0  # temp files left by killed processes (removed with fix)
+    unreferenced: int = 0  # blobs no model uses, e.g. after an interrupted rm (collected with fix)
 
 
 class Registry:
@@ -134,7 +135,7 @@ class Registry:
         if name.is_hub:
             return self._pull(lambda: pull.hub_recipe(self.settings, name), name)
         if self.store.find(name) is None:
-            raise RegistryError(
+            raise ReferenceNotFound(
                 f"'{ref}' is neither a recipe file nor hf.co/user/repo[:tag], and no model of that "
                 "name is stored; to register a recipe run `pull RECIPE.yaml` or `create NAME -f`"
             )
@@ -329,15 +330,21 @@ class Registry:
         partial_dir = self.store.partial
         parts = [p for p in partial_dir.iterdir() if p.is_file()] if partial_dir.is_dir() else []
         partial_bytes = sum(p.stat().st_size for p in parts)
+        stale = self.store.stale_temps()
+        used = self.store.referenced()
+        unused = [d for d in digests if parse_digest(d) not in used]
         if fix:
             for digest in sorted(bad):
                 self.store.blob_path(digest).unlink(missing_ok=True)
                 removed.append(digest)
+            for path in stale:
+                path.unlink(missing_ok=True)
             with self.store.lock("gc", blocking=False) as idle:  # never under a running pull
                 if idle:
                     for p in parts:
                         p.unlink(missing_ok=True)
-        return VerifyReport(len(digests), corrupt, affected, removed, partial_bytes)
+            self.store.gc()
+        return VerifyReport(len(digests), corrupt, affected, removed, partial_bytes, len(stale), len(unused))
 
 
 def _name(name: str | Name) -> Name:

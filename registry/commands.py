@@ -187,6 +187,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if report.partials:
         verb = "removed" if args.fix else "kept for resuming (--fix removes them)"
         print(f"{format_bytes(report.partials)} of unfinished downloads {verb}")
+    if report.unreferenced:
+        verb = "collected" if args.fix else "(--fix collects them)"
+        print(f"{report.unreferenced} blobs no model uses {verb}")
+    if report.stale:
+        verb = "removed" if args.fix else "(--fix removes them)"
+        print(f"{report.stale} temp files left by interrupted commands {verb}")
     print(f"checked {report.checked} blobs, {len(report.corrupt)} corrupt")
     return 1 if report.corrupt and not args.fix else 0
 

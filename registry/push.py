@@ -67,6 +67,8 @@ def push(registry: Registry, source: Name, dest: Name, emit, *, private: bool = 
                 spec,
                 source=publish(spec.source, manifest.layer(MODEL_TYPE, role), role, "model"),
                 adapter=publish(spec.adapter, manifest.layer(ADAPTER_TYPE, role), role, "adapter"),
+                rpc=(),  # this machine's RPC servers are private placement, not part of the shared recipe
+                tensor_split=(),
             ),
         )
     recipe_text = shared.dump()

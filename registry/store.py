@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.errors import DigestMismatch, InvalidName, ModelNotFound, RegistryError
 from nanocommander.registry.name import Name
 
-from nanocommander.errors import DigestMismatch, InvalidName, ModelNotFound, RegistryError
-
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+TEMP = re.compile(r"^\.(?:tmp|upload)-(\d+)-")  # temp files name their writer's pid
 CHUNK = 1 << 20
 MANIFEST_TYPE = "application/vnd.nanocommander.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.nanocommander.config.v1+json"
@@ -315,7 +315,10 @@ class Store:
         return digests
 
     def gc(self) -> list[str]:
-        """Delete unreferenced blobs, unless a pull or create is running (then they wait for the next gc)."""
+        """Delete unreferenced blobs, unless a pull or create is running (then they wait for the next gc).
+
+        Temp files of killed processes (see stale_temps) go too.
+        """
         removed: list[str] = []
         with self.lock("gc", blocking=False) as got:
             if not got:
@@ -326,7 +329,31 @@ class Store:
                     if parse_digest(digest) not in keep:
                         self.blob_path(digest).unlink(missing_ok=True)
                         removed.append(digest)
+                for path in self.stale_temps():
+                    path.unlink(missing_ok=True)
         return removed
+
+    def stale_temps(self) -> list[Path]:
+        """Temp files whose writer no longer runs: a process killed between writing a temp file and
+        renaming it into place (kill -9, power loss) leaves one. A live writer's are never listed."""
+        out = []
+        for path in self.root.rglob(".*") if self.root.is_dir() else ():
+            match = TEMP.match(path.name)
+            if match and (path.is_file() or path.is_symlink()) and not _alive(int(match.group(1))):
+                out.append(path)
+        return out
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def hash_file(path: Path, progress: Progress | None = None) -> str:

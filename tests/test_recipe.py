@@ -90,3 +90,39 @@ def test_missing_member_file_is_named(tmp_path):
 def test_missing_recipe_file_is_named(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found"):
         Recipe.load(tmp_path / "nope.yaml")
+
+
+def test_rpc_servers_and_tensor_split_parse_and_round_trip():
+    recipe = Recipe.parse("""name: far
+members:
+  large: {path: l.gguf, rpc: ["10.0.0.5:50052", gpu-box], tensor_split: [3, 1.5]}
+  base: {path: b.gguf, rpc: "10.0.0.7:1,10.0.0.8:2", gpu_layers: 4}
+  tuned: {adapter: a.gguf}
+""")
+    assert recipe.large.rpc == ("10.0.0.5:50052", "gpu-box:50052") and recipe.large.tensor_split == (3.0, 1.5)
+    assert recipe.large.gpu_layers == -1  # naming servers offloads every layer unless told otherwise
+    assert recipe.base.rpc == ("10.0.0.7:1", "10.0.0.8:2") and recipe.base.gpu_layers == 4
+    assert recipe.tuned.rpc == () and Recipe.parse(recipe.dump()).to_dict() == recipe.to_dict()
+    assert recipe.to_dict()["members"]["large"]["rpc"] == ["10.0.0.5:50052", "gpu-box:50052"]
+
+
+RPC_HEAD = "name: x\nmembers:\n  base: {path: b}\n  tuned: {path: c}\n  large:\n    path: a\n"
+BROKEN_RPC = [
+    (RPC_HEAD + "    rpc: [10.0.0.5:50052, 10.0.0.6:99999]\n", 7, "members.large.rpc[1]", "expected host:port"),
+    (RPC_HEAD + "    rpc:\n      - '[::1]:50052'\n", 8, "members.large.rpc[0]", "IPv6 literals"),
+    (RPC_HEAD + "    rpc: [a:1, a:1]\n", 7, "members.large.rpc[1]", "a:1 is listed twice"),
+    (RPC_HEAD + "    rpc: []\n", 7, "members.large.rpc", "expected a list of host:port"),
+    (RPC_HEAD + "    rpc: [{host: a}]\n", 7, "members.large.rpc[0]", "expected a single value"),
+    (RPC_HEAD + "    tensor_split: [1, -2]\n", 7, "members.large.tensor_split[1]", ">= 0"),
+    (RPC_HEAD + "    tensor_split: [0, 0]\n", 7, "members.large.tensor_split", "must be positive"),
+    (RPC_HEAD + "    tensor_split: 3\n", 7, "members.large.tensor_split", "list of numbers"),
+    ("name: x\nmembers:\n  large: {path: a}\n  base: {path: b}\n  tuned: {adapter: c, rpc: [h:1]}\n",
+     5, "members.tuned.rpc", "runs where the base runs"),
+]
+
+
+@pytest.mark.parametrize("text,line,key,words", BROKEN_RPC)
+def test_broken_rpc_keys_name_file_line_and_key(text, line, key, words):
+    with pytest.raises(RecipeError) as info:
+        Recipe.parse(text, file="broken.yaml")
+    assert (info.value.line, info.value.key) == (line, key) and words in str(info.value)

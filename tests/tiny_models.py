@@ -41,13 +41,16 @@ def byte_symbols() -> list[str]:
     return [mapping[b] for b in range(256)]
 
 
-def vocabulary(*, foreign: bool = False, pad_to: int | None = None) -> tuple[list[str], list[int], list[str]]:
-    """Tokens, token types and merges. `foreign` swaps two merges so ids disagree from 256 on."""
+def vocabulary(*, foreign: bool = False, pad_to: int | None = None,
+               extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[int], list[str]]:
+    """Tokens, token types and merges. `foreign` swaps two merges so ids disagree from 256 on;
+    `extra_specials` are more control tokens after ChatML's (e.g. a tool-call marker)."""
     merges = list(MERGES)
     if foreign:
         merges[0], merges[1] = merges[1], merges[0]
-    tokens = byte_symbols() + ["".join(m) for m in merges] + SPECIALS
-    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(SPECIALS)) + [gguf.TokenType.CONTROL] * len(SPECIALS)
+    specials = SPECIALS + list(extra_specials)
+    tokens = byte_symbols() + ["".join(m) for m in merges] + specials
+    types = [gguf.TokenType.NORMAL] * (len(tokens) - len(specials)) + [gguf.TokenType.CONTROL] * len(specials)
     if pad_to:
         extra = pad_to - len(tokens)
         tokens += [f"[PAD{i}]" for i in range(extra)]
@@ -84,10 +87,11 @@ def linear_shapes(shape: Shape) -> dict[str, tuple[int, int]]:
 
 def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool = False,
                 pad_to: int | None = None, name: str = "tiny", chat_template: str = CHATML_TEMPLATE,
-                add_bos: bool = True) -> Path:
-    """Write a llama GGUF with random F32 weights; the same seed and shape give the same file."""
+                add_bos: bool = True, extra_specials: tuple[str, ...] = (), pooling: int | None = None) -> Path:
+    """Write a llama GGUF with random F32 weights; the same seed and shape give the same file.
+    `pooling` declares an embedding pooling type (llama.pooling_type: 1 mean, 2 cls, 3 last)."""
     rng = np.random.default_rng(seed)
-    tokens, types, merges = vocabulary(foreign=foreign, pad_to=pad_to)
+    tokens, types, merges = vocabulary(foreign=foreign, pad_to=pad_to, extra_specials=extra_specials)
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(name)
@@ -110,6 +114,8 @@ def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool 
     w.add_eot_token_id(IM_END)
     w.add_add_bos_token(add_bos)
     w.add_chat_template(chat_template)
+    if pooling is not None:
+        w.add_pooling_type(gguf.PoolingType(pooling))
 
     def normal(*dims: int, std: float) -> np.ndarray:
         return (rng.standard_normal(dims) * std).astype(np.float32)

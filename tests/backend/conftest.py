@@ -33,7 +33,7 @@ class LiveServer:
         self.app = create_app(self.settings, self.recipes)
         self.runner = web.AppRunner(self.app, handler_cancellation=True)
         self.loop.run_until_complete(self.runner.setup())
-        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.settings.port).start())
+        self.loop.run_until_complete(web.TCPSite(self.runner, self.settings.host, self.settings.port).start())
         self.ready.set()
         self.loop.run_forever()
 

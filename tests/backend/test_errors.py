@@ -101,8 +101,9 @@ OLLAMA_BAD = [
     ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "format": {"type": 7}}),
     ("/api/show", {"model": 7}),
     ("/api/show", {}),
-    ("/api/embed", {"model": "tiny", "input": "x"}),
-    ("/api/embeddings", {"model": "tiny", "prompt": "x"}),
+    ("/api/embed", {"model": "tiny", "input": 5}),
+    ("/api/embed", {"model": "tiny", "input": "x", "dimensions": -1}),
+    ("/api/embeddings", {"model": "tiny", "prompt": ["x"]}),
 ]
 
 

@@ -6,41 +6,15 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 
 import aiohttp
 import httpx
 
-ST_SETTINGS = {  # SillyTavern's KoboldCpp text-completion body (abridged to the fields it always sends)
-    "max_context_length": 1024,
-    "max_length": 16,
-    "rep_pen": 1.0,
-    "rep_pen_range": 320,
-    "rep_pen_slope": 0.7,
-    "temperature": 0.0,
-    "tfs": 1,
-    "top_a": 0,
-    "top_k": 0,
-    "top_p": 1,
-    "min_p": 0,
-    "typical": 1,
-    "sampler_order": [6, 0, 1, 3, 4, 2, 5],
-    "use_default_badwordsids": False,
-    "dynatemp_range": 0,
-    "smoothing_factor": 0,
-    "mirostat": 0,
-    "mirostat_tau": 5,
-    "mirostat_eta": 0.1,
-    "grammar": "",
-    "dry_multiplier": 0,
-    "dry_base": 1.75,
-    "dry_allowed_length": 2,
-    "xtc_threshold": 0.1,
-    "xtc_probability": 0,
-    "banned_tokens": [],
-    "logit_bias": {},
-    "sampler_seed": -1,
-    "trim_stop": True,
-}
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "sillytavern" / "bodies-1.19.0.json"
+CLASSIC = next(c["body"] for c in json.loads(FIXTURE.read_text())["cases"] if c["api"] == "kobold")
+# SillyTavern's KoboldAI Classic body as its own code builds it (see the fixture), made greedy and short.
+ST_SETTINGS = {**{k: v for k, v in CLASSIC.items() if k != "prompt"}, "temperature": 0.0, "max_length": 16}
 
 
 def test_classic_sequence_version_model_generate(server):

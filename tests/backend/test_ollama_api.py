@@ -108,10 +108,9 @@ def test_unknown_model_is_404_with_ollama_error(client):
     assert info.value.status_code == 404 and "not found" in info.value.error
 
 
-def test_embeddings_answer_as_for_a_model_without_that_capability(client):
-    with pytest.raises(ollama.ResponseError) as info:
-        client.embed("tiny", input="hello")
-    assert info.value.status_code == 400 and "does not support embeddings" in info.value.error
+def test_embeddings_come_from_the_large_member(client):
+    out = client.embed("tiny", input=["hello", "world"])  # compared with llama.cpp's own in test_embeddings
+    assert len(out.embeddings) == 2 and len(out.embeddings[0]) == 128
 
 
 def test_temperature_zero_is_deterministic(client):

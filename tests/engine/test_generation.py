@@ -153,3 +153,15 @@ def test_recipe_system_prompt_applies_only_when_conversation_has_none(tiny):
         assert "Be a pirate." not in own and "Mine" in own
     finally:
         comp.close()
+
+
+def test_a_window_of_minus_one_means_the_whole_context_for_dry_and_repetition_penalties(composite):
+    def text(**opts) -> str:
+        sampling = merge_sampling({"temperature": 0, "repeat_penalty": 1.0, **opts})
+        return run_text(composite, "ab ab ab ab ab ab", sampling=sampling, num_predict=40)
+
+    plain = text()
+    assert text(dry_multiplier=0.8, dry_penalty_last_n=-1) == text(dry_multiplier=0.8, dry_penalty_last_n=512)
+    assert text(dry_multiplier=0.8, dry_penalty_last_n=-1) != plain  # DRY really acts at -1
+    assert text(repeat_penalty=1.5, repeat_last_n=-1) == text(repeat_penalty=1.5, repeat_last_n=512)
+    assert text(repeat_penalty=1.5, repeat_last_n=-1) != plain

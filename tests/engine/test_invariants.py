@@ -90,3 +90,20 @@ def test_fused_logits_equal_numpy_sum_of_member_logits(tiny):
     llm.eval(ids)
     np.testing.assert_allclose(own["tuned"], np.array(llm.scores[len(ids) - 1]), atol=2e-2)
     llm.close()
+
+
+def test_non_finite_fused_logits_are_a_clear_error_not_garbage():
+    from nanocommander.engine.fusion import fuse
+    from nanocommander.errors import InvalidRequest
+
+    large = np.zeros(8, np.float32)
+    base, tuned = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    tuned[3] = 3e38  # alpha * (tuned - base) overflows float32
+    with pytest.raises(InvalidRequest, match="not finite"):
+        fuse(large, base, tuned, 100.0, 8, None, np.empty(8, np.float32))
+    tuned[3] = np.nan
+    with pytest.raises(InvalidRequest, match="not finite"):
+        fuse(large, base, tuned, 1.0, 8, None, np.empty(8, np.float32))
+    tuned[3] = 1.0
+    out = fuse(large, base, tuned, 1.0, 8, np.arange(8) > 5, np.empty(8, np.float32))  # masked -inf is fine
+    assert out[3] == 1.0 and np.isneginf(out[6:]).all()

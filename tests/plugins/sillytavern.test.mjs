@@ -4,7 +4,8 @@ import { readFile } from 'node:fs/promises';
 import test from 'node:test';
 
 import {
-    applyAlpha, currentApiType, currentModel, describeMembers, init, loadSettings, MODULE,
+    applyAlpha, connectedUrl, currentApiType, currentModel, describeMembers, init, loadSettings, MODULE, serverRoot,
+    serverUrl,
 } from '../../plugins/sillytavern/index.js';
 
 const EXT = new URL('../../plugins/sillytavern/', import.meta.url);
@@ -44,6 +45,7 @@ const EVENT_TYPES = {
     ONLINE_STATUS_CHANGED: 'online_status_changed',
 };
 
+// getContext() as SillyTavern 1.13+ builds it (st-context.js): textCompletionSettings, getTextGenServer.
 function fakeContext(overrides = {}) {
     const ctx = {
         eventSource: fakeEventSource(),
@@ -53,11 +55,26 @@ function fakeContext(overrides = {}) {
         saves: 0,
         saveSettingsDebounced() { ctx.saves += 1; },
         mainApi: 'textgenerationwebui',
-        textCompletionSettings: { type: 'koboldcpp', ollama_model: 'tiny:latest' },
+        textCompletionSettings: { type: 'koboldcpp', ollama_model: 'tiny:latest',
+            server_urls: { koboldcpp: 'http://127.0.0.1:5001/' } },
+        getTextGenServer: (type) => ctx.textCompletionSettings.server_urls[type ?? ctx.textCompletionSettings.type],
         onlineStatus: 'koboldcpp/tiny',
         ...overrides,
     };
     return ctx;
+}
+
+// getContext() as SillyTavern 1.12.6 builds it (script.js): no textCompletionSettings, no getTextGenServer;
+// the API type and URLs live only in the page's controls (a fake document here, or none at all).
+function oldContext(overrides = {}) {
+    const ctx = fakeContext(overrides);
+    delete ctx.textCompletionSettings;
+    delete ctx.getTextGenServer;
+    return ctx;
+}
+
+function fakeDocument(values) {
+    return { querySelector: (sel) => (sel in values ? { value: values[sel] } : null) };
 }
 
 const SHOW = {
@@ -95,10 +112,10 @@ test('manifest names the files that exist', async () => {
 
 test('applyAlpha sets alpha for supported API types only', () => {
     const settings = { enabled: true, alpha: 0.5, member: 'composite' };
-    for (const api of ['koboldcpp', 'kobold', 'ollama']) {
+    for (const api of ['koboldcpp', 'kobold', 'ooba', 'ollama', 'generic']) {
         assert.deepEqual(applyAlpha({ prompt: 'x' }, settings, api), { prompt: 'x', alpha: 0.5 });
     }
-    for (const api of ['openai', 'novel', 'ooba', 'vllm', null]) {
+    for (const api of ['openai', 'novel', 'vllm', 'tabby', null]) {
         assert.deepEqual(applyAlpha({ prompt: 'x' }, settings, api), { prompt: 'x' });
     }
     assert.deepEqual(applyAlpha({ prompt: 'x' }, { ...settings, enabled: false }, 'koboldcpp'), { prompt: 'x' });
@@ -113,6 +130,49 @@ test('settings load with defaults and keep saved values', () => {
     assert.equal(settings.enabled, true);
     assert.equal(store[MODULE], settings);
     assert.deepEqual(store.other, { keep: 1 });
+    // the URL 0.1.0 saved as its default now follows the connection; a URL the user typed is kept
+    assert.equal(loadSettings({ [MODULE]: { serverUrl: 'http://127.0.0.1:11434' } }).serverUrl, '');
+    assert.equal(loadSettings({ [MODULE]: { serverUrl: 'http://box:11434' } }).serverUrl, 'http://box:11434');
+});
+
+test('api type across getContext() shapes: body api_type, textCompletionSettings, page controls', () => {
+    const doc = fakeDocument({ '#main_api': 'textgenerationwebui', '#textgen_type': 'ooba' });
+    assert.equal(currentApiType(fakeContext()), 'koboldcpp');
+    assert.equal(currentApiType(oldContext(), null, doc), 'ooba');
+    assert.equal(currentApiType(oldContext(), null, null), null);
+    assert.equal(currentApiType(oldContext(), { api_type: 'koboldcpp' }, null), 'koboldcpp');
+    assert.equal(currentApiType({}, null, doc), 'ooba'); // no mainApi at all: the #main_api select
+    assert.equal(currentApiType(oldContext({ mainApi: 'kobold' }), null, null), 'kobold');
+});
+
+test('the member list follows the connected API URL unless one is set', () => {
+    assert.equal(serverRoot('http://127.0.0.1:5001/api/'), 'http://127.0.0.1:5001');
+    assert.equal(serverRoot('http://h:11434/v1'), 'http://h:11434');
+    assert.equal(connectedUrl(fakeContext(), 'koboldcpp'), 'http://127.0.0.1:5001');
+    const viaGetter = fakeContext({ textCompletionSettings: { type: 'ooba' } });
+    viaGetter.getTextGenServer = () => 'http://127.0.0.1:5005';
+    assert.equal(connectedUrl(viaGetter, 'ooba'), 'http://127.0.0.1:5005');
+    const doc = fakeDocument({ '#koboldcpp_api_url_text': 'http://localhost:5001', '#api_url_text': 'http://k:5001/api' });
+    assert.equal(connectedUrl(oldContext(), 'koboldcpp', doc), 'http://localhost:5001');
+    assert.equal(connectedUrl(oldContext(), 'kobold', doc), 'http://k:5001');
+    assert.equal(connectedUrl(oldContext(), 'koboldcpp', null), null);
+    assert.equal(serverUrl({ serverUrl: '' }, oldContext(), 'koboldcpp', 'http://127.0.0.1:5002/', null),
+        'http://127.0.0.1:5002');
+    assert.equal(serverUrl({ serverUrl: '' }, oldContext(), 'koboldcpp', null, null), 'http://127.0.0.1:11434');
+    assert.equal(serverUrl({ serverUrl: 'http://box:9/' }, fakeContext(), 'koboldcpp'), 'http://box:9');
+});
+
+test('SillyTavern 1.12.6 shape without a DOM: alpha still lands, the URL comes from the request', async () => {
+    const ctx = oldContext();
+    const { serverUrl: urlNow } = await init(ctx, { $: null });
+    ctx.extensionSettings[MODULE].alpha = 0.25;
+    const params = { prompt: 'Hi', api_type: 'koboldcpp', api_server: 'http://127.0.0.1:5001' };
+    await ctx.eventSource.emit(EVENT_TYPES.TEXT_COMPLETION_SETTINGS_READY, params);
+    assert.equal(params.alpha, 0.25);
+    assert.equal(urlNow(), 'http://127.0.0.1:5001');
+    const other = { prompt: 'Hi', api_type: 'vllm' };
+    await ctx.eventSource.emit(EVENT_TYPES.TEXT_COMPLETION_SETTINGS_READY, other);
+    assert.equal('alpha' in other, false);
 });
 
 test('api type, model and member description', () => {
@@ -137,11 +197,12 @@ test('init registers settings, UI and handlers; generate events get alpha', asyn
     await init(ctx, { $, fetch: fakeFetch(calls), loadHtml: async () => html });
 
     assert.deepEqual(ctx.extensionSettings[MODULE], { enabled: true, alpha: 1, member: 'composite',
-        serverUrl: 'http://127.0.0.1:11434' });
+        serverUrl: '' });
     assert.ok($.elements['#extensions_settings2']._html.includes('nanocommander_alpha'));
     assert.equal(ctx.eventSource.handlers[EVENT_TYPES.TEXT_COMPLETION_SETTINGS_READY].length, 1);
     // the member list came from POST /api/show for the connected model
-    assert.deepEqual(calls[0], { url: 'http://127.0.0.1:11434/api/show', body: { model: 'tiny' } });
+    // ... on the connected API's URL (KoboldCpp type at :5001)
+    assert.deepEqual(calls[0], { url: 'http://127.0.0.1:5001/api/show', body: { model: 'tiny' } });
     assert.match($.elements['#nanocommander_members'].text(), /^tiny\nrecipe alpha: 1/);
 
     // the slider saves and shows its value
@@ -163,10 +224,10 @@ test('init registers settings, UI and handlers; generate events get alpha', asyn
     assert.equal(ollama.alpha, 0.35);
 
     // another text-completion backend is left alone
-    ctx.textCompletionSettings.type = 'ooba';
-    const ooba = { prompt: 'Hi' };
-    await ctx.eventSource.emit(EVENT_TYPES.TEXT_COMPLETION_SETTINGS_READY, ooba);
-    assert.deepEqual(ooba, { prompt: 'Hi' });
+    ctx.textCompletionSettings.type = 'vllm';
+    const vllm = { prompt: 'Hi' };
+    await ctx.eventSource.emit(EVENT_TYPES.TEXT_COMPLETION_SETTINGS_READY, vllm);
+    assert.deepEqual(vllm, { prompt: 'Hi' });
 
     // KoboldAI Classic goes through GENERATE_AFTER_DATA; chat completion is left alone
     ctx.mainApi = 'kobold';

@@ -88,3 +88,20 @@ def test_push_refuses_bad_targets_and_unknown_models(hub):
     with pytest.raises(ModelNotFound):
         reg.push("tiny", "hf.co/me/x")
     assert hub.repos == {}
+
+
+def test_push_leaves_this_machines_rpc_placement_out_of_the_shared_recipe(hub, published, hub_recipe, tiny):
+    reg = Registry()
+    path = hub_recipe("placed", tuned=f"{{adapter: {tiny['lora']}}}")
+    lr, lf, _ = published["large"]
+    placed = f"large: {{hf: {lr}, file: {lf}, rpc: ['10.0.0.5:50052'], tensor_split: [1]}}"
+    path.write_text(path.read_text().replace(f"large: {{hf: {lr}, file: {lf}}}", placed))
+    list(reg.create("me/placed", path=path))
+    assert reg.resolve("me/placed").member("large").rpc == ("10.0.0.5:50052",)  # kept locally...
+    list(reg.push("me/placed", "hf.co/me/placed"))
+    _, files = hub.repos["me/placed"].head
+    shared = yaml.safe_load(files["nanocommander.yaml"])
+    assert (
+        "rpc" not in shared["members"]["large"] and "tensor_split" not in shared["members"]["large"]
+    )  # ...not shared
+    assert b"10.0.0.5" not in files["nanocommander.yaml"]

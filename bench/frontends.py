@@ -1,0 +1,384 @@
+"""Real front-end checks (not CI: the installs are large): Open WebUI and SillyTavern against `nanocommander serve`.
+
+    python bench/frontends.py RECIPE [--scratch DIR] [--only webui|sillytavern] [--no-screenshots]
+
+Installs into a scratch folder (default ./.frontends): Open WebUI from PyPI in its own venv,
+SillyTavern from the npm registry (the `sillytavern` package; its GitHub repository is not
+needed). Starts `nanocommander serve RECIPE` on a free port, starts each front end pointed at
+it, and drives them through their own HTTP APIs, printing one PASS/FAIL line per flow:
+
+* Open WebUI: sign up the admin, model list, a streamed and a non-streamed chat completion
+  through its OpenAI-compatible proxy, title generation, the NanoCommander function installed
+  (`nanocommander plugins install open-webui`) and its alpha valve changed.
+* SillyTavern: its backend's status/model call for KoboldCpp and for Ollama, a streamed and a
+  non-streamed generation through its proxy, abort, token count, the extension's files served.
+
+Screenshots of each chat page (headless Chromium from Debian, `apt-get install chromium`) are
+written as small PNGs under bench/screenshots/. Every request goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "bench" / "screenshots"
+results: list[tuple[str, bool, str]] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body=None, headers=None, timeout=300, raw=False):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        payload = r.read()
+        return payload if raw else json.loads(payload or b"null")
+
+
+def wait_http(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            urllib.request.urlopen(url, timeout=5)
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {seconds:.0f}s")
+
+
+def check(name: str, fn: Callable[[], object]) -> None:
+    try:
+        detail = fn()
+        results.append((name, True, str(detail or "")[:120]))
+    except Exception as exc:  # a failed flow is a result, not a crash
+        results.append((name, False, f"{type(exc).__name__}: {exc}"[:300]))
+    ok, detail = results[-1][1], results[-1][2]
+    print(f"{'PASS' if ok else 'FAIL'}  {name}  {detail}", flush=True)
+
+
+@contextlib.contextmanager
+def process(args: list[str], *, env=None, cwd=None, log: Path) -> Iterator[subprocess.Popen]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def screenshot(url: str, name: str) -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        raise RuntimeError("no chromium (apt-get install chromium)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    out = SHOTS / f"{name}.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1024,700",
+            "--virtual-time-budget=60000",
+            f"--screenshot={out}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return str(out.relative_to(ROOT))
+
+
+# -- Open WebUI --------------------------------------------------------------------------------
+
+
+def install_webui(scratch: Path) -> Path:
+    venv = scratch / "webui-venv"
+    if not (venv / "bin" / "open-webui").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "open-webui"], check=True)
+    return venv / "bin" / "open-webui"
+
+
+def run_webui(scratch: Path, nc_url: str, model: str, shots: bool) -> None:
+    exe = install_webui(scratch)
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATA_DIR": str(scratch / "webui-data"),
+        "OLLAMA_BASE_URL": nc_url,
+        "OPENAI_API_BASE_URL": f"{nc_url}/v1",
+        "OPENAI_API_KEY": "unused",
+        "WEBUI_SECRET_KEY": "bench",
+        "ENABLE_SIGNUP": "true",
+        "OFFLINE_MODE": "true",
+        "HF_HUB_OFFLINE": "1",
+        "RAG_EMBEDDING_MODEL_AUTO_UPDATE": "false",
+    }
+    base = f"http://127.0.0.1:{port}"
+    with process(
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        log=scratch / "logs" / "webui.log",
+    ):
+        wait_http(f"{base}/health", 600)
+        auth: dict[str, str] = {}
+
+        def signup():
+            body = {"name": "bench", "email": "bench@example.com", "password": "bench-pass"}
+            try:
+                token = http("POST", f"{base}/api/v1/auths/signup", body)["token"]
+            except urllib.error.HTTPError:
+                token = http("POST", f"{base}/api/v1/auths/signin", body)["token"]
+            auth["Authorization"] = f"Bearer {token}"
+            return "admin signed in"
+
+        check("webui: sign up the admin", signup)
+        check(
+            "webui: model list has the composite",
+            lambda: _has_model(http("GET", f"{base}/api/models", headers=auth), model),
+        )
+        chat = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+        check(
+            "webui: non-streamed chat",
+            lambda: http("POST", f"{base}/api/chat/completions", {**chat, "stream": False}, headers=auth)[
+                "choices"
+            ][0]["message"]["content"],
+        )
+        check(
+            "webui: streamed chat",
+            lambda: _sse_text(
+                http("POST", f"{base}/api/chat/completions", {**chat, "stream": True}, headers=auth, raw=True)
+            ),
+        )
+        check(
+            "webui: title generation",
+            lambda: http(
+                "POST",
+                f"{base}/api/v1/tasks/title/completions",
+                {"model": model, "messages": chat["messages"]},
+                headers=auth,
+            ),
+        )
+        token = auth.get("Authorization", "").removeprefix("Bearer ")
+        check(
+            "webui: NanoCommander function installed",
+            lambda: (
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "nanocommander",
+                        "plugins",
+                        "install",
+                        "open-webui",
+                        "--url",
+                        base,
+                        "--token",
+                        token,
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                ).stdout
+            ),
+        )
+        check("webui: alpha valve changed", lambda: _set_alpha(base, auth))
+        if shots:
+            check("webui: screenshot", lambda: screenshot(f"{base}/", "open-webui"))
+
+
+def _has_model(listing, model: str) -> str:
+    ids = [m.get("id") for m in (listing.get("data") if isinstance(listing, dict) else listing) or []]
+    if not any(i and i.split(":")[0] == model.split(":")[0] for i in ids):
+        raise AssertionError(f"{model} not in {ids}")
+    return ", ".join(map(str, ids))
+
+
+def _sse_text(raw: bytes) -> str:
+    text = ""
+    for line in raw.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for c in json.loads(line[6:]).get("choices", []):
+                text += (c.get("delta") or {}).get("content") or ""
+    if not text:
+        raise AssertionError("no streamed text")
+    return text
+
+
+def _set_alpha(base: str, auth: dict[str, str]) -> str:
+    functions = http("GET", f"{base}/api/v1/functions/", headers=auth)
+    fid = next(f["id"] for f in functions if "nanocommander" in f["id"])
+    valves = http("GET", f"{base}/api/v1/functions/id/{fid}/valves", headers=auth) or {}
+    http("POST", f"{base}/api/v1/functions/id/{fid}/valves/update", {**valves, "alpha": 0.5}, headers=auth)
+    return json.dumps(http("GET", f"{base}/api/v1/functions/id/{fid}/valves", headers=auth))
+
+
+# -- SillyTavern ------------------------------------------------------------------------------
+
+
+def install_sillytavern(scratch: Path) -> Path:
+    home = scratch / "sillytavern"
+    server = home / "node_modules" / "sillytavern" / "server.js"
+    if not server.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "sillytavern"], cwd=home, check=True)
+    return server
+
+
+def run_sillytavern(scratch: Path, nc_url: str, kobold_url: str, model: str, shots: bool) -> None:
+    server = install_sillytavern(scratch)
+    ext = (
+        scratch / "st-data" / "default-user" / "extensions" / "nanocommander"
+    )  # a user's third-party extension
+    if not ext.exists():
+        shutil.copytree(ROOT / "plugins" / "sillytavern", ext)
+    port = free_port()
+    args = [
+        "node",
+        str(server),
+        "--port",
+        str(port),
+        "--listen",
+        "false",
+        "--whitelist",
+        "false",
+        "--browserLaunchEnabled",
+        "false",
+        "--dataRoot",
+        str(scratch / "st-data"),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with process(args, cwd=server.parent, log=scratch / "logs" / "sillytavern.log"):
+        wait_http(base, 300)
+        headers = _st_session(base)
+        kobold = {"api_server": f"{kobold_url}/api", "main_api": "kobold"}
+        check(
+            "st: KoboldCpp status",
+            lambda: http("POST", f"{base}/api/backends/kobold/status", kobold, headers),
+        )
+        check(
+            "st: Ollama model list",
+            lambda: http(
+                "POST",
+                f"{base}/api/backends/text-completions/status",
+                {"api_server": nc_url, "api_type": "ollama"},
+                headers,
+            ),
+        )
+        gen = {
+            **kobold,
+            "prompt": "Once upon a time",
+            "max_length": 16,
+            "max_context_length": 1024,
+            "temperature": 0.7,
+            "can_abort": True,
+        }
+        check(
+            "st: non-streamed generation",
+            lambda: http(
+                "POST", f"{base}/api/backends/kobold/generate", {**gen, "streaming": False}, headers
+            ),
+        )
+        check(
+            "st: streamed generation",
+            lambda: http(
+                "POST", f"{base}/api/backends/kobold/generate", {**gen, "streaming": True}, headers, raw=True
+            )[:80],
+        )
+        check("st: abort", lambda: http("POST", f"{kobold_url}/api/extra/abort", {}))
+        check(
+            "st: token count",
+            lambda: http("POST", f"{kobold_url}/api/extra/tokencount", {"prompt": "hello world"}),
+        )
+        check(
+            "st: extension files served",
+            lambda: len(
+                http(
+                    "GET",
+                    f"{base}/scripts/extensions/third-party/nanocommander/manifest.json",
+                    headers=headers,
+                    raw=True,
+                )
+            ),
+        )
+        if shots:
+            check("st: screenshot", lambda: screenshot(base, "sillytavern"))
+
+
+def _st_session(base: str) -> dict[str, str]:
+    """SillyTavern's API wants its CSRF token and the session cookie that came with it."""
+    req = urllib.request.Request(f"{base}/csrf-token")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        cookie = "; ".join(c.split(";", 1)[0] for c in r.headers.get_all("Set-Cookie") or [])
+        token = json.loads(r.read())["token"]
+    return {"X-CSRF-Token": token, "Cookie": cookie}
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipe")
+    ap.add_argument("--scratch", default=str(ROOT / ".frontends"))
+    ap.add_argument("--only", choices=("webui", "sillytavern"))
+    ap.add_argument("--no-screenshots", action="store_true")
+    args = ap.parse_args()
+    scratch = Path(args.scratch).resolve()
+    port, kport = free_port(), free_port()
+    nc_url, kobold_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{kport}"
+    env = {**os.environ, "NANOCOMMANDER_HOST": f"127.0.0.1:{port}", "NANOCOMMANDER_ORIGINS": "*"}
+    cmd = [sys.executable, "-m", "nanocommander", "serve", args.recipe, "--kobold-port", str(kport)]
+    with process(cmd, env=env, log=scratch / "logs" / "nanocommander.log"):
+        wait_http(f"{nc_url}/api/version", 120)
+        model = http("GET", f"{nc_url}/api/tags")["models"][0]["name"]
+        http(
+            "POST", f"{nc_url}/api/generate", {"model": model}
+        )  # load it once, before the front ends time out
+        if args.only in (None, "webui"):
+            check(
+                "webui: install and run", lambda: run_webui(scratch, nc_url, model, not args.no_screenshots)
+            )
+        if args.only in (None, "sillytavern"):
+            check(
+                "st: install and run",
+                lambda: run_sillytavern(scratch, nc_url, kobold_url, model, not args.no_screenshots),
+            )
+    passed = sum(ok for _, ok, _ in results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
