@@ -246,14 +246,18 @@ def run_prompt(comp: Composite, user: str, tokens: int, steering: bool) -> dict:
 
 def print_rows(title: str, rows: dict) -> None:
     print(f"\n{title}")
-    print(f"{'mode':<30}{'tokens/s':>10}{'x large':>9}{'tok/cpu-s':>11}{'x large':>9}{'accept':>8}"
-          f"{'mean acc':>10}{'steered':>9}")
+    print(
+        f"{'mode':<30}{'tokens/s':>10}{'x large':>9}{'tok/cpu-s':>11}{'x large':>9}{'accept':>8}"
+        f"{'mean acc':>10}{'steered':>9}"
+    )
     for label, r in rows.items():
         acc = f"{r['acceptance']:>8.0%}" if "acceptance" in r else f"{'':>8}"
         mean = f"{r['mean_accepted']:>10.2f}" if "mean_accepted" in r else f"{'':>10}"
         steered = f"{r['steered_fraction']:>9.0%}" if "steered_fraction" in r else f"{'':>9}"
-        print(f"{label:<30}{r['tokens_per_s']:>10.1f}{r['ratio_to_large']:>9.2f}{r['tokens_per_cpu_s']:>11.2f}"
-              f"{r['cpu_ratio_to_large']:>9.2f}{acc}{mean}{steered}")
+        print(
+            f"{label:<30}{r['tokens_per_s']:>10.1f}{r['ratio_to_large']:>9.2f}{r['tokens_per_cpu_s']:>11.2f}"
+            f"{r['cpu_ratio_to_large']:>9.2f}{acc}{mean}{steered}"
+        )
 
 
 def main() -> int:
@@ -265,7 +269,9 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--no-steering", action="store_true", help="skip the steering modes")
     ap.add_argument("--threads", type=int, help="threads per member (1 makes CPU time a clean cost measure)")
-    ap.add_argument("--turns", type=int, default=10, help="chat turns for the time-to-first-token test (0: skip)")
+    ap.add_argument(
+        "--turns", type=int, default=10, help="chat turns for the time-to-first-token test (0: skip)"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nc-bench-"))
@@ -307,9 +313,11 @@ def main() -> int:
         f"({b['per_token_speedup_4']:.2f}x per token), 8 tokens {b['batch_8_ms']:.1f} ms "
         f"({b['per_token_speedup_8']:.2f}x per token)"
     )
-    print(
-        f"time to first token: turn 1 {results['ttft_turn1_ms']:.1f} ms, turn 10 {results['ttft_turn10_ms']:.1f} ms"
-    )
+    if args.turns:
+        print(
+            f"time to first token: turn 1 {results['ttft_turn1_ms']:.1f} ms, "
+            f"turn {args.turns} {results['ttft_turn10_ms']:.1f} ms"
+        )
     print(f"max resident memory: {results['max_rss_mib']:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

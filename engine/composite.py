@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
-from nanocommander.engine.fusion import fuse
-from nanocommander.engine.decode_options import DEFAULT_SPECULATION, Steer
+from nanocommander.engine.decode_options import DEFAULT_SPECULATION, OFF, Speculation, Steer
 from nanocommander.engine.decoding import strategy_for
+from nanocommander.engine.fusion import fuse
 from nanocommander.engine.generation import Generation, Need, Plan, Steps
 from nanocommander.engine.logprobs import reader as logprob_reader
 from nanocommander.engine.logprobs import special_piece
@@ -219,6 +219,12 @@ class Composite:
 
     # -- generation ------------------------------------------------------------------------
 
+    @property
+    def default_speculation(self) -> Speculation:
+        """Tuned drafts where a batch is nearly free (the large member on a GPU); off on a CPU, where
+        verifying k drafted tokens costs about k single steps (README, Performance)."""
+        return DEFAULT_SPECULATION if self.recipe.large.gpu_layers != 0 else OFF
+
     def plan(self, req: GenerateRequest) -> Plan:
         """Which members run for `req`, with what alpha, steering and drafting (request over recipe)."""
         mask = self.vocab.mask
@@ -226,7 +232,7 @@ class Composite:
             mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
             mask[list(self.vocab.eog)] = True
         steer = req.steer or self.recipe.steer or Steer()
-        spec = req.speculative or self.recipe.speculative or DEFAULT_SPECULATION
+        spec = req.speculative or self.recipe.speculative or self.default_speculation
         if req.member != "composite":
             return Plan((req.member,), 0.0, self.vocab.n_vocab, mask, steer, spec)
         alpha = self.recipe.alpha if req.alpha is None else float(req.alpha)

@@ -17,7 +17,9 @@ The chain runs at each position with exactly the committed history (drafted toke
 one by one as they are accepted), so penalties, DRY and grammars stay exact; only samplers that
 draw with their own state (mirostat, XTC) turn speculation off (`usable`). Rejected tokens leave
 the members' caches at their next Hold (the common-prefix rule). The draft length adapts to
-acceptance: +2 after a fully accepted round, -1 otherwise.
+acceptance: +2 after a fully accepted round; after a rejection it drops to at most the number
+accepted (so to 0 when the first draft misses), and at 0 rounds are plain steps with a one-token
+probe every PROBE steps.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ Fuse = Callable[[Logits, int], np.ndarray]
 DRAFT_TOP = 64  # a tuned draft is drawn from its top tokens only (q must just be known exactly)
 P_MIN = 0.25  # stop drafting when the tuned model's top probability falls below this
 NGRAM = (4, 3, 2)  # prompt lookup tries the longest n-gram first
+PROBE = 8  # plain steps before drafting again once the draft length fell to 0
 
 
 def usable(gen: Generation) -> bool:
@@ -63,16 +66,27 @@ class Lookup:
 
 
 class Length:
-    """The draft length: grows while drafts are fully accepted, shrinks on rejection."""
+    """The draft length: grows while drafts are fully accepted, shrinks on rejection, down to 0.
+
+    At 0 the round is a plain step (no draft); after PROBE plain steps one token is drafted again,
+    so a drafter that keeps missing costs little more than no speculation.
+    """
 
     def __init__(self, most: int):
-        self.most, self.k = most, min(4, most)
+        self.most, self.k, self.idle = most, min(4, most), 0
+
+    def next(self) -> int:
+        if self.k == 0:
+            self.idle += 1
+            if self.idle > PROBE:
+                self.k, self.idle = 1, 0
+        return self.k
 
     def update(self, drafted: int, accepted: int) -> None:
         if drafted and accepted == drafted:
             self.k = min(self.most, self.k + 2)
         elif drafted:
-            self.k = max(1, self.k - 1)
+            self.k = max(0, min(self.k - 1, accepted))
 
 
 def speculative(gen: Generation, fuse: Fuse | None = None) -> Steps:
@@ -87,7 +101,7 @@ def speculative(gen: Generation, fuse: Fuse | None = None) -> Steps:
     if not gen.accept(sampler.sample(fuse(logits, -1)), plan.steered):
         return
     while True:
-        k = min(length.k, gen.room() - 1)
+        k = min(length.next(), gen.room() - 1)
         draft: list[int] = []
         qs: list[tuple[np.ndarray, np.ndarray] | None] = []
         rows: list[np.ndarray] = []  # tuned logits predicting each drafted position
