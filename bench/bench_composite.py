@@ -227,11 +227,31 @@ def ttft_turns(comp: Composite, turns: int = 10) -> tuple[float, float]:
     return times[0], times[-1]
 
 
+def ttft_cold(comp: Composite, turns: int = 10) -> float:
+    """Time to first token of a turn-10-sized prompt with empty KV caches (no prefix reuse)."""
+    history = []
+    for i in range(turns):
+        history += [
+            {"role": "user", "content": f"Turn {i}: tell me something about the number {i * 7}."},
+            {"role": "assistant", "content": "Here is a fact about that number, briefly stated."},
+        ]
+    prompt = comp.chat_prompt(history[:-1])
+    for m in comp.members.values():
+        m.reset()
+    t0 = time.perf_counter()
+    for _ in comp.generate(GenerateRequest(prompt=prompt, sampling=GREEDY, num_predict=1)):
+        return time.perf_counter() - t0
+    return 0.0
+
+
 def run_prompt(comp: Composite, user: str, tokens: int, steering: bool) -> dict:
     prompt = comp.chat_prompt([{"role": "user", "content": user}])
     rows = {"large alone": decode_speed(comp, prompt, tokens, member="large", speculative=OFF)}
     for label, kw in DECODING.items():
         rows[label] = decode_speed(comp, prompt, tokens, **kw)
+    comp.concurrent = True  # members on threads at once (each with half the threads)
+    rows["composite, concurrent"] = decode_speed(comp, prompt, tokens, speculative=OFF)
+    comp.concurrent = False
     if steering:
         for label, steer in STEERING.items():
             rows[label] = decode_speed(comp, prompt, tokens, steer=parse_steer(steer), speculative=OFF)
@@ -297,6 +317,7 @@ def main() -> int:
     if args.turns:
         t1, t10 = ttft_turns(comp, args.turns)
         results["ttft_turn1_ms"], results["ttft_turn10_ms"] = t1 * 1000, t10 * 1000
+        results["ttft_no_reuse_ms"] = ttft_cold(comp, args.turns) * 1000
     results["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     comp.close()
 
