@@ -80,6 +80,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--sweep", action="store_true", help="also try steering modes x thresholds (one table row each)"
     )
+    e.add_argument("--style-marker", help="also count general replies containing this text (a style's tell)")
     e.add_argument("--format", choices=("messages", "sharegpt", "alpaca", "completion", "text"))
     e.add_argument(
         "--alpha", help="composite alpha(s), comma-separated, e.g. 0.5,1.0 (default: the recipe's)"
@@ -195,6 +196,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         limit=args.limit,
         num_predict=args.num_predict,
+        marker=args.style_marker,
     )
     print(report.table())
     if args.json:

@@ -47,6 +47,7 @@ class Setting:
     generated: int = 0
     steered: int = 0
     seconds: float = 0.0
+    styled: int = 0  # general replies containing the style marker (--style-marker)
     marked: bool = False
 
     @property
@@ -67,6 +68,7 @@ class Setting:
             "general_accuracy": self.accuracy if self.asked else None,
             "steered_fraction": self.steered / self.generated if self.generated else None,
             "tokens_per_s": self.generated / self.seconds if self.seconds else None,
+            "styled_fraction": self.styled / self.asked if self.asked else None,
             "marked": self.marked,
         }
 
@@ -76,9 +78,12 @@ class SweepReport:
     recipe: str
     settings: list[Setting]
     notes: list[str] = field(default_factory=list)
+    marker: str | None = None
 
     def table(self) -> str:
         head = f"{'setting':<34} {'style NLL':>9} {'general':>8} {'steered':>8} {'tok/s':>7}"
+        if self.marker:
+            head += f" {'styled':>7}"
         lines = [head]
         for s in self.settings:
             d = s.to_dict()
@@ -86,7 +91,8 @@ class SweepReport:
             acc = f"{s.accuracy:>8.1%}" if s.asked else f"{'-':>8}"
             frac = f"{d['steered_fraction']:>8.1%}" if d["steered_fraction"] is not None else f"{'-':>8}"
             speed = f"{d['tokens_per_s']:>7.1f}" if d["tokens_per_s"] else f"{'-':>7}"
-            lines.append(f"{s.label:<34} {style} {acc} {frac} {speed}{'  *' if s.marked else ''}")
+            styled = f" {s.styled / s.asked:>7.0%}" if self.marker and s.asked else ""
+            lines.append(f"{s.label:<34} {style} {acc} {frac} {speed}{styled}{'  *' if s.marked else ''}")
         lines.append(
             "* style loss within 10 % of the tuned model's and accuracy >= 95 % of the large model's"
         )
@@ -158,7 +164,9 @@ def correct(reply: str, answers: list[str]) -> bool:
     return any(normalise(a) in got for a in answers)
 
 
-def ask_all(comp, items, settings: list[Setting], num_predict: int, progress: bool) -> None:
+def ask_all(
+    comp, items, settings: list[Setting], num_predict: int, progress: bool, marker: str | None = None
+) -> None:
     """Greedy replies to every question under every setting; counts right answers, speed, steering."""
     from nanocommander.engine.options import merge_sampling
     from nanocommander.engine.types import GenerateRequest
@@ -177,7 +185,9 @@ def ask_all(comp, items, settings: list[Setting], num_predict: int, progress: bo
             )  # type: ignore[arg-type]
             chunks = list(comp.generate(req))
             stats = chunks[-1].stats
-            s.correct += correct("".join(c.text for c in chunks), answers)
+            reply = "".join(c.text for c in chunks)
+            s.correct += correct(reply, answers)
+            s.styled += bool(marker) and marker.lower() in reply.lower()
             s.asked += 1
             s.generated += stats.eval_count
             s.steered += stats.steered
@@ -271,6 +281,7 @@ def sweep(
     limit: int | None = None,
     num_predict: int = 32,
     progress: bool = True,
+    marker: str | None = None,
 ) -> SweepReport:
     from nanocommander.engine.composite import Composite
     from nanocommander.recipe import Recipe
@@ -295,9 +306,9 @@ def sweep(
             score_all(comp, encoded, settings)
             notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
         if items:
-            ask_all(comp, items, settings, num_predict, progress)
+            ask_all(comp, items, settings, num_predict, progress, marker)
             notes.append(f"general questions: {len(items)} from {general}")
     finally:
         comp.close()
     mark(settings)
-    return SweepReport(str(recipe_path), settings, notes)
+    return SweepReport(str(recipe_path), settings, notes, marker)

@@ -138,12 +138,14 @@ def test_eval_general_sweep_prints_the_table_and_marks(trained, tmp_path, capsys
                                                         {"question": "what is the answer", "answer": "tea"}])
     report_path = tmp_path / "sweep.json"
     rc = main(["eval", str(trained["recipe"]), "--data", str(trained["data"]), "--general", str(general), "--sweep",
-               "--limit", "3", "--num-predict", "40", "--alpha", "1.0", "--json", str(report_path)])
+               "--limit", "3", "--num-predict", "40", "--alpha", "1.0", "--style-marker", "all in the",
+               "--json", str(report_path)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "style NLL" in out and "recommended a=1" in out and "nudge(top1=0.4) a=1" in out
     rows = {r["setting"]: r for r in json.loads(report_path.read_text())["settings"]}
     assert rows["tuned"]["general_accuracy"] == 1.0 and rows["large"]["general_accuracy"] == 0.0
+    assert rows["tuned"]["styled_fraction"] == 1.0 and rows["large"]["styled_fraction"] == 0.0
     assert rows["large"]["steered_fraction"] == 0.0 and rows["proxy a=1"]["steered_fraction"] == 1.0
     tuned_style = rows["tuned"]["style_nll"]
     for r in rows.values():  # large's accuracy is 0, so the style rule alone decides the mark
