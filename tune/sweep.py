@@ -212,7 +212,7 @@ def score_all(comp, encoded, settings: list[Setting]) -> None:
             since = since + 1 if pos > start and enc.mask[pos - 1] else 0
             if not enc.mask[pos]:
                 continue
-            rows = {r: _masked(logits[r][k], n_vocab, mask) for r in logits}
+            rows = {r: logits[r][k][:n_vocab].astype(np.float64) for r in logits}  # masked after fusing
             cache: dict[Any, np.ndarray] = {}
             for s in settings:
                 lp = _logprobs(s, rows, since, comp.recipe.alpha, logits, k, n_vocab, mask, cache)
@@ -220,14 +220,10 @@ def score_all(comp, encoded, settings: list[Setting]) -> None:
                 s.tokens += 1
 
 
-def _masked(row: np.ndarray, n_vocab: int, mask) -> np.ndarray:
-    z = row[:n_vocab].astype(np.float64)
+def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
+    """log_softmax over the sampleable ids (padding ids get -inf)."""
     if mask is not None:
-        z[mask] = -np.inf
-    return z
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
+        z = np.where(mask, -np.inf, z)
     m = z[np.isfinite(z)].max()
     return z - m - np.log(np.exp(z - m).sum())
 
@@ -237,7 +233,7 @@ def _logprobs(s: Setting, rows, since: int, recipe_alpha: float, raw, k, n_vocab
     if s.member != "composite":
         key: Any = s.member
         if key not in cache:
-            cache[key] = _log_softmax(rows[s.member])
+            cache[key] = _log_softmax(rows[s.member], mask)
         return cache[key]
     alpha = recipe_alpha if s.alpha is None else s.alpha
     steer = s.steer or Steer()
@@ -254,9 +250,9 @@ def _logprobs(s: Setting, rows, since: int, recipe_alpha: float, raw, k, n_vocab
     if key not in cache:
         z = rows["large"] + alpha * (rows["tuned"] - rows["base"])
         if key[2] > 0:
-            large = rows["large"]
+            large = rows["large"] if mask is None else np.where(mask, -np.inf, rows["large"])
             z = np.where(large >= large.max() + math.log(key[2]), z, -np.inf)
-        cache[key] = _log_softmax(z)
+        cache[key] = _log_softmax(z, mask)
     return cache[key]
 
 
