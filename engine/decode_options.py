@@ -59,10 +59,11 @@ class Steer:
         return out
 
 
-# The project's recommended setting (README, "Choosing a steering setting"): steer the reply's
-# opening and the steps where the large model is unsure, and there only where tuning moved the
-# tuned model's choice strongly (a style decision, not a knowledge difference between small models).
-RECOMMENDED = Steer(mode="gated", top1=0.5, opening=8, delta=2.0)
+# The project's recommended setting (README, "Choosing a steering setting"): steer only the reply's
+# opening, where a style announces itself and the large model is confidently neutral, and there only
+# where tuning moved the tuned model's choice strongly (a style decision, not a knowledge difference);
+# the rest of the reply is the large model's, so the small members run for the opening alone.
+RECOMMENDED = Steer(mode="gated", opening=8, delta=2.0)
 PRESETS = {"recommended": RECOMMENDED}
 
 _PARAMS: dict[str, tuple[str, ...]] = {
