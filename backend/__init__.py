@@ -8,7 +8,7 @@ How the pieces fit (every protocol follows the same pattern)::
                        (SETTINGS, MANAGER); the one middleware (CORS, bearer key, body cap, errors);
                        cleanup_ctx starts/stops the model manager
     manager.py         ModelManager: load on first use (in a thread), keep_alive (0 unloads once the
-                       model's requests end), per-model queue (NANOCOMMANDER_NUM_PARALLEL slots,
+                       model's requests end), per-model queue (NANOCOMMANDER_NUM_PARALLEL slots batched together,
                        NANOCOMMANDER_MAX_QUEUE waiting -> 503), shared weights through one engine
                        ModelPool, a memory check before loading (the registry's estimate)
     translate.py       shared by all protocols: validated options -> GenerateRequest, model facts

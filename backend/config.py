@@ -91,7 +91,7 @@ class Settings:
     api_key: str | None = None
     insecure_no_auth: bool = False
     keep_alive: float = 300.0
-    num_parallel: int = 1
+    num_parallel: int = 4  # slots per model: requests decoded together in one batch
     max_queue: int = 512
     max_body: int = 32 * 1024 * 1024
     default_model: str | None = None
@@ -99,13 +99,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (1), _MAX_QUEUE (512);
+        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (4), _MAX_QUEUE (512);
         keyword overrides (from the command line) win. A malformed value stops startup with its name."""
         env = os.environ
         try:
             host, port = parse_host(env.get("NANOCOMMANDER_HOST"))
             keep_alive = parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0)
-            num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 1)
+            num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 4)
             max_queue = _positive(env, "NANOCOMMANDER_MAX_QUEUE", 512)
             _servers(env)
         except ValueError as exc:

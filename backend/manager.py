@@ -38,16 +38,17 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def memory_estimate(recipe: Recipe, loaded: set[Path] | None = None) -> tuple[int, int | None]:
-    """(bytes needed, bytes free): the registry's estimate when it offers one, else the distinct
-    member and adapter files not yet loaded (weights dominate; the KV cache of the tiny contexts
-    we default to is small next to them) against MemAvailable."""
+def memory_estimate(
+    recipe: Recipe, loaded: set[Path] | None = None, num_parallel: int | None = None
+) -> tuple[int, int | None]:
+    """(bytes needed, bytes free): the registry's estimate (weights + KV cache for every slot) when it
+    offers one, else the distinct member and adapter files not yet loaded against MemAvailable."""
     files = _member_files(recipe)
     shared = files & {p.resolve() for p in loaded or ()}
     try:
         from nanocommander.registry import estimate_memory
 
-        estimate = estimate_memory(recipe)
+        estimate = estimate_memory(recipe, num_parallel=num_parallel)
         return max(int(estimate.total) - sum(p.stat().st_size for p in shared), 0), estimate.free
     except (ImportError, AttributeError, ValueError, OSError):
         pass
@@ -140,8 +141,11 @@ class ModelManager:
                 loaded = None
             if loaded is None:
                 await asyncio.to_thread(self.check_memory, recipe)
-                comp = await asyncio.to_thread(Composite.load, recipe, self.pool)
-                loaded = Loaded(key, comp, asyncio.Semaphore(max(1, self.settings.num_parallel)))
+                comp = await asyncio.to_thread(
+                    Composite.load, recipe, self.pool, n_parallel=self.settings.num_parallel
+                )
+                # as many requests at once as the composite has slots; the rest wait here (MAX_QUEUE)
+                loaded = Loaded(key, comp, asyncio.Semaphore(comp.n_parallel))
                 self.loaded[key] = loaded
         self.touch(loaded, keep_alive)
         self.last_used_name = key
@@ -155,7 +159,7 @@ class ModelManager:
 
     def check_memory(self, recipe: Recipe) -> None:
         """Refuse a model whose estimate exceeds free memory (weights already in the pool are free)."""
-        needed, free = memory_estimate(recipe, set(self.pool.loaded()))
+        needed, free = memory_estimate(recipe, set(self.pool.loaded()), self.settings.num_parallel)
         if free is not None and needed > free:
             raise InsufficientMemory(
                 f"model requires more system memory ({gib(needed)}) than is available ({gib(free)}); "

@@ -120,7 +120,8 @@ async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
     key, recipe = await asyncio.to_thread(request.app[MANAGER].catalog.lookup, wire.model_name(body))
     described = await asyncio.to_thread(describe, recipe)
-    memory = await asyncio.to_thread(_memory, recipe)  # header reads: off the event loop
+    slots = request.app[MANAGER].settings.num_parallel
+    memory = await asyncio.to_thread(_memory, recipe, slots)  # header reads: off the event loop
     members = described["members"]
     large = members.get("large", {})
     arch = large.get("architecture") or "unknown"
@@ -151,12 +152,12 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
-def _memory(recipe: Any) -> dict[str, Any] | None:
+def _memory(recipe: Any, num_parallel: int | None) -> dict[str, Any] | None:
     """The registry's memory estimate (weights + KV cache per member), when the registry offers one."""
     try:
         from nanocommander.registry import estimate_memory
 
-        return estimate_memory(recipe).to_dict()
+        return estimate_memory(recipe, num_parallel=num_parallel).to_dict()
     except (ImportError, AttributeError, ValueError, OSError):
         return None
 
@@ -168,8 +169,19 @@ def _member_template(member: dict[str, Any]) -> str:
 async def ps(request: web.Request) -> web.Response:
     models = []
     for loaded in sorted(request.app[MANAGER].loaded.values(), key=lambda m: -m.expires_at):
-        described = describe(loaded.composite.recipe)
-        models.append(wire.ps_entry(loaded.name, described, loaded.expires_at, loaded.composite.n_ctx))
+        comp = loaded.composite
+        entry = wire.ps_entry(loaded.name, describe(comp.recipe), loaded.expires_at, comp.n_ctx)
+        memory = await asyncio.to_thread(_memory, comp.recipe, comp.n_parallel)  # num_ctx of KV per slot
+        entry["composite"] = {
+            "num_parallel": comp.n_parallel,
+            "active": len(comp.scheduler.active()),
+            "kv_cache": memory
+            and {
+                "formula": memory["kv_formula"],
+                "bytes": {role: m["kv_cache"] for role, m in memory["members"].items()},
+            },
+        }
+        models.append(entry)
     return web.json_response({"models": models})
 
 

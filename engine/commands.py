@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         llamalog.install(True)
     recipe = load_recipe(args.recipe)
     print(f"loading {recipe.name}...", file=sys.stderr, flush=True)
-    comp = Composite.load(recipe)
+    comp = Composite.load(recipe, n_parallel=1)  # one user at the terminal: one slot of KV cache
     try:
         if args.verbose:
             print(f"load time: {comp.load_s:.2f}s", file=sys.stderr)

@@ -2,18 +2,20 @@
 
 Generation is layered: a strategy (engine/decoding.py) decides which members must hold
 which tokens and commits sampled tokens to a `Generation` (engine/generation.py); the
-composite serves those needs from its members (`hold`), `generate` drives one request,
-and `stream` runs it on a worker thread for asyncio callers. The engine sees token ids and text only; it
-knows nothing of any wire protocol.
+composite's scheduler (engine/scheduler.py) serves the Needs of all requests in flight, one
+batch per member per round, each request in its own sequence (slot) of every member context.
+`generate` (blocking) and `stream` (asyncio) hand a request to the scheduler and relay its
+chunks. The engine sees token ids and text only; it knows nothing of any wire protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,20 +26,22 @@ from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
 from nanocommander.engine.decode_options import DEFAULT_SPECULATION, OFF, Speculation, Steer
 from nanocommander.engine.decoding import strategy_for
 from nanocommander.engine.fusion import fuse
-from nanocommander.engine.generation import Generation, Need, Plan, Steps
+from nanocommander.engine.generation import Generation, Logits, Need, Plan, Steps
 from nanocommander.engine.logprobs import reader as logprob_reader
 from nanocommander.engine.logprobs import special_piece
 from nanocommander.engine.member import Hold, LoadedModel, Member
+from nanocommander.engine.options import num_parallel
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.rpc import placement
 from nanocommander.engine.sampling import Sampler
-from nanocommander.engine.types import Chunk, DoneReason, GenerateRequest, Stats
+from nanocommander.engine.scheduler import Item, Scheduler, Ticket
+from nanocommander.engine.types import Chunk, GenerateRequest, Stats
 from nanocommander.engine.vocab import shared_vocab
 from nanocommander.errors import ContextOverflow, InvalidRequest, ModelLoadError
 from nanocommander.recipe import ROLES, MemberSpec, Recipe
 
 DEFAULT_NUM_CTX = 4096
-_END = object()
+STREAM_AHEAD = 8  # rounds an async consumer may fall behind before its request pauses
 
 
 def _member_path(spec: MemberSpec) -> Path:
@@ -67,12 +71,14 @@ class Composite:
         self.recipe, self.members, self.pool = recipe, members, pool
         self.load_s = load_s
         self.concurrent = concurrent
-        self.n_ctx = min(m.n_ctx for m in members.values())
+        self.n_ctx = min(m.n_ctx for m in members.values())  # per sequence
+        self.n_parallel = min(m.n_seq for m in members.values())
         self.vocab = shared_vocab({role: m.model for role, m in members.items()})
         self._logits = np.empty(self.vocab.n_vocab, dtype=np.float32)
         self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="member")
-        self._gen_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self._lock = threading.Lock()
+        self._members_lock = threading.Lock()  # one batch at a time on the member contexts
+        chunk = min(m.n_batch for m in members.values())
+        self.scheduler = Scheduler(self, self.n_parallel, chunk)
         self.template = self._template()
         self.closed = False
 
@@ -86,8 +92,13 @@ class Composite:
         *,
         concurrent: bool | None = None,
         n_ctx: int | None = None,
+        n_parallel: int | None = None,
     ) -> Composite:
-        """Load the three members (sharing weights through `pool`) and check their vocabularies."""
+        """Load the three members (sharing weights through `pool`) and check their vocabularies.
+
+        Each member context holds `slots` sequences of `n_ctx` tokens (recipe `num_parallel`, else
+        `n_parallel`, else 4): its KV cache is slots * n_ctx tokens (see `Member`).
+        """
         t0 = time.perf_counter()
         pool = pool or ModelPool()
         if concurrent is None:
@@ -109,6 +120,7 @@ class Composite:
             want_ctx = n_ctx or recipe.parameters.get("num_ctx") or DEFAULT_NUM_CTX
             threads = recipe.parameters.get("num_thread")
             n_batch = recipe.parameters.get("num_batch", 512)
+            slots = num_parallel(recipe.parameters, n_parallel)
             for role in ROLES:
                 spec = recipe.member(role)
                 model = models[role]
@@ -126,6 +138,7 @@ class Composite:
                     adapter=adapter,
                     adapter_scale=spec.adapter_scale,
                     n_batch=n_batch,
+                    n_seq=slots,
                 )
             return cls(recipe, members, pool, load_s=time.perf_counter() - t0, concurrent=concurrent)
         except BaseException:
@@ -139,22 +152,14 @@ class Composite:
         if self.closed:
             return
         self.closed = True
-        # A generator suspended between tokens holds the lock; it stops at its next step.
-        locked = self._lock.acquire(timeout=10)
-        try:
-            self._executor.shutdown(wait=True)
-            self._gen_executor.shutdown(wait=False)
-            models = {id(m.model): m.model for m in self.members.values()}
-            for member in self.members.values():
-                member.close()
-            for role in ROLES:  # release once per acquire (the adapter member shares base's)
-                if role == "tuned" and self.recipe.tuned.is_adapter:
-                    continue
-                self.pool.release(self.members[role].model)
-            models.clear()
-        finally:
-            if locked:
-                self._lock.release()
+        self.scheduler.stop()  # running requests end with a cancel chunk after the current round
+        self._executor.shutdown(wait=True)
+        for member in self.members.values():
+            member.close()
+        for role in ROLES:  # release once per acquire (the adapter member shares base's)
+            if role == "tuned" and self.recipe.tuned.is_adapter:
+                continue
+            self.pool.release(self.members[role].model)
 
     # -- text ------------------------------------------------------------------------------
 
@@ -247,21 +252,22 @@ class Composite:
         return {role: out[0] for role, out in self.hold_many({r: [h] for r, h in need.items()}).items()}
 
     def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
-        """Each member serves its Holds (of one or many sequences) in one batch."""
+        """Each member serves its Holds (of one or many sequences) in one batch (the scheduler's call)."""
         members = [self.members[role] for role in holds]
         share = len(members) if self.concurrent else 1  # concurrent members split the cores
-        for m in members:
-            m.use_threads(share)
-        if self.concurrent and len(members) > 1:
-            futures = {m.role: self._executor.submit(m.hold, holds[m.role]) for m in members}
-            return {role: f.result() for role, f in futures.items()}
-        return {m.role: m.hold(holds[m.role]) for m in members}
+        with self._members_lock:
+            for m in members:
+                m.use_threads(share)
+            if self.concurrent and len(members) > 1:
+                futures = {m.role: self._executor.submit(m.hold, holds[m.role]) for m in members}
+                return {role: f.result() for role, f in futures.items()}
+            return {m.role: m.hold(holds[m.role]) for m in members}
 
     def fused_logits(
         self, members: list[Member], alpha: float, tokens: list[int], extra_mask: np.ndarray | None = None
     ) -> np.ndarray:
         """Evaluate `tokens` on `members` (large first) and return the fused last-position logits."""
-        logits = self.hold({m.role: Hold(0, tokens) for m in members})
+        logits = self._job(tokens, members[0].role, lambda seq: {m.role: Hold(seq, tokens) for m in members})
         first = logits[members[0].role][-1]
         base = logits["base"][-1] if "base" in logits else None
         tuned = logits["tuned"][-1] if "tuned" in logits else None
@@ -309,72 +315,111 @@ class Composite:
         return gen, strategy_for(gen)
 
     def generate(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
-        """Blocking generator of text chunks; the final chunk carries done_reason and stats."""
-        with self._lock:
-            gen, steps = self.start(req)
-            try:
-                yield from self._drive(gen, steps, cancel)
-            finally:
-                steps.close()
-                gen.sampler.close()
+        """Blocking generator of text chunks; the final chunk carries done_reason and stats.
 
-    def _drive(self, gen: Generation, steps: Steps, cancel: threading.Event | None) -> Iterator[Chunk]:
-        """Serve one Generation's Needs until its strategy returns; yield its chunks as they come."""
-        need = next(steps)
-        first = True
-        while True:
-            if self.closed or (cancel is not None and cancel.is_set()):
-                gen.reason = gen.reason or DoneReason.CANCEL
-                break
-            before = {role: self.members[role].stats.evaluated for role in need}
-            logits = self.hold(need)
-            if first:  # the prompt: count what the busiest member actually evaluated
-                gen.prompt_done(max(self.members[r].stats.evaluated - n for r, n in before.items()))
-                first = False
-            try:
-                need = steps.send(logits)
-            except StopIteration:
-                need = None
-            yield from gen.drain()
-            if need is None:
-                break
-        yield gen.finish()
-
-    async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
-        """Run `generate` on a worker thread; leaving the loop early cancels within one token."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                for chunk in self.generate(req, cancel):
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            except BaseException as exc:  # handed to the consumer, re-raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        future = loop.run_in_executor(self._gen_executor, work)
+        The request runs in the scheduler, batched with any others in flight, one round ahead of
+        this iterator at most: setting `cancel` or closing the iterator stops it within one token.
+        """
+        gen, steps = self.start(req)
+        inbox: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        ticket = self._ticket(gen, steps, inbox.put, max_ahead=1)
+        ticket.external = cancel
+        self.scheduler.submit(ticket)
         try:
             while True:
-                item = await queue.get()
-                if item is _END:
-                    break
+                item = inbox.get()
+                self.scheduler.took(ticket)
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield from item
+                if item and item[-1].done:
+                    return
         finally:
-            cancel.set()
-            try:
-                await asyncio.shield(future)
-            except BaseException:  # noqa: S110 - the worker's own error was already delivered
-                pass
+            self.scheduler.cancel(ticket)
+
+    async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
+        """`generate` for asyncio callers; leaving the loop early cancels the request within a round."""
+        loop = asyncio.get_running_loop()
+        gen, steps = await asyncio.to_thread(self.start, req)  # tokenizing a long prompt takes a while
+        inbox: asyncio.Queue[Item] = asyncio.Queue()
+        ticket = self._ticket(gen, steps, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
+        self.scheduler.submit(ticket)
+        try:
+            while True:
+                item = await inbox.get()
+                self.scheduler.took(ticket)
+                if isinstance(item, BaseException):
+                    raise item
+                for chunk in item:
+                    yield chunk
+                if item and item[-1].done:
+                    return
+        finally:
+            self.scheduler.cancel(ticket)
+
+    def generate_batch(self, reqs: Sequence[GenerateRequest]) -> list[list[Chunk]]:
+        """Run requests together (admitted at once, as many in flight as there are slots) and return
+        each one's chunks; for evaluation, benchmarks and tests. An error is raised once all end."""
+        started: list[tuple[Generation, Steps]] = []
+        try:
+            for req in reqs:
+                started.append(self.start(req))
+        except BaseException:
+            for gen, _ in started:
+                gen.sampler.close()
+            raise
+        inbox: queue.SimpleQueue[tuple[int, Item]] = queue.SimpleQueue()
+        tickets = [
+            self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead=1 << 30)
+            for i, (gen, steps) in enumerate(started)
+        ]
+        self.scheduler.submit(*tickets)
+        out: list[list[Chunk]] = [[] for _ in reqs]
+        errors: list[BaseException] = []
+        left = len(tickets)
+        try:
+            while left:
+                i, item = inbox.get()
+                if isinstance(item, BaseException):
+                    errors.append(item)
+                else:
+                    out[i].extend(item)
+                left -= isinstance(item, BaseException) or bool(item and item[-1].done)
+        finally:
+            for ticket in tickets:
+                self.scheduler.cancel(ticket)
+        if errors:
+            raise errors[0]
+        return out
+
+    def _ticket(self, gen: Generation, steps: Steps, put, max_ahead: int = STREAM_AHEAD) -> Ticket:
+        def begin(seq: int) -> Steps:
+            gen.seq = seq  # the strategy has not run yet: its first Need is built for this slot
+            return steps
+
+        return Ticket(begin, put, gen.tokens, gen.plan.roles[0], gen=gen, max_ahead=max_ahead)
+
+    def _job(self, prompt: list[int], role: str, need: Callable[[int], Need]) -> Logits:
+        """Serve one Need (built for the slot it gets) through the scheduler; its logits."""
+        got: dict[str, Logits] = {}
+
+        def steps(seq: int) -> Steps:
+            got["logits"] = yield need(seq)
+
+        inbox: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        ticket = Ticket(steps, inbox.put, list(prompt), role)
+        self.scheduler.submit(ticket)
+        item = inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        return got["logits"]
 
     def score(
         self, token_ids: Sequence[int], start: int, *, alpha: float | None = None, member: str = "composite"
     ) -> np.ndarray:
         """Log-probabilities of token_ids[i] given token_ids[:i], for i >= start (for `eval`)."""
+        if self.closed:
+            raise ModelLoadError("model was unloaded")
         req = GenerateRequest(prompt=list(token_ids), alpha=alpha, member=member)  # type: ignore[arg-type]
         plan = self.plan(req)
         ids = list(token_ids)
@@ -382,8 +427,9 @@ class Composite:
         n = len(ids) - first
         out = np.empty(max(n, 0), dtype=np.float64)
         if n > 0:
-            with self._lock:
-                logits = self.hold({r: Hold(0, ids[:-1], n) for r in plan.roles})
+            logits = self._job(
+                ids[:-1], plan.roles[0], lambda seq: {r: Hold(seq, ids[:-1], n) for r in plan.roles}
+            )
             row = np.empty(plan.n_vocab, dtype=np.float32)
             for k in range(n):
                 base = logits["base"][k] if "base" in logits else None

@@ -86,6 +86,21 @@ class LoadedModel:
             self.rpc.close()
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int | None = None) -> int:
+    """Length of the common prefix of two token lists (at most `limit`); C-speed when one extends the other."""
+    n = min(len(a), len(b), len(a) if limit is None else max(limit, 0))
+    if list(a[:n]) == list(b[:n]):  # the usual case: a sequence grows by the tokens it was given
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if list(a[lo:mid]) == list(b[lo:mid]):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @dataclass
 class MemberStats:
     evaluated: int = 0  # tokens actually run through the model since creation
@@ -108,7 +123,12 @@ class Hold:
 
 
 class Member:
-    """A context on a LoadedModel with its own KV cache (`n_seq` sequences), optionally with a LoRA."""
+    """A context on a LoadedModel with its own KV cache (`n_seq` sequences), optionally with a LoRA.
+
+    `n_ctx` is what one sequence may hold. llama.cpp's context size is the total over sequences, so
+    the context is made with n_ctx * n_seq cells in n_seq separate streams (kv_unified off): every
+    sequence gets exactly n_ctx cells and the KV cache costs n_seq times one sequence's.
+    """
 
     def __init__(
         self,
@@ -124,10 +144,10 @@ class Member:
     ):
         self.role, self.model = role, model
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = min(n_batch, n_ctx)
-        params.n_ubatch = min(n_batch, n_ctx)
+        params.n_ctx = n_ctx * n_seq
+        params.n_batch = params.n_ubatch = min(n_batch, n_ctx * n_seq)
         params.n_seq_max = n_seq
+        params.kv_unified = False
         self.threads = threads or default_threads()
         self._share = 1
         params.n_threads = params.n_threads_batch = self.threads
@@ -136,7 +156,8 @@ class Member:
             self.ctx = _internals.LlamaContext(model=model.model, params=params, verbose=False)
         except ValueError as exc:
             raise ModelLoadError(f"cannot create a context for {model.path.name}: {exc}") from None
-        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(self.ctx.ctx)  # per sequence
+        self.n_ctx_total = llama_cpp.llama_n_ctx(self.ctx.ctx)
         self.n_batch = params.n_batch
         self.n_seq = n_seq
         self.adapter_path = Path(adapter) if adapter else None
@@ -199,13 +220,13 @@ class Member:
         self.stats.evaluated += len(entries)
         return outs
 
+    def kept(self, seq: int, tokens: Sequence[int], n_logits: int = 1) -> int:
+        """How many of `tokens` a Hold on `seq` keeps from the cache (the rest is evaluated)."""
+        return common_prefix(self.cached[seq], tokens, len(tokens) - max(1, n_logits))
+
     def _truncate_to_prefix(self, seq: int, tokens: list[int], limit: int) -> int:
         """Drop what sequence `seq` holds beyond its common prefix with `tokens` (at most `limit`)."""
-        cached = self.cached[seq]
-        keep = 0
-        end = min(limit, len(cached))
-        while keep < end and tokens[keep] == cached[keep]:
-            keep += 1
+        keep = common_prefix(self.cached[seq], tokens, limit)
         self.truncate(seq, keep)
         return keep
 

@@ -90,7 +90,17 @@ LOAD_KEYS: dict[str, tuple[type, ...]] = {
     "num_batch": (int,),
     "num_thread": (int,),
     "num_gpu": (int,),
+    "num_parallel": (int,),
 }
+
+DEFAULT_NUM_PARALLEL = 4  # sequences (slots) per member context, as Ollama's OLLAMA_NUM_PARALLEL
+
+
+def num_parallel(parameters: Mapping[str, Any], fallback: int | None = None) -> int:
+    """Slots of a model: the recipe's `num_parallel`, else `fallback` (the server's
+    NANOCOMMANDER_NUM_PARALLEL), else 4. Each slot costs one num_ctx of KV cache per member."""
+    return max(1, int(parameters.get("num_parallel") or fallback or DEFAULT_NUM_PARALLEL))
+
 
 # Options Ollama retired or llama.cpp lacks; accepted and ignored so old clients keep working.
 IGNORED_KEYS = frozenset(
@@ -159,6 +169,8 @@ def check_value(key: str, value: Any) -> Any:
                 f'option "logit_bias" values must be within +-{FLOAT_LIMIT:g} (or -inf to ban a token)'
             )
         return bias
+    if key == "num_parallel" and value < 1:
+        raise InvalidRequest(f'option "{key}" must be at least 1')
     if key == "member" and value not in MEMBERS:
         raise InvalidRequest(f'option "member" must be one of {", ".join(MEMBERS)}')
     return value

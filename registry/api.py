@@ -284,9 +284,11 @@ class Registry:
             config,
         )
 
-    def estimate(self, name: str | Name, num_ctx: int | None = None) -> MemoryEstimate:
+    def estimate(
+        self, name: str | Name, num_ctx: int | None = None, num_parallel: int | None = None
+    ) -> MemoryEstimate:
         """Memory a stored model needs (weights + KV cache); the server refuses models that do not fit."""
-        return estimate_memory(self.resolve(name), num_ctx)
+        return estimate_memory(self.resolve(name), num_ctx, num_parallel)
 
     # -- editing -----------------------------------------------------------------------------
 

@@ -147,13 +147,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         first = d.template.strip().splitlines()[0] if d.template.strip() else ""
         print(f"\n  Template\n    {first[:100]}{' ...' if len(d.template.strip()) > len(first) else ''}")
     mem = d.memory
-    print("\n  Memory estimate (weights + f16 KV cache)")
-    rows = [("role", "weights", "kv cache", "n_ctx", "total")]
+    print("\n  Memory estimate (weights + f16 KV cache of n_ctx tokens per slot)")
+    rows = [("role", "weights", "kv cache", "n_ctx", "slots", "total")]
     for m in mem.members.values():
+        kv = format_bytes(m.kv_cache)
         rows.append(
-            (m.role, format_bytes(m.weights), format_bytes(m.kv_cache), str(m.n_ctx), format_bytes(m.total))
+            (m.role, format_bytes(m.weights), kv, str(m.n_ctx), str(m.num_parallel), format_bytes(m.total))
         )
-    rows.append(("all", "", "", "", format_bytes(mem.total)))
+    rows.append(("all", "", "", "", "", format_bytes(mem.total)))
     _table(rows, indent="    ")
     if mem.free is not None and not mem.fits:
         print(

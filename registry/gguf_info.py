@@ -7,8 +7,8 @@ GGUFReader takes seconds (5 s for SmolLM2's, ~15 s for a 150k-token vocabulary).
 Results are cached per file (path, size, mtime), so `/api/show`, `/api/tags` and
 `/v1/models` read each file once per change. The memory estimate is deliberately
 simple and documented: weights are the file size (llama.cpp maps them as they are),
-and the KV cache is `2 (K and V) * n_layer * n_ctx * n_head_kv * head_dim * 2 bytes (f16)`
-per context.
+and the KV cache is `2 (K and V) * n_layer * n_head_kv * head_dim * 2 bytes (f16) * n_ctx * num_parallel`
+per member context (each of its num_parallel sequences, the slots, holds n_ctx tokens).
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.engine.options import num_parallel as resolve_slots
 from nanocommander.engine.rpc import placement
 from nanocommander.recipe import ROLES, Recipe
 from nanocommander.registry.gguf_header import read_header
 
 DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/composite.py)
+KV_FORMULA = "2 (K, V) x n_layer x n_head_kv x head_dim x 2 bytes (f16) x num_ctx x num_parallel, per member"
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,9 @@ def format_bytes(n: int) -> str:
 class MemberMemory:
     role: str
     weights: int  # bytes of weights this member adds (0 when it shares another member's file)
-    kv_cache: int
-    n_ctx: int
+    kv_cache: int  # all slots together
+    n_ctx: int  # per slot
+    num_parallel: int = 1
 
     @property
     def total(self) -> int:
@@ -176,26 +179,38 @@ class MemoryEstimate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "members": {
-                r: {"weights": m.weights, "kv_cache": m.kv_cache, "n_ctx": m.n_ctx, "total": m.total}
+                r: {
+                    "weights": m.weights,
+                    "kv_cache": m.kv_cache,
+                    "n_ctx": m.n_ctx,
+                    "num_parallel": m.num_parallel,
+                    "total": m.total,
+                }
                 for r, m in self.members.items()
             },
+            "kv_formula": KV_FORMULA,
             "total": self.total,
             "free": self.free,
             "fits": self.fits,
         }
 
 
-def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimate:
+def estimate_memory(
+    recipe: Recipe, num_ctx: int | None = None, num_parallel: int | None = None
+) -> MemoryEstimate:
     """Bytes a resolved recipe needs: each member's weights (shared files counted once) plus its KV cache.
 
     The context per member follows the engine: `num_ctx` argument, else the member's
-    `n_ctx`, else parameters.num_ctx, else 4096, capped at the model's training context.
-    A tuned adapter adds its own file size and uses the base's KV shape.
+    `n_ctx`, else parameters.num_ctx, else 4096, capped at the model's training context;
+    the KV cache holds that many tokens for each of the model's slots (parameters.num_parallel,
+    else `num_parallel`, the server's setting, else 4). A tuned adapter adds its own file size
+    and uses the base's KV shape.
 
     Raises:
         ValueError: a member is not a local GGUF (resolve the recipe through the store first).
     """
     want = num_ctx or recipe.parameters.get("num_ctx") or DEFAULT_NUM_CTX
+    slots = resolve_slots(recipe.parameters, num_parallel)
     infos: dict[str, GGUFInfo] = {}
     seen: set[Path] = set()
     members: dict[str, MemberMemory] = {}
@@ -210,7 +225,7 @@ def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimat
         if info.context_length:
             n_ctx = min(n_ctx, info.context_length)
         if not spec.is_adapter and placement(spec) is not None:  # weights and KV cache on RPC servers
-            members[role] = MemberMemory(role, 0, 0, n_ctx)
+            members[role] = MemberMemory(role, 0, 0, n_ctx, slots)
             continue
         weights = 0
         real = src.path.resolve()
@@ -219,7 +234,7 @@ def estimate_memory(recipe: Recipe, num_ctx: int | None = None) -> MemoryEstimat
             weights = info.size
         if spec.is_adapter and spec.adapter is not None and spec.adapter.path is not None:
             weights += spec.adapter.path.stat().st_size
-        members[role] = MemberMemory(role, weights, info.kv_bytes(n_ctx), n_ctx)
+        members[role] = MemberMemory(role, weights, info.kv_bytes(n_ctx) * slots, n_ctx, slots)
     return MemoryEstimate(members, free_memory())
 
 

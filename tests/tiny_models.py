@@ -133,8 +133,12 @@ def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool 
 
 
 def write_lora(path: Path, *, seed: int, shape: Shape = Shape(), rank: int = 4, alpha: float = 8.0,
-               layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"), std: float = 0.5) -> Path:
-    """Write a llama.cpp LoRA adapter GGUF for a model of `shape` (lora_a: r×in, lora_b: out×r)."""
+               layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"), std: float = 0.5,
+               q8_a: bool = False) -> Path:
+    """Write a llama.cpp LoRA adapter GGUF for a model of `shape` (lora_a: r×in, lora_b: out×r).
+
+    `q8_a` stores lora_a as Q8_0 (same random draws): llama.cpp's CPU kernels for it do not depend
+    on the batch, while F32 ones do (see bench/batch_numerics.py)."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_type(gguf.GGUFType.ADAPTER)
@@ -145,7 +149,11 @@ def write_lora(path: Path, *, seed: int, shape: Shape = Shape(), rank: int = 4, 
             out_f, in_f = linear_shapes(shape)[layer]
             a = (rng.standard_normal((rank, in_f)) * std * in_f ** -0.5).astype(np.float32)
             b = (rng.standard_normal((out_f, rank)) * std).astype(np.float32)
-            w.add_tensor(f"blk.{i}.{layer}.weight.lora_a", a)
+            if q8_a:
+                q8 = gguf.GGMLQuantizationType.Q8_0
+                w.add_tensor(f"blk.{i}.{layer}.weight.lora_a", gguf.quants.quantize(a, q8), raw_dtype=q8)
+            else:
+                w.add_tensor(f"blk.{i}.{layer}.weight.lora_a", a)
             w.add_tensor(f"blk.{i}.{layer}.weight.lora_b", b)
     _finish(w)
     return path

@@ -40,7 +40,7 @@ def live(tiny, tmp_path_factory, start_server, recipe_of):
             check_files=True,
         ),
     ]
-    return start_server(recipes, keep_alive=300, max_queue=1)
+    return start_server(recipes, keep_alive=300, max_queue=1, num_parallel=1)  # one slot: the second waits
 
 
 def ps(live) -> dict[str, dict]:

@@ -56,3 +56,24 @@ def test_alpha_zero_is_smollm2_and_composite_is_the_tuned_model(composite):
     n = min(len(tuned_ids), len(comp_ids), 12)  # large = base: the delta turns large into tuned
     assert comp_ids[:n] == tuned_ids[:n]
     assert tuned_ids != large_ids  # the adapter really changes the model
+
+
+def test_smollm2_greedy_output_alone_equals_batched_with_three_others(composite):
+    """Q4_1 kernels do not depend on the batch on this CPU: the tokens must match exactly."""
+    questions = ["Name a colour.", "What is 2 + 2?", "Write a haiku about the sea.", "Who wrote Hamlet?"]
+    reqs = [
+        GenerateRequest(
+            prompt=composite.chat_prompt([{"role": "user", "content": q}]),
+            sampling=GREEDY,
+            num_predict=n,
+            alpha=alpha,
+            member=member,
+        )
+        for q, n, alpha, member in zip(
+            questions, (16, 12, 20, 8), (1.0, 0.5, 0.0, None), ("composite", "composite", "composite", "large")
+        )
+    ]
+    alone = [[t for c in composite.generate(r) for t in c.token_ids] for r in reqs]
+    together = [[t for c in chunks for t in c.token_ids] for chunks in composite.generate_batch(reqs)]
+    assert together == alone
+    assert composite.scheduler.widest >= 4

@@ -103,12 +103,13 @@ def test_show_reports_members_and_memory(hub, published, hub_recipe, tiny):
     assert large.parameters == info.parameters > 0 and large.size == tiny["large"].stat().st_size
     assert d.system == "Arr." and "im_start" in d.template  # the base's chat template (tuned is an adapter)
     mem = d.memory
-    # num_ctx 512 from the recipe; large: 3 layers, 2 kv heads of 32 dims
-    assert mem.members["large"].kv_cache == 2 * 3 * 512 * 2 * 32 * 2
+    # num_ctx 512 from the recipe for each of the 4 default slots; large: 3 layers, 2 kv heads of 32 dims
+    assert mem.members["large"].kv_cache == 2 * 3 * 512 * 2 * 32 * 2 * 4
+    assert mem.members["large"].num_parallel == 4
     assert mem.members["large"].weights == tiny["large"].stat().st_size
     assert mem.members["tuned"].weights == tiny["lora"].stat().st_size  # shares the base's weights
     assert mem.total == sum(m.total for m in mem.members.values())
-    assert reg.estimate("pirate", num_ctx=1024).members["base"].kv_cache == 2 * 2 * 1024 * 2 * 16 * 2
+    assert reg.estimate("pirate", num_ctx=1024, num_parallel=1).members["base"].kv_cache == 2 * 2 * 1024 * 2 * 16 * 2
     out = d.to_dict()
     assert out["alpha"] == 0.5 and len(out["members"]) == 3 and out["memory"]["fits"] in (True, False)
 
