@@ -28,7 +28,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--compare", action="store_true", help="print large alone, tuned alone, then the composite"
     )
     p.add_argument(
-        "--verbose", action="store_true", help="print load time, token counts, speeds and llama.cpp's log to stderr"
+        "--verbose",
+        action="store_true",
+        help="print load time, token counts, speeds and llama.cpp's log to stderr",
     )
     p.set_defaults(func=run)
 

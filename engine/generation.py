@@ -141,7 +141,9 @@ class Generation:
         self._held.append(token)
         piece, stopped = self.text.push(self.piece(token))
         if piece:
-            self.out.append(Chunk(piece, self._held, logprobs=self.logprobs.take() if self.logprobs else None))
+            self.out.append(
+                Chunk(piece, self._held, logprobs=self.logprobs.take() if self.logprobs else None)
+            )
             self._held = []
         if stopped:
             self.reason = DoneReason.STOP
