@@ -94,19 +94,22 @@ class Settings:
     num_parallel: int = 4  # slots per model: requests decoded together in one batch
     max_queue: int = 512
     max_body: int = 32 * 1024 * 1024
+    family_slots: int = 3  # tuned contexts per adapter family (engine/family.py)
     default_model: str | None = None
     recipes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (4), _MAX_QUEUE (512);
-        keyword overrides (from the command line) win. A malformed value stops startup with its name."""
+        """NANOCOMMANDER_HOST, _ORIGINS, _API_KEY, _KEEP_ALIVE (5m), _NUM_PARALLEL (4), _MAX_QUEUE (512),
+        _FAMILY_SLOTS (3); keyword overrides (from the command line) win. A malformed value stops startup
+        with its name."""
         env = os.environ
         try:
             host, port = parse_host(env.get("NANOCOMMANDER_HOST"))
             keep_alive = parse_duration(env.get("NANOCOMMANDER_KEEP_ALIVE"), 300.0)
             num_parallel = _positive(env, "NANOCOMMANDER_NUM_PARALLEL", 4)
             max_queue = _positive(env, "NANOCOMMANDER_MAX_QUEUE", 512)
+            family_slots = _positive(env, "NANOCOMMANDER_FAMILY_SLOTS", 3)
             _servers(env)
         except ValueError as exc:
             raise SystemExit(f"bad server setting: {exc}") from None
@@ -118,6 +121,7 @@ class Settings:
             keep_alive=keep_alive,
             num_parallel=num_parallel,
             max_queue=max_queue,
+            family_slots=family_slots,
         )
         for key, value in overrides.items():
             if value is not None:

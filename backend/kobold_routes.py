@@ -1,7 +1,8 @@
 """KoboldCpp's API (/api/v1, /api/extra, /props) so SillyTavern and KoboldAI Lite drive composites.
 
 Kobold clients name no model: the server's default model answers (see
-ModelManager.default_name). Generations are tracked by `genkey` so Lite can poll
+ModelManager.default_name); KoboldCpp's admin model list (/api/admin/list_options)
+names every model, and /api/admin/reload_config switches the default. Generations are tracked by `genkey` so Lite can poll
 and abort them; abort and token counting answer while a generation runs.
 """
 
@@ -222,6 +223,27 @@ async def model(request: web.Request) -> web.Response:
     return web.json_response({"result": f"koboldcpp/{name}" if name else "inactive"})
 
 
+async def list_options(request: web.Request) -> web.Response:
+    """KoboldCpp's model list (admin mode): every model this server can answer with."""
+
+    def names() -> list[str]:  # reads the store: off the event loop
+        return [name for name, _, _ in request.app[MANAGER].catalog.entries()]
+
+    return web.json_response(await asyncio.to_thread(names))
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """KoboldCpp's model switch: later Kobold requests (which name no model) go to `filename`."""
+    body = await read_json(request)
+    name = body.get("filename")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest('"filename" must name a model from /api/admin/list_options')
+    manager = request.app[MANAGER]
+    key, _ = await asyncio.to_thread(manager.catalog.lookup, name)  # 404 for an unknown model
+    manager.settings.default_model = key
+    return web.json_response({"success": True})
+
+
 async def extra_version(request: web.Request) -> web.Response:
     return web.json_response(
         {
@@ -286,6 +308,8 @@ def setup_routes(app: web.Application) -> None:
         r.add_get(f"{prefix}/config/max_length", _value(lambda req: 1024))
         r.add_get(f"{prefix}/config/max_context_length", _value(_max_ctx))
         r.add_post(f"{prefix}/generate", generate)
+    r.add_get("/api/admin/list_options", list_options)
+    r.add_post("/api/admin/reload_config", reload_config)
     r.add_get("/api/extra/version", extra_version)
     r.add_get("/api/extra/true_max_context_length", _value(_max_ctx))
     r.add_post("/api/extra/generate/stream", generate_stream)

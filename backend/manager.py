@@ -1,7 +1,11 @@
 """Loaded models: load on first use, keep alive for a while, one queue per model.
 
 Composites that share member files share the loaded weights through one ModelPool.
-Generation runs on the engine's worker thread; the event loop never blocks on it.
+Composites of one adapter family (same large and base, a LoRA as tuned: engine/family.py)
+share more: one large and base context set and a few tuned contexts whose adapter is
+switched per request; each name still has its own keep_alive, and the family unloads
+with its last member. Generation runs on the engine's worker thread; the event loop
+never blocks on it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
 from nanocommander.engine import rpc
 from nanocommander.engine.composite import Composite
+from nanocommander.engine.family import Family, FamilyComposite, family_key
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.types import Chunk, GenerateRequest
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
@@ -39,16 +44,20 @@ def gib(n: int) -> str:
 
 
 def memory_estimate(
-    recipe: Recipe, loaded: set[Path] | None = None, num_parallel: int | None = None
+    recipe: Recipe,
+    loaded: set[Path] | None = None,
+    num_parallel: int | None = None,
+    tuned_contexts: int = 1,
 ) -> tuple[int, int | None]:
-    """(bytes needed, bytes free): the registry's estimate (weights + KV cache for every slot) when it
-    offers one, else the distinct member and adapter files not yet loaded against MemAvailable."""
+    """(bytes needed, bytes free): the registry's estimate (weights + KV cache for every slot, and
+    for every tuned context of an adapter family) when it offers one, else the distinct member
+    and adapter files not yet loaded against MemAvailable."""
     files = _member_files(recipe)
     shared = files & {p.resolve() for p in loaded or ()}
     try:
         from nanocommander.registry import estimate_memory
 
-        estimate = estimate_memory(recipe, num_parallel=num_parallel)
+        estimate = estimate_memory(recipe, num_parallel=num_parallel, tuned_contexts=tuned_contexts)
         return max(int(estimate.total) - sum(p.stat().st_size for p in shared), 0), estimate.free
     except (ImportError, AttributeError, ValueError, OSError):
         pass
@@ -117,7 +126,8 @@ class ModelManager:
         self.settings, self.catalog = settings, catalog
         self.pool = ModelPool()
         self.loaded: dict[str, Loaded] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.families: dict[tuple, Family] = {}
+        self._locks: dict[Any, asyncio.Lock] = {}
         self.last_used_name: str | None = None
         self._reaper: asyncio.Task | None = None
 
@@ -140,10 +150,7 @@ class ModelManager:
                 rpc.strand(self.loaded.pop(key).composite)
                 loaded = None
             if loaded is None:
-                await asyncio.to_thread(self.check_memory, recipe)
-                comp = await asyncio.to_thread(
-                    Composite.load, recipe, self.pool, n_parallel=self.settings.num_parallel
-                )
+                comp = await self._load(recipe)
                 # as many requests at once as the composite has slots; the rest wait here (MAX_QUEUE)
                 loaded = Loaded(key, comp, asyncio.Semaphore(comp.n_parallel))
                 self.loaded[key] = loaded
@@ -151,15 +158,51 @@ class ModelManager:
         self.last_used_name = key
         return loaded
 
+    async def _load(self, recipe: Recipe) -> Composite:
+        fkey = family_key(recipe)
+        if fkey is None:
+            await asyncio.to_thread(self.check_memory, recipe)
+            return await asyncio.to_thread(
+                Composite.load, recipe, self.pool, n_parallel=self.settings.num_parallel
+            )
+        async with self._locks.setdefault(("family", fkey), asyncio.Lock()):
+            family = self.families.get(fkey)
+            if family is not None and rpc.is_lost(family.core):  # its RPC server went away: a new family
+                rpc.strand(family.core)
+                family = None
+            if family is None or family.closed:
+                await asyncio.to_thread(self.check_memory, recipe, self.settings.family_slots)
+                family = await asyncio.to_thread(
+                    Family.load,
+                    recipe,
+                    self.pool,
+                    capacity=self.settings.family_slots,
+                    n_parallel=self.settings.num_parallel,
+                )
+                self.families[fkey] = family
+            else:  # a new member costs its adapter
+                await asyncio.to_thread(self.check_adapter_memory, family, recipe)
+            return await asyncio.to_thread(family.view, recipe)
+
     def touch(self, loaded: Loaded, keep_alive: float | None) -> None:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
         loaded.keep_alive = ka
         loaded.last_used = time.time()
         loaded.expires_at = float("inf") if ka < 0 else time.time() + ka
 
-    def check_memory(self, recipe: Recipe) -> None:
+    def check_memory(self, recipe: Recipe, tuned_contexts: int = 1) -> None:
         """Refuse a model whose estimate exceeds free memory (weights already in the pool are free)."""
-        needed, free = memory_estimate(recipe, set(self.pool.loaded()), self.settings.num_parallel)
+        needed, free = memory_estimate(
+            recipe, set(self.pool.loaded()), self.settings.num_parallel, tuned_contexts
+        )
+        self._refuse_beyond(needed, free)
+
+    def check_adapter_memory(self, family: Family, recipe: Recipe) -> None:
+        path = Path(recipe.tuned.adapter.path)  # type: ignore[union-attr,arg-type]
+        loaded = any(v.adapter[0] == path.resolve() for v in family.views)
+        self._refuse_beyond(0 if loaded else path.stat().st_size, free_memory())
+
+    def _refuse_beyond(self, needed: int, free: int | None) -> None:
         if free is not None and needed > free:
             raise InsufficientMemory(
                 f"model requires more system memory ({gib(needed)}) than is available ({gib(free)}); "
@@ -178,7 +221,14 @@ class ModelManager:
         del self.loaded[key]
         if loaded.embedder is not None:
             await asyncio.to_thread(rpc.close_or_strand, loaded.embedder)
-        await asyncio.to_thread(rpc.close_or_strand, loaded.composite)
+        comp = loaded.composite
+        if isinstance(comp, FamilyComposite):  # the family closes with its last member
+            async with self._locks.setdefault(("family", comp.family.key), asyncio.Lock()):
+                await asyncio.to_thread(rpc.close_or_strand, comp)
+                if comp.family.closed and self.families.get(comp.family.key) is comp.family:
+                    del self.families[comp.family.key]
+            return True
+        await asyncio.to_thread(rpc.close_or_strand, comp)
         return True
 
     async def embedder(self, loaded: Loaded) -> Any:
@@ -248,3 +298,11 @@ class ModelManager:
 
     def ps(self) -> list[dict[str, Any]]:
         return [{"name": l.name, "loaded": l, "info": l.composite.info()} for l in self.loaded.values()]  # noqa: E741
+
+    def units(self) -> list[tuple[list[Loaded], Family | None]]:
+        """Loaded names grouped by what is loaded: one group per adapter family, one per other composite."""
+        groups: dict[int, tuple[list[Loaded], Family | None]] = {}
+        for loaded in self.loaded.values():
+            family = loaded.composite.family if isinstance(loaded.composite, FamilyComposite) else None
+            groups.setdefault(id(family or loaded), ([], family))[0].append(loaded)
+        return list(groups.values())

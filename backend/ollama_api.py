@@ -340,10 +340,18 @@ def parameters_text(parameters: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ps_entry(name: str, described: Mapping[str, Any], expires_at: float, n_ctx: int) -> dict[str, Any]:
+def ps_entry(
+    name: str,
+    described: Mapping[str, Any],
+    expires_at: float,
+    n_ctx: int,
+    family: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     if expires_at == float("inf"):
         expires_at = time.time() + FOREVER_S
+    extra = {"family": dict(family)} if family is not None else {}
     return {
+        **extra,
         "name": name,
         "model": name,
         "size": described["size"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -167,22 +168,54 @@ def _member_template(member: dict[str, Any]) -> str:
 
 
 async def ps(request: web.Request) -> web.Response:
-    models = []
-    for loaded in sorted(request.app[MANAGER].loaded.values(), key=lambda m: -m.expires_at):
-        comp = loaded.composite
-        entry = wire.ps_entry(loaded.name, describe(comp.recipe), loaded.expires_at, comp.n_ctx)
-        memory = await asyncio.to_thread(_memory, comp.recipe, comp.n_parallel)  # num_ctx of KV per slot
-        entry["composite"] = {
-            "num_parallel": comp.n_parallel,
-            "active": len(comp.scheduler.active()),
-            "kv_cache": memory
-            and {
-                "formula": memory["kv_formula"],
-                "bytes": {role: m["kv_cache"] for role, m in memory["members"].items()},
-            },
-        }
-        models.append(entry)
-    return web.json_response({"models": models})
+    """One entry per loaded composite, with its slots and KV cache; an adapter family is one entry
+    (named by its most recently used member) whose `family` object lists its members, loaded
+    adapters and tuned contexts, and whose size is the family's estimate."""
+
+    def listing() -> list[dict[str, Any]]:  # GGUF header reads: off the event loop
+        models = []
+        for group, family in request.app[MANAGER].units():
+            latest = max(group, key=lambda m: m.last_used)
+            comp = latest.composite
+            described = describe(comp.recipe)
+            extra = None
+            if family is not None:
+                extra = family.info({m.composite: m.name for m in group})
+                extra["memory"] = _family_memory(family, extra["adapters"], comp.n_parallel)
+                if extra["memory"] is not None:
+                    described = {**described, "size": extra["memory"]["total"]}
+            expires = max(m.expires_at for m in group)
+            entry = wire.ps_entry(latest.name, described, expires, comp.n_ctx, extra)
+            memory = _memory(comp.recipe, comp.n_parallel)  # num_ctx of KV per slot
+            entry["composite"] = {
+                "num_parallel": comp.n_parallel,
+                "active": len(comp.scheduler.active()),
+                "kv_cache": memory
+                and {
+                    "formula": memory["kv_formula"],
+                    "bytes": {role: m["kv_cache"] for role, m in memory["members"].items()},
+                },
+            }
+            models.append(entry)
+        return sorted(models, key=lambda m: m["expires_at"], reverse=True)
+
+    return web.json_response({"models": await asyncio.to_thread(listing)})
+
+
+def _family_memory(family: Any, adapters: list[str], num_parallel: int) -> dict[str, Any] | None:
+    """Shared large and base weights and contexts + the adapters loaded + the tuned contexts."""
+    try:
+        from nanocommander.registry.gguf_info import estimate_family
+
+        views = list(family.views)
+        if not views:
+            return None
+        paths = [Path(a) for a in adapters]
+        return estimate_family(
+            views[0].recipe, paths, len(family.contexts), num_parallel=num_parallel
+        ).to_dict()
+    except (ImportError, AttributeError, ValueError, OSError):
+        return None
 
 
 async def embed(request: web.Request) -> web.Response:

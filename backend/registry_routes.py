@@ -115,6 +115,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     members); `system`, `template`, `parameters` and `messages` override what it inherits."""
     body = await read_json(request)
     name = _name(body)
+    if body.get("adapters") is not None:  # one more member of an adapter family (Ollama's adapters field)
+        return await _progress(request, body, _create_member(request, name, body))
     if isinstance(body.get("recipe"), str) and body["recipe"]:
         recipe = Recipe.parse(body["recipe"], file="<request>", check_files=True)
     elif isinstance(body.get("path"), str) and body["path"]:
@@ -129,6 +131,32 @@ async def create(request: web.Request) -> web.StreamResponse:
         )
     events = _registry().create(name, recipe=_with_overrides(recipe, body))
     return await _progress(request, body, events)
+
+
+def _create_member(request: web.Request, name: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`from` a composite plus `adapters` {"style.gguf": "sha256:..."} (an uploaded LoRA blob):
+    the new composite shares the large and base of `from` and its tuned member is that adapter."""
+    from nanocommander.recipe import Source
+    from nanocommander.registry import Name
+    from nanocommander.registry.family import member_recipe
+
+    adapters = body["adapters"]
+    if not isinstance(body.get("from"), str) or not body["from"]:
+        raise InvalidRequest('"adapters" needs "from": the composite whose large and base the new one shares')
+    if (
+        not isinstance(adapters, dict)
+        or len(adapters) != 1
+        or not isinstance(next(iter(adapters.values())), str)
+    ):
+        raise InvalidRequest('"adapters" must name one LoRA blob: {"style.gguf": "sha256:..."}')
+    path = _blob_path(next(iter(adapters.values())))
+    if not path.exists():
+        raise InvalidRequest(
+            f"blob {next(iter(adapters.values()))} not found; upload it first with POST /api/blobs/<digest>"
+        )
+    family = request.app[MANAGER].catalog.lookup(body["from"])[1]
+    recipe = member_recipe(family, Name.parse(name).model, Source(path=path))
+    return _registry().create(name, recipe=_with_overrides(recipe, body))
 
 
 def _from_files(files: dict[str, Any]) -> Recipe:

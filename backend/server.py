@@ -20,6 +20,7 @@ from nanocommander.backend import guard as checks
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
 from nanocommander.errors import (
+    AdapterMismatch,
     ContextOverflow,
     DigestMismatch,
     InsufficientMemory,
@@ -53,6 +54,7 @@ STATUS = [  # (exception class, HTTP status); first match wins
     (RecipeError, 400),
     (TokenizerMismatch, 400),
     (DigestMismatch, 400),  # an upload whose bytes do not hash to the digest named
+    (AdapterMismatch, 400),  # a family member whose adapter does not fit the base
     (ModelLoadError, 500),
     (NanoCommanderError, 500),
 ]
@@ -65,7 +67,7 @@ def status_for(exc: Exception) -> int:
 def protocol_of(path: str) -> str:
     if path.startswith("/v1/") or path == "/v1":
         return "openai"
-    if path.startswith(("/api/v1", "/api/extra", "/api/latest", "/props")):
+    if path.startswith(("/api/v1", "/api/extra", "/api/latest", "/api/admin", "/props")):
         return "kobold"
     return "ollama"
 

@@ -251,17 +251,38 @@ class Composite:
         """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
         return {role: out[0] for role, out in self.hold_many({r: [h] for r, h in need.items()}).items()}
 
+    def member_for(self, role: str, seq: int) -> Member:
+        """The context serving `role` for the request in slot `seq`: one per role here; an adapter
+        family (engine/family.py) gives each request the tuned context holding its adapter."""
+        return self.members[role]
+
+    def release(self, seq: int) -> None:
+        """The request in slot `seq` has ended (the scheduler's call); a family unpins its tuned context."""
+
     def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
         """Each member serves its Holds (of one or many sequences) in one batch (the scheduler's call)."""
-        members = [self.members[role] for role in holds]
-        share = len(members) if self.concurrent else 1  # concurrent members split the cores
+        jobs: dict[int, tuple[Member, list[tuple[str, int]]]] = {}  # context -> (it, [(role, index)])
+        for role, role_holds in holds.items():
+            for i, hold in enumerate(role_holds):
+                member = self.member_for(role, hold.seq)
+                jobs.setdefault(id(member), (member, []))[1].append((role, i))
+        share = len(jobs) if self.concurrent else 1  # concurrent members split the cores
+        out: dict[str, list[np.ndarray]] = {role: [None] * len(h) for role, h in holds.items()}  # type: ignore[misc]
         with self._members_lock:
-            for m in members:
-                m.use_threads(share)
-            if self.concurrent and len(members) > 1:
-                futures = {m.role: self._executor.submit(m.hold, holds[m.role]) for m in members}
-                return {role: f.result() for role, f in futures.items()}
-            return {m.role: m.hold(holds[m.role]) for m in members}
+            for member, _ in jobs.values():
+                member.use_threads(share)
+
+            def run(member: Member, where: list[tuple[str, int]]) -> None:
+                for (role, i), rows in zip(where, member.hold([holds[r][j] for r, j in where]), strict=True):
+                    out[role][i] = rows
+
+            if self.concurrent and len(jobs) > 1:
+                for future in [self._executor.submit(run, *job) for job in jobs.values()]:
+                    future.result()
+            else:
+                for job in jobs.values():
+                    run(*job)
+        return out
 
     def fused_logits(
         self, members: list[Member], alpha: float, tokens: list[int], extra_mask: np.ndarray | None = None

@@ -57,19 +57,42 @@ class LoadedModel:
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
         self.metadata = self.model.metadata()
-        self._adapters: dict[Path, ctypes.c_void_p] = {}
+        self._adapters: dict[Path, list] = {}  # path -> [handle, users]
+        self._adapters_lock = threading.Lock()
 
-    def adapter(self, path: Path):
-        """Load (once) a LoRA adapter for this model; adapters are freed with the model."""
-        path = Path(path)
-        if path not in self._adapters:
-            if not path.is_file():
-                raise ModelLoadError(f"adapter not found: {path}")
-            handle = llama_cpp.llama_adapter_lora_init(self.model.model, str(path).encode())
-            if not handle:
-                raise ModelLoadError(f"cannot load adapter {path} for {self.path.name} (wrong base model?)")
-            self._adapters[path] = handle
-        return self._adapters[path]
+    def retain_adapter(self, path: Path):
+        """Load (once) a LoRA adapter for this model and count one more user of it; returns its handle."""
+        path = Path(path).resolve()
+        with self._adapters_lock:
+            entry = self._adapters.get(path)
+            if entry is None:
+                if not path.is_file():
+                    raise ModelLoadError(f"adapter not found: {path}")
+                handle = llama_cpp.llama_adapter_lora_init(self.model.model, str(path).encode())
+                if not handle:
+                    raise ModelLoadError(
+                        f"cannot load adapter {path} for {self.path.name} (wrong base model?)"
+                    )
+                entry = self._adapters[path] = [handle, 0]
+            entry[1] += 1
+            return entry[0]
+
+    def release_adapter(self, path: Path) -> None:
+        """One user fewer; the last one frees the adapter. Loaded adapters are not free: llama.cpp sizes
+        every context's compute graph by all the adapters its model has loaded (graph_max_nodes)."""
+        path = Path(path).resolve()
+        with self._adapters_lock:
+            entry = self._adapters.get(path)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._adapters[path]
+                llama_cpp.llama_adapter_lora_free(entry[0])
+
+    def loaded_adapters(self) -> list[Path]:
+        with self._adapters_lock:
+            return list(self._adapters)
 
     def token_text(self, token: int) -> str:
         return self.model.token_get_text(token)
@@ -160,16 +183,31 @@ class Member:
         self.n_ctx_total = llama_cpp.llama_n_ctx(self.ctx.ctx)
         self.n_batch = params.n_batch
         self.n_seq = n_seq
-        self.adapter_path = Path(adapter) if adapter else None
-        if adapter is not None:
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(model.adapter(adapter))
-            scales = (ctypes.c_float * 1)(adapter_scale)
-            if llama_cpp.llama_set_adapters_lora(self.ctx.ctx, handles, 1, scales) != 0:
-                raise ModelLoadError(f"cannot apply adapter {adapter}")
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self.cached: list[list[int]] = [[] for _ in range(n_seq)]  # what the KV cache holds, per sequence
         self.stats = MemberStats()
+        self.adapter_path: Path | None = None
+        self.adapter_scale = 1.0
+        if adapter is not None:
+            self.set_adapter(adapter, adapter_scale)
+
+    def set_adapter(self, adapter: Path | None, scale: float = 1.0) -> None:
+        """Apply this LoRA instead of the current one, or none; clears the KV cache, which llama.cpp
+        keeps although it was computed under the old adapter (adapter families switch adapters)."""
+        if adapter is None:
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.model.retain_adapter(adapter))
+            rc = llama_cpp.llama_set_adapters_lora(self.ctx.ctx, handles, 1, (ctypes.c_float * 1)(scale))
+            if rc != 0:
+                self.model.release_adapter(adapter)
+        if rc != 0:
+            raise ModelLoadError(f"cannot apply adapter {adapter}")
+        if self.adapter_path is not None:
+            self.model.release_adapter(self.adapter_path)
+        self.adapter_path, self.adapter_scale = (Path(adapter) if adapter else None), scale
+        self.reset()
 
     @property
     def tokens(self) -> list[int]:
@@ -271,3 +309,6 @@ class Member:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
         self.ctx.close()
+        if self.adapter_path is not None:  # after the context that used it
+            self.model.release_adapter(self.adapter_path)
+            self.adapter_path = None

@@ -250,7 +250,7 @@ class Scheduler:
                 raise RuntimeError(f"a strategy asked for sequence {hold.seq} from slot {ticket.seq}")
             if role not in self.comp.members:
                 raise ValueError(f"unknown member {role!r}")
-            news[role] = len(hold.tokens) - self.comp.members[role].kept(
+            news[role] = len(hold.tokens) - self.comp.member_for(role, ticket.seq).kept(
                 ticket.seq, hold.tokens, hold.n_logits
             )
         return news
@@ -302,6 +302,8 @@ class Scheduler:
         if ticket.done:
             return
         self._close(ticket)
+        if 0 <= ticket.seq < self.n_seq and self._slots[ticket.seq] is ticket:
+            self.comp.release(ticket.seq)  # what the composite bound to the slot (adapter families)
         with self._cv:
             if 0 <= ticket.seq < self.n_seq and self._slots[ticket.seq] is ticket:
                 self._slots[ticket.seq] = None

@@ -87,3 +87,7 @@ class RegistryError(NanoCommanderError, RuntimeError):
 
 class ReferenceNotFound(RegistryError, LookupError):
     """A pull names nothing it can fetch: no recipe file, no Hub name, no stored model (a 404)."""
+
+
+class AdapterMismatch(NanoCommanderError, ValueError):
+    """A LoRA adapter does not fit the base it is meant for (architecture, tensor names or shapes)."""

@@ -305,7 +305,8 @@ class _Parser:
                     raise self.error(fields[extra][0], f"{key}.{extra}", "only valid with hf")
             path = Path(values["path"]).expanduser()
             path = path if path.is_absolute() else (self.base_dir / path)
-            if self.check_files and not path.is_file():
+            # a path pinned by sha256 may have moved: the store finds its blob by digest
+            if self.check_files and not path.is_file() and "sha256" not in values:
                 raise self.error(fields["path"][1], f"{key}.path", f"file not found: {path}")
             values["path"] = path  # type: ignore[assignment]
         if "hf" in values:

@@ -8,6 +8,7 @@ else ~/.nanocommander/models, and reads HF_* env vars at each call):
     reg = Registry()                                  # or Registry(root)
     for event in reg.pull("recipe.yaml"): ...         # /api/pull: also "hf.co/user/repo[:tag]" or a stored name
     for event in reg.create("me/tiny", path="r.yaml"): ...   # /api/create (path=, text= or recipe=)
+    for event in reg.create_member("pirate", "tiny", "pirate.gguf"): ...  # adapter family (registry.family)
     for event in reg.push("tiny", "hf.co/me/tiny"): ...      # /api/push
     reg.list()            -> [ModelEntry]   .to_ollama() is one /api/tags entry
     reg.show("tiny")      -> ModelDetails   .to_dict() for /api/show (members, alpha, memory estimate)
@@ -27,12 +28,11 @@ RegistryError (network, disk full, Hub), RecipeError -- all from nanocommander.e
 
 from __future__ import annotations
 
+from nanocommander.recipe import Recipe
 from nanocommander.registry.api import MemberDetails, ModelDetails, ModelEntry, Registry, VerifyReport
 from nanocommander.registry.gguf_info import MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
 from nanocommander.registry.store import Store, models_dir
-
-from nanocommander.recipe import Recipe
 
 
 def resolve(name: str) -> Recipe:

@@ -21,6 +21,7 @@ from typing import Any
 from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
 from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub, pull
+from nanocommander.registry.family import check_recipe_adapter, family_id, member_recipe
 from nanocommander.registry.gguf_info import GGUFInfo, MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
 from nanocommander.registry.store import (
@@ -48,6 +49,7 @@ class ModelEntry:
     size: int  # bytes of the distinct blobs it uses
     modified_at: datetime
     details: dict[str, Any]
+    family: str | None = None  # id shared by composites over the same large and base with an adapter
 
     def to_ollama(self) -> dict[str, Any]:
         return {
@@ -157,7 +159,36 @@ class Registry:
             recipe = Recipe.load(path)
         elif text is not None:
             recipe = Recipe.parse(text, check_files=True)
+        check_recipe_adapter(self.store, recipe)  # type: ignore[arg-type]  # refused now, nothing written
         return self._pull(lambda: recipe, target)  # type: ignore[arg-type,return-value]
+
+    def create_member(
+        self,
+        name: str,
+        family: str | Path | Recipe,
+        adapter: str | Path,
+        *,
+        alpha: float | None = None,
+        adapter_scale: float | None = None,
+    ) -> Iterator[Event]:
+        """Register `name` over the large and base of `family` (a stored name, a recipe file or a
+        Recipe) with `adapter` as its tuned member: the stored large and base blobs are reused.
+
+        Raises AdapterMismatch (nothing written) when the adapter does not fit the base.
+        """
+        path = Path(adapter).expanduser().resolve()
+        if not path.is_file():
+            raise RegistryError(f"adapter file not found: {adapter}")
+        if isinstance(family, Recipe):
+            source = family
+        elif _is_recipe_file(family):
+            source = Recipe.load(family)
+        else:
+            source = self.stored_recipe(self.resolve(str(family)).name)  # its blobs must all be here
+        recipe = member_recipe(
+            source, Name.parse(name).model, Source(path=path), alpha=alpha, adapter_scale=adapter_scale
+        )
+        return self.create(name, recipe=recipe)
 
     def _pull(self, get_recipe, name: Name) -> Iterator[Event]:
         def work(emit, cancel) -> None:
@@ -246,6 +277,7 @@ class Registry:
                     sum(sizes.values()),
                     datetime.fromtimestamp(path.stat().st_mtime, timezone.utc),
                     details,
+                    family_id(manifest),
                 )
             )
         return sorted(out, key=lambda e: e.modified_at, reverse=True)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from nanocommander.errors import InvalidRequest
 from nanocommander.registry.gguf_info import format_bytes
 
 
@@ -20,9 +23,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("ref")
     p.set_defaults(func=cmd_pull)
-    p = sub.add_parser("create", help="register a recipe under a name and fetch its members")
+    p = sub.add_parser(
+        "create",
+        help="register a recipe under a name and fetch its members",
+        description="Register a recipe (-f), or a new member of an adapter family: --from a stored "
+        "composite or recipe, reusing its large and base, with --adapter as the tuned member.",
+    )
     p.add_argument("name")
-    p.add_argument("-f", "--file", required=True, help="the recipe YAML")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("-f", "--file", help="the recipe YAML")
+    how.add_argument(
+        "--from",
+        dest="family",
+        metavar="FAMILY",
+        help="a stored composite or recipe to share large and base with",
+    )
+    p.add_argument("--adapter", type=Path, help="with --from: the LoRA adapter GGUF (trained on the base)")
+    p.add_argument("--alpha", type=float, help="with --from: alpha of the new member (default: the family's)")
+    p.add_argument("--adapter-scale", type=float, dest="adapter_scale", help="with --from: LoRA scale")
     p.set_defaults(func=cmd_create)
     p = sub.add_parser("push", help="publish a stored model to hf.co/user/repo[:tag]")
     p.add_argument("name")
@@ -57,9 +75,11 @@ def _registry():
     return Registry()
 
 
-def render(events: Iterable[dict[str, Any]], out=sys.stderr) -> None:
+def render(events: Iterable[dict[str, Any]], out=None) -> None:
     """Draw Ollama-style progress events as tqdm bars (one per digest or file) and status lines."""
     from tqdm import tqdm
+
+    out = out or sys.stderr  # looked up per call: tests (and callers) swap sys.stderr
 
     bars: dict[str, tqdm] = {}
     try:
@@ -96,7 +116,21 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    render(_registry().create(args.name, path=args.file))
+    reg = _registry()
+    if args.family is None:
+        if args.adapter is not None or args.alpha is not None or args.adapter_scale is not None:
+            raise InvalidRequest(
+                "--adapter, --alpha and --adapter-scale go with --from (set them in the recipe)"
+            )
+        render(reg.create(args.name, path=args.file))
+        return 0
+    if args.adapter is None:
+        raise InvalidRequest("--from FAMILY needs --adapter FILE (the tuned member's LoRA)")
+    render(
+        reg.create_member(
+            args.name, args.family, args.adapter, alpha=args.alpha, adapter_scale=args.adapter_scale
+        )
+    )
     return 0
 
 
@@ -106,11 +140,19 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    entries = _registry().list()
+    shared = Counter(e.family for e in entries if e.family)
     rows = [
-        (e.name.display(), e.digest[:12], format_bytes(e.size), e.modified_at.strftime("%Y-%m-%d %H:%M"))
-        for e in _registry().list()
+        (
+            e.name.display(),
+            e.digest[:12],
+            format_bytes(e.size),
+            f"{e.family} ({shared[e.family]})" if e.family else "-",
+            e.modified_at.strftime("%Y-%m-%d %H:%M"),
+        )
+        for e in sorted(entries, key=lambda e: (e.family or "~", -e.modified_at.timestamp()))
     ]
-    _table([("NAME", "ID", "SIZE", "MODIFIED"), *rows])
+    _table([("NAME", "ID", "SIZE", "FAMILY", "MODIFIED"), *rows])
     return 0
 
 

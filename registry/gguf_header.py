@@ -25,20 +25,39 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], list[tuple[int, int]]
     Raises:
         ValueError: not a GGUF file, an unsupported version, or a truncated header.
     """
+    return _walk(path, None)
+
+
+def read_tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's name and dimensions (ggml order, ne[0] first), from the same walk.
+
+    Raises:
+        ValueError: as read_header.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    _walk(path, shapes)
+    return shapes
+
+
+def _walk(
+    path: str | Path, shapes: dict[str, tuple[int, ...]] | None
+) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     with open(path, "rb") as f:
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError as exc:  # an empty file cannot be mapped
             raise ValueError(str(exc)) from None
     try:
-        return _parse(mm)
+        return _parse(mm, shapes)
     except (struct.error, IndexError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError(f"truncated or malformed GGUF header ({exc})") from None
     finally:
         mm.close()
 
 
-def _parse(mm: mmap.mmap) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+def _parse(
+    mm: mmap.mmap, shapes: dict[str, tuple[int, ...]] | None = None
+) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     if mm[:4] != b"GGUF":
         raise ValueError("no GGUF magic")
     version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
@@ -52,9 +71,11 @@ def _parse(mm: mmap.mmap) -> tuple[dict[str, Any], list[tuple[int, int]]]:
         fields[key], pos = _value(mm, pos + 4, vtype)
     tensors = []
     for _ in range(n_tensors):
-        _, pos = _string(mm, pos)
+        name, pos = _string(mm, pos)
         (n_dims,) = struct.unpack_from("<I", mm, pos)
         dims = struct.unpack_from(f"<{n_dims}Q", mm, pos + 4)
+        if shapes is not None:
+            shapes[name] = tuple(dims)
         ttype, _offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * n_dims)
         pos += 4 + 8 * n_dims + 12
         count = 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from nanocommander.engine.options import num_parallel as resolve_slots
 from nanocommander.engine.rpc import placement
 from nanocommander.recipe import ROLES, Recipe
-from nanocommander.registry.gguf_header import read_header
+from nanocommander.registry.gguf_header import read_header, read_tensor_shapes
 
 DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/composite.py)
 KV_FORMULA = "2 (K, V) x n_layer x n_head_kv x head_dim x 2 bytes (f16) x num_ctx x num_parallel, per member"
@@ -43,6 +44,7 @@ class GGUFInfo:
     n_head_kv: int | None
     head_dim: int | None
     chat_template: str | None
+    adapter_type: str | None = None  # "lora" for a llama.cpp LoRA adapter
 
     @property
     def parameter_size(self) -> str:
@@ -85,6 +87,15 @@ def read_gguf(path: str | Path) -> GGUFInfo:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = hit
     return hit if hit.path == path else dataclasses.replace(hit, path=path)
+
+
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape in ggml order (ne[0] first: a weight is (in, out)), for checking
+    an adapter against its base. Raises ValueError for a file that is not GGUF."""
+    try:
+        return read_tensor_shapes(path)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a readable GGUF file: {exc}") from exc
 
 
 def _read(path: Path, size: int) -> GGUFInfo:
@@ -132,6 +143,7 @@ def _read(path: Path, size: int) -> GGUFInfo:
         n_head_kv=n_head_kv,
         head_dim=head_dim,
         chat_template=value("tokenizer.chat_template"),
+        adapter_type=value("adapter.type") if kind == "adapter" else None,
     )
 
 
@@ -195,8 +207,24 @@ class MemoryEstimate:
         }
 
 
+def estimate_family(
+    recipe: Recipe,
+    adapters: Iterable[Path],
+    tuned_contexts: int,
+    num_ctx: int | None = None,
+    num_parallel: int | None = None,
+) -> MemoryEstimate:
+    """An adapter family (engine/family.py) served for `recipe`'s large and base: their weights and
+    contexts once, the `adapters` loaded, and `tuned_contexts` tuned contexts of the base's KV shape."""
+    first = estimate_memory(recipe, num_ctx, num_parallel, tuned_contexts=tuned_contexts)
+    tuned = first.members["tuned"]
+    weights = sum(p.stat().st_size for p in {Path(a).resolve() for a in adapters} if p.exists())
+    members = {**first.members, "tuned": dataclasses.replace(tuned, weights=weights)}
+    return MemoryEstimate(members, first.free)
+
+
 def estimate_memory(
-    recipe: Recipe, num_ctx: int | None = None, num_parallel: int | None = None
+    recipe: Recipe, num_ctx: int | None = None, num_parallel: int | None = None, *, tuned_contexts: int = 1
 ) -> MemoryEstimate:
     """Bytes a resolved recipe needs: each member's weights (shared files counted once) plus its KV cache.
 
@@ -204,7 +232,8 @@ def estimate_memory(
     `n_ctx`, else parameters.num_ctx, else 4096, capped at the model's training context;
     the KV cache holds that many tokens for each of the model's slots (parameters.num_parallel,
     else `num_parallel`, the server's setting, else 4). A tuned adapter adds its own file size
-    and uses the base's KV shape.
+    and uses the base's KV shape (one cache per tuned context: an adapter family keeps
+    `tuned_contexts` of them).
 
     Raises:
         ValueError: a member is not a local GGUF (resolve the recipe through the store first).
@@ -234,7 +263,8 @@ def estimate_memory(
             weights = info.size
         if spec.is_adapter and spec.adapter is not None and spec.adapter.path is not None:
             weights += spec.adapter.path.stat().st_size
-        members[role] = MemberMemory(role, weights, info.kv_bytes(n_ctx) * slots, n_ctx, slots)
+        kv = info.kv_bytes(n_ctx) * slots * (tuned_contexts if role == "tuned" else 1)
+        members[role] = MemberMemory(role, weights, kv, n_ctx, slots)
     return MemoryEstimate(members, free_memory())
 
 

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from nanocommander.errors import AdapterMismatch, DigestMismatch, RecipeError, RegistryError
+from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub
+from nanocommander.registry.family import check_adapter, check_recipe_adapter
 from nanocommander.registry.gguf_info import read_gguf
 from nanocommander.registry.name import Name
 from nanocommander.registry.ollama_local import ollama_blob
@@ -49,9 +53,6 @@ from nanocommander.registry.store import (
     disk_error,
     hash_file,
 )
-
-from nanocommander.errors import DigestMismatch, RecipeError, RegistryError
-from nanocommander.recipe import ROLES, Recipe, Source
 
 Event = dict[str, Any]
 Emit = Callable[[Event], None]
@@ -230,6 +231,8 @@ def pull_recipe(
     emit({"status": "pulling manifest"})
     store.ensure()
     with store.lock("gc", shared=True):
+        checked = check_recipe_adapter(store, recipe)  # a misfit adapter is refused before any write
+        before = set(store.blob_digests())
         fetcher = Fetcher(store, settings, emit, cancel)
         seen: dict[Source, Fetched] = {}
         fetched: dict[str, Fetched] = {}
@@ -241,6 +244,18 @@ def pull_recipe(
                 if src not in seen:  # large == base (same source) is fetched once
                     seen[src] = fetcher.fetch(src)
                 fetched[f"{role}.{kind}"] = seen[src]
+        if not checked and "tuned.adapter" in fetched:
+            base, adapter = fetched["base.model"], fetched["tuned.adapter"]
+            try:
+                check_adapter(
+                    store.blob_path(base.digest),
+                    store.blob_path(adapter.digest),
+                    base_label=base.origin,
+                    adapter_label=adapter.origin,
+                )
+            except AdapterMismatch:
+                store.discard({f.digest for f in fetched.values()} - before)
+                raise
         stored = pinned_recipe(recipe, fetched)
         manifest = build_manifest(store, stored, fetched)
         emit({"status": "writing manifest"})

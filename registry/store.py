@@ -314,6 +314,14 @@ class Store:
                 continue
         return digests
 
+    def discard(self, digests: set[str]) -> None:
+        """Remove these blobs unless a manifest uses them (what a refused create had already fetched)."""
+        with self.lock("manifests"):
+            keep = self.referenced()
+            for digest in digests:
+                if parse_digest(digest) not in keep:
+                    self.blob_path(digest).unlink(missing_ok=True)
+
     def gc(self) -> list[str]:
         """Delete unreferenced blobs, unless a pull or create is running (then they wait for the next gc).
 

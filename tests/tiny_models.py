@@ -134,13 +134,13 @@ def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool 
 
 def write_lora(path: Path, *, seed: int, shape: Shape = Shape(), rank: int = 4, alpha: float = 8.0,
                layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"), std: float = 0.5,
-               q8_a: bool = False) -> Path:
+               q8_a: bool = False, arch: str = "llama") -> Path:
     """Write a llama.cpp LoRA adapter GGUF for a model of `shape` (lora_a: r×in, lora_b: out×r).
 
     `q8_a` stores lora_a as Q8_0 (same random draws): llama.cpp's CPU kernels for it do not depend
     on the batch, while F32 ones do (see bench/batch_numerics.py)."""
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)

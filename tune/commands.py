@@ -24,7 +24,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="LoRA SFT of BASE on DATA (JSONL), exported as a llama.cpp LoRA GGUF. "
         "Needs: pip install 'nanocommander[tune]'.",
     )
-    p.add_argument("--base", required=True, help="the small base GGUF (path or hf.co/user/repo:file.gguf)")
+    p.add_argument("--base", help="the small base GGUF (path or hf.co/user/repo:file.gguf)")
     p.add_argument(
         "--data",
         required=True,
@@ -62,6 +62,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--large", type=Path, help="the large GGUF of the --into composite")
     p.add_argument("--recipe", type=Path, help="start --into from this recipe (keeps its large and settings)")
     p.add_argument("--alpha", type=float, help="composite alpha written into the recipe (default 1.0)")
+    p.add_argument(
+        "--from",
+        dest="family",
+        metavar="FAMILY",
+        help="with --into: train on the base of this stored composite and register NAME in its family",
+    )
     p.set_defaults(func=run_tune)
 
     e = sub.add_parser(
@@ -102,12 +108,19 @@ def _require_extras() -> None:
 def run_tune(args: argparse.Namespace) -> int:
     _require_extras()
     from nanocommander.tune.hfmodel import resolve_base
-    from nanocommander.tune.into import build_recipe, register, write_recipe
+    from nanocommander.tune.into import build_recipe, family_base, register, write_recipe
     from nanocommander.tune.train import TrainConfig, train
 
-    if args.into and not (args.large or args.recipe):
-        raise TrainingError("--into NAME needs --large LARGE.gguf or --recipe EXISTING.yaml")
-    base = resolve_base(args.base)
+    if args.family:
+        if not args.into or args.base or args.large or args.recipe:
+            raise TrainingError("--from FAMILY goes with --into NAME and brings its own base and large")
+        base = family_base(args.family)  # before training: an unknown family fails fast
+    elif not args.base:
+        raise TrainingError("--base BASE.gguf is required (or --from FAMILY with --into NAME)")
+    elif args.into and not (args.large or args.recipe):
+        raise TrainingError("--into NAME needs --large LARGE.gguf, --recipe EXISTING.yaml or --from FAMILY")
+    else:
+        base = resolve_base(args.base)
     cfg = TrainConfig(
         base=base,
         data=args.data,
@@ -138,7 +151,15 @@ def run_tune(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"metrics: {result.metrics}\nplot: {result.plot}", file=sys.stderr)
-    if args.into or args.recipe:
+    if args.family:
+        from nanocommander.tune.into import family_recipe, register_member
+
+        path = write_recipe(
+            family_recipe(args.into, args.family, result.adapter, args.alpha), result.adapter.parent
+        )
+        note = register_member(args.into, args.family, result.adapter, args.alpha)
+        print(f"recipe: {path}; {note}", file=sys.stderr)
+    elif args.into or args.recipe:
         recipe = build_recipe(
             adapter=result.adapter,
             base=base,

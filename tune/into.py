@@ -3,7 +3,9 @@
 The recipe is written next to the adapter with the adapter as the tuned member
 over the base it was trained on, then read back with `Recipe.load` so a bad
 recipe fails here rather than at serve time. With `--recipe EXISTING.yaml` the
-existing recipe is kept and only its base and tuned members change.
+existing recipe is kept and only its base and tuned members change. With
+`--from FAMILY` (a stored composite) the adapter is trained on FAMILY's base and
+registered in the store as one more member of its adapter family.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import os
 from pathlib import Path
 
 import yaml
-from nanocommander.tune.errors import TrainingError
 
 from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
+from nanocommander.tune.errors import TrainingError
 
 
 def build_recipe(
@@ -73,15 +75,37 @@ def write_recipe(recipe: Recipe, folder: Path) -> Path:
 
 
 def register(recipe_path: Path, name: str) -> str:
-    """Register with the store when the registry offers it; otherwise say which command does."""
-    try:
-        from nanocommander.registry import store  # type: ignore[attr-defined]
+    """How to add a standalone recipe to the store (tune writes files; the user decides to register)."""
+    return f"to add it to the store run: nanocommander create {name} -f {recipe_path}"
 
-        create = store.create
-    except (ImportError, AttributeError):
-        return f"to add it to the store run: nanocommander create {name} -f {recipe_path}"
-    create(name, recipe_path)
-    return f"registered as {name}"
+
+def family_base(family: str) -> Path:
+    """The base GGUF (a store blob) of the stored composite `family`, to train a new member on.
+
+    Raises ModelNotFound, or RegistryError when a blob of it is missing.
+    """
+    from nanocommander.registry import Registry
+
+    return Path(Registry().resolve(family).base.source.path)  # type: ignore[union-attr,arg-type]
+
+
+def family_recipe(name: str, family: str, adapter: Path, alpha: float | None = None) -> Recipe:
+    """`family`'s recipe over its store blobs with `adapter` as the tuned member (for `eval`)."""
+    from nanocommander.registry import Registry
+    from nanocommander.registry.family import member_recipe
+
+    if not RECIPE_NAME.match(name):
+        raise TrainingError(f"--into '{name}': use letters, digits, '_', '-', '.' (at most 80)")
+    return member_recipe(Registry().resolve(family), name, Source(path=adapter.resolve()), alpha=alpha)
+
+
+def register_member(name: str, family: str, adapter: Path, alpha: float | None = None) -> str:
+    """Register `name` in the store as a member of `family`'s adapter family (its large and base blobs)."""
+    from nanocommander.registry import Registry
+
+    for _event in Registry().create_member(name, family, adapter, alpha=alpha):
+        pass
+    return f"registered as {name}, sharing large and base with {family}"
 
 
 def _relative(path: Path, folder: Path) -> str:

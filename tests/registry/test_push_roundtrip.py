@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 import yaml
-from nanocommander.registry import Registry
 
 from nanocommander.errors import InvalidName, ModelNotFound
+from nanocommander.registry import Registry
 
 
 def sha(data: bytes) -> str:
@@ -72,7 +72,11 @@ def test_push_with_a_tag_adds_a_second_recipe(hub, published, hub_recipe, write_
     list(reg.push("hubby", "hf.co/me/set"))
     list(reg.push("local-one", "hf.co/me/set:strong"))
     files = hub.repos["me/set"].head[1]
-    assert {"nanocommander.yaml", "strong.yaml", "large.gguf", "base.gguf", "tuned.gguf"} <= set(files)
+    assert {"nanocommander.yaml", "strong.yaml"} <= set(files)
+    # local-one's files have the bytes of hubby's Hub members: the push references them, uploads none
+    assert not {"large.gguf", "base.gguf", "tuned.gguf"} & set(files)
+    strong = yaml.safe_load(files["strong.yaml"])
+    assert strong["members"]["large"]["hf"] == "org/tiny-large-GGUF"
     reg.delete("local-one")
     list(reg.pull("hf.co/me/set:strong"))
     assert reg.resolve("hf.co/me/set:strong").alpha == 2.0

@@ -8,10 +8,10 @@ import os
 import shutil
 
 import pytest
-from nanocommander.registry import Registry
 
 from nanocommander.cli import main
 from nanocommander.errors import RegistryError
+from nanocommander.registry import Registry
 
 
 def sha(data: bytes) -> str:
@@ -101,8 +101,10 @@ def test_cli_verbs(write_recipe, tiny, capsys):
     capsys.readouterr()
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    assert out.splitlines()[0].split() == ["NAME", "ID", "SIZE", "FAMILY", "MODIFIED"]
     assert "tiny:latest" in out and "me/second:v2" in out
+    families = {line.split()[0]: line.split()[4] for line in out.splitlines()[1:]}
+    assert families["tiny:latest"] == families["me/second:v2"] != "-"  # same large, base; an adapter
     assert main(["show", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "llama" in out and "adapter" in out and "Memory estimate" in out and "F32" in out
