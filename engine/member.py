@@ -207,7 +207,7 @@ class Member:
         if self.adapter_path is not None:
             self.model.release_adapter(self.adapter_path)
         self.adapter_path, self.adapter_scale = (Path(adapter) if adapter else None), scale
-        self.reset()
+        self.reset(wipe=False)
 
     @property
     def tokens(self) -> list[int]:
@@ -299,8 +299,10 @@ class Member:
             llama_cpp.llama_set_n_threads(self.ctx.ctx, n, n)
             self._share = share
 
-    def reset(self) -> None:
-        llama_cpp.llama_memory_clear(self._memory, True)
+    def reset(self, wipe: bool = True) -> None:
+        """Empty every sequence; `wipe=False` forgets the cells without zeroing the buffers (cheap, and
+        pages no request has touched stay out of resident memory)."""
+        llama_cpp.llama_memory_clear(self._memory, wipe)
         for cached in self.cached:
             cached.clear()
 

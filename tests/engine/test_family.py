@@ -114,7 +114,7 @@ def test_a_switch_clears_the_tuned_kv_and_keeps_large_and_base(styles, fresh, mo
         )
 
         # the same test fails when the KV cache survives the switch (as llama.cpp would leave it)
-        monkeypatch.setattr(Member, "reset", lambda self: None)
+        monkeypatch.setattr(Member, "reset", lambda self, wipe=True: None)
         run(views[0], prompt, "tuned")
         leaked = run(views[2], prompt, "tuned")
         assert leaked != fresh[2, prompt, "tuned"]
