@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +277,9 @@ class Composite:
                     out[role][i] = rows
 
             if self.concurrent and len(jobs) > 1:
-                for future in [self._executor.submit(run, *job) for job in jobs.values()]:
+                futures = [self._executor.submit(run, *job) for job in jobs.values()]
+                wait(futures)  # every member finishes before any error is raised: no context is left decoding
+                for future in futures:
                     future.result()
             else:
                 for job in jobs.values():

@@ -9,12 +9,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from nanocommander.tune.errors import TrainingError  # noqa: E402
-from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
 from tune_helpers import ANSWER, chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
+from nanocommander.tune.errors import TrainingError  # noqa: E402
+from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +134,32 @@ def test_recipe_from_an_existing_one_keeps_large_and_settings(trained, tiny, tmp
 
 
 def test_eval_general_sweep_prints_the_table_and_marks(trained, tmp_path, capsys):
-    general = write_jsonl(tmp_path / "general.jsonl", [{"question": "hello 1", "answers": ["tea"]},
-                                                        {"question": "what is the answer", "answer": "tea"}])
+    general = write_jsonl(
+        tmp_path / "general.jsonl",
+        [{"question": "hello 1", "answers": ["tea"]}, {"question": "what is the answer", "answer": "tea"}],
+    )
     report_path = tmp_path / "sweep.json"
-    rc = main(["eval", str(trained["recipe"]), "--data", str(trained["data"]), "--general", str(general), "--sweep",
-               "--limit", "3", "--num-predict", "40", "--alpha", "1.0", "--style-marker", "all in the",
-               "--json", str(report_path)])
+    rc = main(
+        [
+            "eval",
+            str(trained["recipe"]),
+            "--data",
+            str(trained["data"]),
+            "--general",
+            str(general),
+            "--sweep",
+            "--limit",
+            "3",
+            "--num-predict",
+            "40",
+            "--alpha",
+            "1.0",
+            "--style-marker",
+            "all in the",
+            "--json",
+            str(report_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "style NLL" in out and "recommended a=1" in out and "nudge(top1=0.4) a=1" in out
