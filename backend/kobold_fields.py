@@ -48,6 +48,8 @@ MAPPING = {
     "stop_sequence": "stop",
     "alpha": "alpha",
     "member": "member",
+    "steer": "steer",
+    "speculative": "speculative",
 }
 # Numeric fields a Kobold-style body may carry (Kobold's own names and the OpenAI/text-generation-webui
 # names SillyTavern sends beside them), with whether each is an integer.

@@ -196,6 +196,11 @@ def final_fields(chunk: Chunk) -> dict[str, Any]:
             eval_count=s.eval_count,
             eval_duration=ns(s.eval_s),
         )
+        # NanoCommander's extras (clients ignore unknown keys): speculative drafts and steering.
+        if s.speculative:
+            out.update(draft_source=s.speculative, draft_count=s.drafted, draft_accepted=s.accepted)
+        if s.steer_mode:
+            out.update(steer_mode=s.steer_mode, steered_count=s.steered)
     return out
 
 

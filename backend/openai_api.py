@@ -21,7 +21,7 @@ from nanocommander.engine.toolcalls import ToolCall
 from nanocommander.engine.types import Chunk, DoneReason, Stats, TokenLogprob
 from nanocommander.errors import InvalidRequest
 
-# OpenAI field -> engine option; top-level alpha/member are NanoCommander's composite knobs.
+# OpenAI field -> engine option; top-level alpha/member/steer/speculative are NanoCommander's knobs.
 FIELDS = {
     "temperature": "temperature",
     "top_p": "top_p",
@@ -33,6 +33,8 @@ FIELDS = {
     "stop": "stop",
     "alpha": "alpha",
     "member": "member",
+    "steer": "steer",
+    "speculative": "speculative",
     "top_k": "top_k",
     "min_p": "min_p",
     "repeat_penalty": "repeat_penalty",

@@ -50,6 +50,8 @@ def make_request(
         stop=tuple(opts.get("stop", ())),
         alpha=opts.get("alpha"),
         member=opts.get("member", "composite"),
+        steer=opts.get("steer"),
+        speculative=opts.get("speculative"),
         add_bos=add_bos,
         ignore_eos=ignore_eos,
         trim_stop=trim_stop,

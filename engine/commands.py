@@ -28,7 +28,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--compare", action="store_true", help="print large alone, tuned alone, then the composite"
     )
     p.add_argument(
-        "--verbose", action="store_true", help="print load time, token counts, speeds and llama.cpp's log to stderr"
+        "--verbose",
+        action="store_true",
+        help="print load time, token counts, speeds and llama.cpp's log to stderr",
     )
     p.set_defaults(func=run)
 
@@ -122,6 +124,18 @@ def _print_stats(chunk: Chunk) -> None:
         f"done reason: {chunk.done_reason.value if chunk.done_reason else '?'}",
         file=sys.stderr,
     )
+    if s.speculative:
+        mean = s.accepted / s.rounds if s.rounds else 0.0
+        print(
+            f"drafts ({s.speculative}): {s.accepted}/{s.drafted} accepted ({s.acceptance:.0%}), "
+            f"{mean:.2f} per round",
+            file=sys.stderr,
+        )
+    if s.steer_mode:
+        print(
+            f"steering ({s.steer_mode}): {s.steered}/{s.eval_count} tokens steered ({s.steered_fraction:.0%})",
+            file=sys.stderr,
+        )
 
 
 def _chat(comp, args) -> int:

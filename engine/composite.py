@@ -16,14 +16,15 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
-from nanocommander.engine.decoding import STRATEGIES
+from nanocommander.engine.decode_options import DEFAULT_SPECULATION, OFF, Speculation, Steer
+from nanocommander.engine.decoding import strategy_for
 from nanocommander.engine.fusion import fuse
 from nanocommander.engine.generation import Generation, Logits, Need, Plan, Steps
 from nanocommander.engine.logprobs import reader as logprob_reader
@@ -223,20 +224,28 @@ class Composite:
 
     # -- generation ------------------------------------------------------------------------
 
+    @property
+    def default_speculation(self) -> Speculation:
+        """Tuned drafts where a batch is nearly free (the large member on a GPU); off on a CPU, where
+        verifying k drafted tokens costs about k single steps (README, Performance)."""
+        return DEFAULT_SPECULATION if self.recipe.large.gpu_layers != 0 else OFF
+
     def plan(self, req: GenerateRequest) -> Plan:
-        """Which members run for `req` and with what alpha (alpha 0: the large model alone)."""
+        """Which members run for `req`, with what alpha, steering and drafting (request over recipe)."""
         mask = self.vocab.mask
         if req.ignore_eos and self.vocab.eog:
             mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
             mask[list(self.vocab.eog)] = True
+        steer = req.steer or self.recipe.steer or Steer()
+        spec = req.speculative or self.recipe.speculative or self.default_speculation
         if req.member != "composite":
-            return Plan((req.member,), 0.0, self.vocab.n_vocab, mask)
+            return Plan((req.member,), 0.0, self.vocab.n_vocab, mask, steer, spec)
         alpha = self.recipe.alpha if req.alpha is None else float(req.alpha)
         if not np.isfinite(alpha):
             raise InvalidRequest("alpha must be a finite number")
         if alpha == 0.0:  # the small models are not run at all
-            return Plan(("large",), 0.0, self.vocab.n_vocab, mask)
-        return Plan(ROLES, alpha, self.vocab.n_vocab, mask)
+            return Plan(("large",), 0.0, self.vocab.n_vocab, mask, steer, spec)
+        return Plan(ROLES, alpha, self.vocab.n_vocab, mask, steer, spec)
 
     def hold(self, need: Need) -> dict[str, np.ndarray]:
         """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
@@ -268,7 +277,9 @@ class Composite:
                     out[role][i] = rows
 
             if self.concurrent and len(jobs) > 1:
-                for future in [self._executor.submit(run, *job) for job in jobs.values()]:
+                futures = [self._executor.submit(run, *job) for job in jobs.values()]
+                wait(futures)  # every member finishes before any error is raised: no context is left decoding
+                for future in futures:
                     future.result()
             else:
                 for job in jobs.values():
@@ -324,7 +335,7 @@ class Composite:
             stats=stats,
             logprobs=lp,
         )
-        return gen, STRATEGIES["proxy"](gen)
+        return gen, strategy_for(gen)
 
     def generate(self, req: GenerateRequest, cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """Blocking generator of text chunks; the final chunk carries done_reason and stats.

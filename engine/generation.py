@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nanocommander.engine.decode_options import OFF, Speculation, Steer
 from nanocommander.engine.fusion import fuse
 from nanocommander.engine.logprobs import LogprobReader
 from nanocommander.engine.member import Hold
@@ -36,6 +37,13 @@ class Plan:
     alpha: float
     n_vocab: int
     mask: np.ndarray | None  # ids never to sample (padding, banned end tokens)
+    steer: Steer = Steer()  # where the delta applies (engine/steering.py)
+    spec: Speculation = OFF  # who drafts tokens to verify in one batch (engine/speculative.py)
+
+    @property
+    def steered(self) -> bool:
+        """Whether the small models' delta takes part at all (the composite with alpha != 0)."""
+        return len(self.roles) == 3 and self.alpha != 0.0
 
 
 class Generation:
@@ -91,12 +99,33 @@ class Generation:
         self._last = (fused, logits, row)
         return fused
 
+    def alone(self, logits: Logits, role: str, row: int = -1) -> np.ndarray:
+        """One member's logits as the distribution to sample (a closed gate, a nudge); like `fuse`."""
+        p = self.plan
+        fused = fuse(logits[role][row], None, None, 0.0, p.n_vocab, p.mask, self._fused)
+        self._last = (fused, logits, row)
+        return fused
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    def room(self) -> int:
+        """How many more tokens may be committed (num_predict and the context both bound it)."""
+        left = self.n_ctx - len(self.tokens)
+        if self.n_predict > 0:
+            left = min(left, self.n_predict - self.stats.eval_count)
+        return max(left, 0)
+
     @property
     def finished(self) -> bool:
         return self.reason is not None
 
-    def accept(self, token: int) -> bool:
-        """Commit one sampled token; False once the request is finished (end token, stop, limit)."""
+    def accept(self, token: int, steered: bool = False) -> bool:
+        """Commit one sampled token; False once the request is finished (end token, stop, limit).
+
+        `steered`: the small models' delta took part in choosing it (counted in the stats).
+        """
         if self.finished:
             return False
         self.sampler.accept(token)
@@ -104,6 +133,7 @@ class Generation:
             self.reason = DoneReason.STOP
             return False
         self.stats.eval_count += 1
+        self.stats.steered += steered
         if self.logprobs is not None and self._last is not None:  # sampled from the latest fuse()
             fused, logits, row = self._last
             self.logprobs.add(token, fused, {r: v[row] for r, v in logits.items()})
@@ -111,7 +141,9 @@ class Generation:
         self._held.append(token)
         piece, stopped = self.text.push(self.piece(token))
         if piece:
-            self.out.append(Chunk(piece, self._held, logprobs=self.logprobs.take() if self.logprobs else None))
+            self.out.append(
+                Chunk(piece, self._held, logprobs=self.logprobs.take() if self.logprobs else None)
+            )
             self._held = []
         if stopped:
             self.reason = DoneReason.STOP

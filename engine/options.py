@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nanocommander.engine.decode_options import parse_speculative, parse_steer
 from nanocommander.errors import InvalidRequest
 
 
@@ -79,6 +80,8 @@ CONTROL_KEYS: dict[str, tuple[type, ...]] = {
     "stop": (list, tuple, str),
     "alpha": (float, int),
     "member": (str,),
+    "steer": (str, dict),  # a steering mode name or {mode, ...}: engine/decode_options.py
+    "speculative": (bool, str, dict),  # false, a draft name or {draft, max}
 }
 
 # Load-time settings: changing them means a reload, so requests may not change them per call.
@@ -137,6 +140,10 @@ MEMBERS = ("composite", "large", "base", "tuned")
 
 def check_value(key: str, value: Any) -> Any:
     """Type-check one option value; returns it normalised (floats as float, stop as tuple)."""
+    if key == "steer":
+        return parse_steer(value)
+    if key == "speculative":
+        return parse_speculative(value)
     types = ALL_KEYS[key]
     if isinstance(value, bool) or not isinstance(value, types):
         names = "number" if float in types else " or ".join(sorted({t.__name__ for t in types}))

@@ -7,8 +7,12 @@ fused vector and run two chains over it:
 * `history`: logit bias, repetition/presence/frequency penalties and DRY. It also
   sees the prompt, so penalties cover the recent prompt tokens as llama.cpp's
   server does.
-* `choice`: grammar, then either mirostat or top-k, typical, top-p, min-p, XTC,
-  (dynamic) temperature and the seeded distribution; or greedy at temperature 0.
+* `choice`: grammar, then either temperature (for mirostat) or top-k, typical, top-p,
+  min-p, XTC and (dynamic) temperature: everything that shapes the distribution;
+* `pick`: the final choice: greedy at temperature 0, mirostat 1/2, or the seeded distribution.
+
+Keeping `pick` apart lets `probs` return the distribution the chain would sample from
+without sampling it (speculative decoding compares two such distributions).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Sampler:
         self.seed = seed & 0xFFFFFFFF
         self.history = self._chain()
         self.choice = self._chain()
+        self.pick = self._chain()
         self._build_history(vocab)
         self._build_choice(vocab)
 
@@ -92,12 +97,12 @@ class Sampler:
                 raise InvalidRequest("invalid grammar (GBNF could not be parsed)")
             self._add(self.choice, grammar)
         if o.temperature <= 0:
-            self._add(self.choice, llama_cpp.llama_sampler_init_greedy())
+            self._add(self.pick, llama_cpp.llama_sampler_init_greedy())
             return
         if o.mirostat == 1:
             self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
             self._add(
-                self.choice,
+                self.pick,
                 llama_cpp.llama_sampler_init_mirostat(
                     self.n_vocab, self.seed, o.mirostat_tau, o.mirostat_eta, 100
                 ),
@@ -106,7 +111,7 @@ class Sampler:
         if o.mirostat == 2:
             self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
             self._add(
-                self.choice,
+                self.pick,
                 llama_cpp.llama_sampler_init_mirostat_v2(self.seed, o.mirostat_tau, o.mirostat_eta),
             )
             return
@@ -130,7 +135,16 @@ class Sampler:
             )
         else:
             self._add(self.choice, llama_cpp.llama_sampler_init_temp(o.temperature))
-        self._add(self.choice, llama_cpp.llama_sampler_init_dist(self.seed))
+        self._add(self.pick, llama_cpp.llama_sampler_init_dist(self.seed))
+
+    @property
+    def greedy(self) -> bool:
+        return self.opts.temperature <= 0
+
+    @property
+    def exact(self) -> bool:
+        """Whether `probs` is the distribution `sample` draws from (mirostat and XTC draw their own)."""
+        return self.greedy or (self.opts.mirostat == 0 and self.opts.xtc_probability <= 0)
 
     def accept_prompt(self, tokens: list[int]) -> None:
         """Let the penalty samplers see the recent prompt (not the grammar: it constrains output only)."""
@@ -138,24 +152,50 @@ class Sampler:
         for tok in tokens[-window:] if window else ():
             llama_cpp.llama_sampler_accept(self.history, tok)
 
-    def sample(self, logits: np.ndarray) -> int:
-        """Choose the next token from a logits vector of length n_vocab."""
+    def _shape(self, logits: np.ndarray):
         self._data.copy_logits(logits)
         self._data.candidates.data = self._start  # else the next step writes past the buffer (a crash)
         cur = ctypes.byref(self._data.candidates)
         llama_cpp.llama_sampler_apply(self.history, cur)
         llama_cpp.llama_sampler_apply(self.choice, cur)
+        return cur
+
+    def sample(self, logits: np.ndarray) -> int:
+        """Choose the next token from a logits vector of length n_vocab."""
+        cur = self._shape(logits)
+        llama_cpp.llama_sampler_apply(self.pick, cur)
         sel = self._data.candidates.selected
         if sel < 0:
             raise InvalidRequest("no token satisfies the grammar and sampler settings")
         return int(self._data.candidates.data[sel].id)
 
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """The probabilities `sample` would draw from, as a length-n_vocab vector (nothing is drawn).
+
+        Runs the history and shaping chains with their current state (penalties, grammar) and
+        softmaxes what survives; ids cut by top-k/top-p/min-p or the grammar get 0.
+        """
+        self._shape(logits)
+        cand = self._data.candidates
+        if ctypes.addressof(cand.data.contents) != self._data.candidates_data.ctypes.data:
+            raise RuntimeError("a sampler reallocated the candidate array")  # never seen; guard anyway
+        kept = self._data.candidates_data[: cand.size]
+        z = kept.logit.astype(np.float64)
+        top = z.max() if z.size else -np.inf
+        if not np.isfinite(top):
+            raise InvalidRequest("no token satisfies the grammar and sampler settings")
+        w = np.exp(z - top)
+        out = np.zeros(self.n_vocab, dtype=np.float64)
+        out[kept.id] = w / w.sum()
+        return out
+
     def accept(self, token: int) -> None:
         llama_cpp.llama_sampler_accept(self.history, token)
         llama_cpp.llama_sampler_accept(self.choice, token)
+        llama_cpp.llama_sampler_accept(self.pick, token)
 
     def close(self) -> None:
-        for name in ("history", "choice"):
+        for name in ("history", "choice", "pick"):
             chain = getattr(self, name, None)
             if chain:
                 llama_cpp.llama_sampler_free(chain)

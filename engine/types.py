@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
+from nanocommander.engine.decode_options import Speculation, Steer
 from nanocommander.engine.options import SamplingOptions
 
 Member = Literal["composite", "large", "base", "tuned"]
@@ -40,6 +41,8 @@ class GenerateRequest:
     add_bos: bool = True  # ignored when the prompt already starts with BOS
     ignore_eos: bool = False  # keep going past end-of-generation tokens (Kobold's ban_eos_token)
     trim_stop: bool = True  # drop the matched stop string from the output
+    steer: Steer | None = None  # None: the recipe's steering mode
+    speculative: Speculation | None = None  # None: the recipe's drafting; OFF turns it off
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the top k
     logprobs_member: Member = "composite"  # read log-probabilities from one member's logits instead
     special_text: tuple[str, ...] = ()  # control tokens whose text is emitted (tool-call markers)
@@ -66,6 +69,20 @@ class Stats:
     eval_count: int = 0
     eval_s: float = 0.0
     total_s: float = 0.0
+    drafted: int = 0  # tokens proposed by a draft (speculative decoding)
+    accepted: int = 0  # drafted tokens the composite accepted
+    rounds: int = 0  # draft-and-verify rounds (accepted / rounds: mean accepted length)
+    steered: int = 0  # generated tokens at which the small models' delta was applied
+    speculative: str | None = None  # the draft source when speculation ran ("tuned", "lookup")
+    steer_mode: str | None = None  # the steering mode when it is not plain proxy-tuning
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def steered_fraction(self) -> float:
+        return self.steered / self.eval_count if self.eval_count else 0.0
 
     @property
     def tokens_per_s(self) -> float:

@@ -15,7 +15,9 @@ class NanoCommanderError(Exception):
 class RecipeError(NanoCommanderError, ValueError):
     """A recipe file is malformed; the message names file, line and key."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None, key: str | None = None):
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, key: str | None = None
+    ):
         self.file, self.line, self.key, self.detail = file, line, key, message
         where = ":".join(str(p) for p in (file, line) if p is not None)
         prefix = f"{where}: " if where else ""

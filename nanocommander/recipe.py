@@ -27,17 +27,44 @@ from typing import Any
 
 import yaml
 
+from nanocommander.engine.decode_options import Speculation, Steer, parse_speculative, parse_steer
 from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, SAMPLING_KEYS, check_value
 from nanocommander.engine.rpc import parse_endpoint
 from nanocommander.errors import InvalidRequest, RecipeError
 
 ROLES = ("large", "base", "tuned")
-TOP_KEYS = ("name", "description", "members", "alpha", "template", "system", "parameters", "license", "messages",
-            "tool_parser", "embedding")
+TOP_KEYS = (
+    "name",
+    "description",
+    "members",
+    "alpha",
+    "template",
+    "system",
+    "parameters",
+    "license",
+    "messages",
+    "tool_parser",
+    "embedding",
+    "steer",
+    "speculative",
+)
 TOOL_PARSERS = ("hermes", "llama3", "mistral")
 SOURCE_KEYS = ("path", "hf", "file", "revision", "sha256", "ollama")
-MEMBER_KEYS = (*SOURCE_KEYS, "adapter", "adapter_scale", "gpu_layers", "n_ctx", "threads", "rpc", "tensor_split")
-PARAM_KEYS = tuple(k for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS) if k not in ("alpha", "member"))
+MEMBER_KEYS = (
+    *SOURCE_KEYS,
+    "adapter",
+    "adapter_scale",
+    "gpu_layers",
+    "n_ctx",
+    "threads",
+    "rpc",
+    "tensor_split",
+)
+PARAM_KEYS = tuple(
+    k
+    for k in (*SAMPLING_KEYS, *CONTROL_KEYS, *LOAD_KEYS)
+    if k not in ("alpha", "member", "steer", "speculative")
+)
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
@@ -110,6 +137,8 @@ class Recipe:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     license: str | None = None
     messages: tuple[Mapping[str, str], ...] = ()
+    steer: Steer | None = None  # None: plain proxy-tuning
+    speculative: Speculation | None = None  # None: the engine's default drafting
     path: Path | None = None  # the file it was read from, if any
     tool_parser: str | None = None  # hermes | llama3 | mistral; None: detect from the chat template
     embedding: Source | None = None  # the GGUF that embeds; None: the large member
@@ -134,11 +163,17 @@ class Recipe:
         if self.system is not None:
             out["system"] = self.system
         if self.parameters:
-            out["parameters"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters.items()}
+            out["parameters"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters.items()
+            }
         if self.license:
             out["license"] = self.license
         if self.messages:
             out["messages"] = [dict(m) for m in self.messages]
+        if self.steer is not None:
+            out["steer"] = self.steer.to_dict()
+        if self.speculative is not None:
+            out["speculative"] = self.speculative.to_dict()
         if self.tool_parser:
             out["tool_parser"] = self.tool_parser
         if self.embedding is not None:
@@ -160,8 +195,9 @@ class Recipe:
         return cls.parse(text, file=str(path), base_dir=path.parent, check_files=True)
 
     @classmethod
-    def parse(cls, text: str, *, file: str = "<recipe>", base_dir: Path | None = None,
-              check_files: bool = False) -> Recipe:
+    def parse(
+        cls, text: str, *, file: str = "<recipe>", base_dir: Path | None = None, check_files: bool = False
+    ) -> Recipe:
         return _Parser(file, base_dir or Path.cwd(), check_files).parse(text)
 
 
@@ -201,27 +237,41 @@ class _Parser:
             specs[role] = self.member(members[role], role)
         for role in ("large", "base"):
             if specs[role].is_adapter:
-                raise self.error(members[role][1], f"members.{role}.adapter", "only the tuned member may be an adapter")
+                raise self.error(
+                    members[role][1], f"members.{role}.adapter", "only the tuned member may be an adapter"
+                )
         alpha = self.alpha(top["alpha"]) if "alpha" in top else 1.0
         template = self.string(top["template"], "template") if "template" in top else "tuned"
         if template not in ROLES and "{{" not in template and "{%" not in template:
-            raise self.error(top["template"][1], "template", "expected large, base, tuned or an inline Jinja template")
+            raise self.error(
+                top["template"][1], "template", "expected large, base, tuned or an inline Jinja template"
+            )
         return Recipe(
-            name=name, large=specs["large"], base=specs["base"], tuned=specs["tuned"], alpha=alpha,
+            name=name,
+            large=specs["large"],
+            base=specs["base"],
+            tuned=specs["tuned"],
+            alpha=alpha,
             template=template,
             system=self.string(top["system"], "system") if "system" in top else None,
             description=self.string(top["description"], "description") if "description" in top else None,
             parameters=self.parameters(top["parameters"]) if "parameters" in top else {},
             license=self.string(top["license"], "license") if "license" in top else None,
             messages=self.messages(top["messages"]) if "messages" in top else (),
-            tool_parser=self.choice(top["tool_parser"], "tool_parser", TOOL_PARSERS) if "tool_parser" in top else None,
+            steer=self.decoding(top, "steer", parse_steer),
+            speculative=self.decoding(top, "speculative", parse_speculative),
+            tool_parser=self.choice(top["tool_parser"], "tool_parser", TOOL_PARSERS)
+            if "tool_parser" in top
+            else None,
             embedding=self.embedding(top["embedding"]) if "embedding" in top else None,
             path=(self.base_dir / Path(self.file).name) if self.file != "<recipe>" else None,
         )
 
     # -- node helpers: each takes (key_node, value_node) pairs keyed by name -----------------
 
-    def mapping(self, pair, key: str | None, known: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    def mapping(
+        self, pair, key: str | None, known: tuple[str, ...]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         node = pair if isinstance(pair, yaml.Node) else pair[1]
         if not isinstance(node, yaml.MappingNode):
             raise self.error(node, key, "expected a mapping")
@@ -307,7 +357,9 @@ class _Parser:
                 raise self.error(fields["hf"][1], f"{key}.hf", "expected a Hub repo id such as user/repo")
             values["hf"] = repo
             if "file" not in values:
-                raise self.error(node, f"{key}.file", "hf sources need file: (a .gguf in the repo) or a :QUANT tag")
+                raise self.error(
+                    node, f"{key}.file", "hf sources need file: (a .gguf in the repo) or a :QUANT tag"
+                )
             if ".." in Path(values["file"]).parts or values["file"].startswith("/"):
                 raise self.error(fields["file"][1], f"{key}.file", "must be a relative path inside the repo")
         if "sha256" in values:
@@ -348,7 +400,9 @@ class _Parser:
         if source_fields or adapter is None:
             source = self.source(source_fields, key, node)
         if adapter is not None and source is not None:
-            raise self.error(node, f"{key}.adapter", "an adapter member takes the base's weights; drop path/hf")
+            raise self.error(
+                node, f"{key}.adapter", "an adapter member takes the base's weights; drop path/hf"
+            )
         if adapter is not None and ("rpc" in fields or "tensor_split" in fields):
             name = "rpc" if "rpc" in fields else "tensor_split"
             raise self.error(fields[name][0], f"{key}.{name}", "an adapter member runs where the base runs")
@@ -389,7 +443,7 @@ class _Parser:
     def parameters(self, pair) -> dict[str, Any]:
         fields = self.mapping(pair, "parameters", PARAM_KEYS + tuple(sorted(IGNORED_KEYS)))
         out = {}
-        for name, (knode, vnode) in fields.items():
+        for name, (_knode, vnode) in fields.items():
             if name in IGNORED_KEYS:
                 continue
             value = _construct(vnode)
@@ -398,6 +452,15 @@ class _Parser:
             except InvalidRequest as exc:
                 raise self.error(vnode, f"parameters.{name}", str(exc).split('" ', 1)[-1]) from None
         return out
+
+    def decoding(self, top: dict, key: str, parse) -> Any:
+        """`steer:` / `speculative:`: a name or a mapping, checked by the engine's one parser."""
+        if key not in top:
+            return None
+        try:
+            return parse(_construct(top[key][1]), key)
+        except InvalidRequest as exc:
+            raise self.error(top[key][1], key, str(exc)) from None
 
     def messages(self, pair) -> tuple[dict[str, str], ...]:
         node = pair[1]

@@ -15,10 +15,12 @@ from pathlib import Path
 
 FUNCTION_FILE = Path(__file__).parent / "open_webui" / "nanocommander_function.py"
 FUNCTIONS = (  # (id, name, description)
-    ("nanocommander", "NanoCommander alpha",
-     "Sends your alpha to NanoCommander composite models (Filter)."),
-    ("nanocommander_compare", "NanoCommander side by side",
-     "Button: the large, tuned and composite replies side by side (Action)."),
+    ("nanocommander", "NanoCommander alpha", "Sends your alpha to NanoCommander composite models (Filter)."),
+    (
+        "nanocommander_compare",
+        "NanoCommander side by side",
+        "Button: the large, tuned and composite replies side by side (Action).",
+    ),
 )
 
 
@@ -28,10 +30,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     install = verbs.add_parser("install", help="install or update a plugin")
     install.add_argument("target", choices=["open-webui"], help="where to install")
     install.add_argument("--url", default="http://localhost:3000", help="Open WebUI address")
-    install.add_argument("--token", required=True,
-                         help="an Open WebUI admin API key or JWT (Settings > Account > API keys)")
-    install.add_argument("--server-url", default=None,
-                         help="NanoCommander address as Open WebUI reaches it (sets the server_url valve)")
+    install.add_argument(
+        "--token", required=True, help="an Open WebUI admin API key or JWT (Settings > Account > API keys)"
+    )
+    install.add_argument(
+        "--server-url",
+        default=None,
+        help="NanoCommander address as Open WebUI reaches it (sets the server_url valve)",
+    )
     install.set_defaults(func=install_open_webui)
     plugins.set_defaults(func=lambda args: plugins.print_help(sys.stderr) or 2)
 
@@ -56,16 +62,27 @@ def install_open_webui(args: argparse.Namespace) -> int:
             print(f"Error: could not install {fid} into {args.url}: {_reason(exc)}", file=sys.stderr)
             return 1
         print(f"{'updated' if exists else 'installed'} {fid}")
-    print("Enable them for your NanoCommander models (Workspace > Models > Filters/Actions) or mark them "
-          "Global (Admin Panel > Functions).", file=sys.stderr)
+    print(
+        "Enable them for your NanoCommander models (Workspace > Models > Filters/Actions) or mark them "
+        "Global (Admin Panel > Functions).",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _call(method: str, url: str, token: str, body: dict | None = None) -> dict | None:
     """One JSON request; None for 404 (and 401 on GET, which Open WebUI answers for a missing function)."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             text = response.read().decode() or "null"

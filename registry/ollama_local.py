@@ -11,10 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from nanocommander.errors import InvalidName, RegistryError
 from nanocommander.registry.name import DEFAULT_HOST, Name
 from nanocommander.registry.store import MODEL_TYPE, Store, parse_digest
-
-from nanocommander.errors import InvalidName, RegistryError
 
 OLLAMA_HOST = "registry.ollama.ai"
 

@@ -22,13 +22,23 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 def write_recipe(tmp_path, tiny):
     """Write a recipe YAML over the tiny models; keyword arguments override its parts."""
 
-    def write(text: str | None = None, *, name: str = "tiny", large: str = "large", base: str = "base",
-              tuned: str = "path: tuned", alpha: float = 1.0, extra: str = "") -> Path:
+    def write(
+        text: str | None = None,
+        *,
+        name: str = "tiny",
+        large: str = "large",
+        base: str = "base",
+        tuned: str = "path: tuned",
+        alpha: float = 1.0,
+        extra: str = "",
+    ) -> Path:
         if text is None:
             tuned_line = tuned.replace("tuned", str(tiny["tuned"])) if tuned == "path: tuned" else tuned
             tuned_line = tuned_line.replace("adapter: lora", f"adapter: {tiny['lora']}")
-            text = (f"name: {name}\nmembers:\n  large: {{path: {tiny[large]}}}\n  base: {{path: {tiny[base]}}}\n"
-                    f"  tuned: {{{tuned_line}}}\nalpha: {alpha}\n{extra}")
+            text = (
+                f"name: {name}\nmembers:\n  large: {{path: {tiny[large]}}}\n  base: {{path: {tiny[base]}}}\n"
+                f"  tuned: {{{tuned_line}}}\nalpha: {alpha}\n{extra}"
+            )
         path = tmp_path / f"{name}.yaml"
         path.write_text(text)
         return path

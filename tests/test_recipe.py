@@ -13,9 +13,9 @@ def test_full_recipe_parses_and_round_trips(tmp_path, tiny):
 name: qwen-pirate
 description: a test
 members:
-  large: {{path: {tiny['large']}, gpu_layers: -1}}
-  base:  {{path: {tiny['base']}}}
-  tuned: {{adapter: {tiny['lora']}}}
+  large: {{path: {tiny["large"]}, gpu_layers: -1}}
+  base:  {{path: {tiny["base"]}}}
+  tuned: {{adapter: {tiny["lora"]}}}
 alpha: 0.5
 template: tuned
 system: "You are a helpful assistant."
@@ -37,7 +37,9 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path, tiny):
     for role in ("large", "base", "tuned"):
         (tmp_path / "m" / f"{role}.gguf").write_bytes(tiny[role].read_bytes())
     path = tmp_path / "r.yaml"
-    path.write_text("name: rel\nmembers:\n  large: m/large.gguf\n  base: {path: m/base.gguf}\n  tuned: {path: m/tuned.gguf}\n")
+    path.write_text(
+        "name: rel\nmembers:\n  large: m/large.gguf\n  base: {path: m/base.gguf}\n  tuned: {path: m/tuned.gguf}\n"
+    )
     assert Recipe.load(path).base.source.path == tmp_path / "m" / "base.gguf"
 
 
@@ -57,16 +59,38 @@ members:
 BROKEN = [
     ("name: x\nmembers:\n\tlarge: a\n", 3, None, "invalid YAML"),
     ("name: x\nmembrs: {}\n", 2, "membrs", "did you mean 'members'"),
-    ("name: x\nmembers:\n  large: {path: a.gguf, gpu_layer: 1}\n", 3, "members.large.gpu_layer", "did you mean 'gpu_layers'"),
-    ("name: x\nmembers:\n  large: {path: a.gguf}\n  base: {path: b.gguf}\n  tuned: {path: c.gguf}\nalpha: lots\n",
-     6, "alpha", "expected a number"),
-    ("name: x\nmembers:\n  large: {path: a.gguf}\n  base: {path: b.gguf}\n  tuned: {path: c.gguf}\n"
-     "parameters:\n  temperature: hot\n", 7, "parameters.temperature", "must be of type number"),
+    (
+        "name: x\nmembers:\n  large: {path: a.gguf, gpu_layer: 1}\n",
+        3,
+        "members.large.gpu_layer",
+        "did you mean 'gpu_layers'",
+    ),
+    (
+        "name: x\nmembers:\n  large: {path: a.gguf}\n  base: {path: b.gguf}\n  tuned: {path: c.gguf}\nalpha: lots\n",
+        6,
+        "alpha",
+        "expected a number",
+    ),
+    (
+        "name: x\nmembers:\n  large: {path: a.gguf}\n  base: {path: b.gguf}\n  tuned: {path: c.gguf}\n"
+        "parameters:\n  temperature: hot\n",
+        7,
+        "parameters.temperature",
+        "must be of type number",
+    ),
     ("name: x\nmembers:\n  large: {path: a.gguf}\n  base: {path: b.gguf}\n", 2, "members.tuned", "missing"),
-    ("name: x\nmembers:\n  large: {hf: ../etc, file: a.gguf}\n  base: {path: b}\n  tuned: {path: c}\n",
-     3, "members.large.hf", "Hub repo id"),
-    ("name: x\nmembers:\n  large: {path: a, sha256: nothex}\n  base: {path: b}\n  tuned: {path: c}\n",
-     3, "members.large.sha256", "64 hex"),
+    (
+        "name: x\nmembers:\n  large: {hf: ../etc, file: a.gguf}\n  base: {path: b}\n  tuned: {path: c}\n",
+        3,
+        "members.large.hf",
+        "Hub repo id",
+    ),
+    (
+        "name: x\nmembers:\n  large: {path: a, sha256: nothex}\n  base: {path: b}\n  tuned: {path: c}\n",
+        3,
+        "members.large.sha256",
+        "64 hex",
+    ),
 ]
 
 
@@ -108,7 +132,12 @@ members:
 
 RPC_HEAD = "name: x\nmembers:\n  base: {path: b}\n  tuned: {path: c}\n  large:\n    path: a\n"
 BROKEN_RPC = [
-    (RPC_HEAD + "    rpc: [10.0.0.5:50052, 10.0.0.6:99999]\n", 7, "members.large.rpc[1]", "expected host:port"),
+    (
+        RPC_HEAD + "    rpc: [10.0.0.5:50052, 10.0.0.6:99999]\n",
+        7,
+        "members.large.rpc[1]",
+        "expected host:port",
+    ),
     (RPC_HEAD + "    rpc:\n      - '[::1]:50052'\n", 8, "members.large.rpc[0]", "IPv6 literals"),
     (RPC_HEAD + "    rpc: [a:1, a:1]\n", 7, "members.large.rpc[1]", "a:1 is listed twice"),
     (RPC_HEAD + "    rpc: []\n", 7, "members.large.rpc", "expected a list of host:port"),
@@ -116,8 +145,12 @@ BROKEN_RPC = [
     (RPC_HEAD + "    tensor_split: [1, -2]\n", 7, "members.large.tensor_split[1]", ">= 0"),
     (RPC_HEAD + "    tensor_split: [0, 0]\n", 7, "members.large.tensor_split", "must be positive"),
     (RPC_HEAD + "    tensor_split: 3\n", 7, "members.large.tensor_split", "list of numbers"),
-    ("name: x\nmembers:\n  large: {path: a}\n  base: {path: b}\n  tuned: {adapter: c, rpc: [h:1]}\n",
-     5, "members.tuned.rpc", "runs where the base runs"),
+    (
+        "name: x\nmembers:\n  large: {path: a}\n  base: {path: b}\n  tuned: {adapter: c, rpc: [h:1]}\n",
+        5,
+        "members.tuned.rpc",
+        "runs where the base runs",
+    ),
 ]
 
 

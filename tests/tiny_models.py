@@ -23,14 +23,29 @@ CHATML_TEMPLATE = (
 )
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r"), ("a", "n"), ("Ġ", "a"),
-          ("l", "l"), ("o", "u"), ("Ġ", "s"), ("r", "e"), ("o", "n")]
+MERGES = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("e", "r"),
+    ("a", "n"),
+    ("Ġ", "a"),
+    ("l", "l"),
+    ("o", "u"),
+    ("Ġ", "s"),
+    ("r", "e"),
+    ("o", "n"),
+]
 
 
 def byte_symbols() -> list[str]:
     """GPT-2's printable stand-in for each byte, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     mapping, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -41,8 +56,9 @@ def byte_symbols() -> list[str]:
     return [mapping[b] for b in range(256)]
 
 
-def vocabulary(*, foreign: bool = False, pad_to: int | None = None,
-               extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[int], list[str]]:
+def vocabulary(
+    *, foreign: bool = False, pad_to: int | None = None, extra_specials: tuple[str, ...] = ()
+) -> tuple[list[str], list[int], list[str]]:
     """Tokens, token types and merges. `foreign` swaps two merges so ids disagree from 256 on;
     `extra_specials` are more control tokens after ChatML's (e.g. a tool-call marker)."""
     merges = list(MERGES)
@@ -80,14 +96,30 @@ def linear_shapes(shape: Shape) -> dict[str, tuple[int, int]]:
     """(out_features, in_features) of each per-block linear layer."""
     head_dim = shape.n_embd // shape.n_head
     kv = head_dim * shape.n_head_kv
-    return {"attn_q": (shape.n_embd, shape.n_embd), "attn_k": (kv, shape.n_embd), "attn_v": (kv, shape.n_embd),
-            "attn_output": (shape.n_embd, shape.n_embd), "ffn_gate": (shape.n_ff, shape.n_embd),
-            "ffn_up": (shape.n_ff, shape.n_embd), "ffn_down": (shape.n_embd, shape.n_ff)}
+    return {
+        "attn_q": (shape.n_embd, shape.n_embd),
+        "attn_k": (kv, shape.n_embd),
+        "attn_v": (kv, shape.n_embd),
+        "attn_output": (shape.n_embd, shape.n_embd),
+        "ffn_gate": (shape.n_ff, shape.n_embd),
+        "ffn_up": (shape.n_ff, shape.n_embd),
+        "ffn_down": (shape.n_embd, shape.n_ff),
+    }
 
 
-def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool = False,
-                pad_to: int | None = None, name: str = "tiny", chat_template: str = CHATML_TEMPLATE,
-                add_bos: bool = True, extra_specials: tuple[str, ...] = (), pooling: int | None = None) -> Path:
+def write_model(
+    path: Path,
+    *,
+    seed: int,
+    shape: Shape = Shape(),
+    foreign: bool = False,
+    pad_to: int | None = None,
+    name: str = "tiny",
+    chat_template: str = CHATML_TEMPLATE,
+    add_bos: bool = True,
+    extra_specials: tuple[str, ...] = (),
+    pooling: int | None = None,
+) -> Path:
     """Write a llama GGUF with random F32 weights; the same seed and shape give the same file.
     `pooling` declares an embedding pooling type (llama.pooling_type: 1 mean, 2 cls, 3 last)."""
     rng = np.random.default_rng(seed)
@@ -125,16 +157,25 @@ def write_model(path: Path, *, seed: int, shape: Shape = Shape(), foreign: bool 
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(shape.n_embd, np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(shape.n_embd, np.float32))
         for layer, (out_f, in_f) in linear_shapes(shape).items():
-            w.add_tensor(f"blk.{i}.{layer}.weight", normal(out_f, in_f, std=in_f ** -0.5))
+            w.add_tensor(f"blk.{i}.{layer}.weight", normal(out_f, in_f, std=in_f**-0.5))
     w.add_tensor("output_norm.weight", np.ones(shape.n_embd, np.float32))
-    w.add_tensor("output.weight", normal(n_vocab, shape.n_embd, std=2.0 * shape.n_embd ** -0.5))
+    w.add_tensor("output.weight", normal(n_vocab, shape.n_embd, std=2.0 * shape.n_embd**-0.5))
     _finish(w)
     return path
 
 
-def write_lora(path: Path, *, seed: int, shape: Shape = Shape(), rank: int = 4, alpha: float = 8.0,
-               layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"), std: float = 0.5,
-               q8_a: bool = False, arch: str = "llama") -> Path:
+def write_lora(
+    path: Path,
+    *,
+    seed: int,
+    shape: Shape = Shape(),
+    rank: int = 4,
+    alpha: float = 8.0,
+    layers: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up", "ffn_down"),
+    std: float = 0.5,
+    q8_a: bool = False,
+    arch: str = "llama",
+) -> Path:
     """Write a llama.cpp LoRA adapter GGUF for a model of `shape` (lora_a: r×in, lora_b: out×r).
 
     `q8_a` stores lora_a as Q8_0 (same random draws): llama.cpp's CPU kernels for it do not depend
@@ -147,7 +188,7 @@ def write_lora(path: Path, *, seed: int, shape: Shape = Shape(), rank: int = 4, 
     for i in range(shape.n_layer):
         for layer in layers:
             out_f, in_f = linear_shapes(shape)[layer]
-            a = (rng.standard_normal((rank, in_f)) * std * in_f ** -0.5).astype(np.float32)
+            a = (rng.standard_normal((rank, in_f)) * std * in_f**-0.5).astype(np.float32)
             b = (rng.standard_normal((out_f, rank)) * std).astype(np.float32)
             if q8_a:
                 q8 = gguf.GGMLQuantizationType.Q8_0

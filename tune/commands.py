@@ -76,7 +76,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Mean per-token NLL of the reference assistant answers under each model.",
     )
     e.add_argument("recipe", type=Path, help="composite recipe YAML")
-    e.add_argument("--data", required=True, type=Path, help="held-out JSONL (same formats as tune)")
+    e.add_argument("--data", type=Path, help="held-out style JSONL (same formats as tune)")
+    e.add_argument(
+        "--general",
+        nargs="?",
+        const="builtin",
+        help="short questions with reference answers (JSONL); no value: the 100 shipped with NanoCommander",
+    )
+    e.add_argument(
+        "--sweep", action="store_true", help="also try steering modes x thresholds (one table row each)"
+    )
+    e.add_argument("--style-marker", help="also count general replies containing this text (a style's tell)")
     e.add_argument("--format", choices=("messages", "sharegpt", "alpaca", "completion", "text"))
     e.add_argument(
         "--alpha", help="composite alpha(s), comma-separated, e.g. 0.5,1.0 (default: the recipe's)"
@@ -167,6 +177,10 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from nanocommander.tune.evaluate import evaluate, format_samples, parse_alphas, write_json
 
+    if args.general or args.sweep:
+        return _run_sweep(args)
+    if args.data is None:
+        raise TrainingError("eval needs --data STYLE.jsonl, --general [FILE] or both")
     report = evaluate(
         args.recipe,
         args.data,
@@ -182,6 +196,33 @@ def run_eval(args: argparse.Namespace) -> int:
         print(format_samples(report.samples))
     if args.json:
         print(f"report: {write_json(report, args.json)}", file=sys.stderr)
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from nanocommander.tune.evaluate import parse_alphas
+    from nanocommander.tune.sweep import BUILTIN, sweep
+
+    general = BUILTIN if args.general == "builtin" else args.general
+    alphas = parse_alphas(args.alpha) if args.alpha else ([0.5, 1.0, 1.5] if args.sweep else [None])
+    report = sweep(
+        args.recipe,
+        data=args.data,
+        general=general,
+        alphas=alphas,
+        run_grid=args.sweep,
+        fmt=args.format,
+        max_length=args.max_length,
+        limit=args.limit,
+        num_predict=args.num_predict,
+        marker=args.style_marker,
+    )
+    print(report.table())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"report: {args.json}", file=sys.stderr)
     return 0
 
 

@@ -97,7 +97,6 @@ def evaluate(
 ) -> Report:
     """Score every model of the recipe on the reference answers of `data_path`."""
     from nanocommander.engine.composite import Composite
-
     from nanocommander.recipe import Recipe
 
     recipe = Recipe.load(recipe_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+
 from nanocommander.tune.errors import ExportError
 from nanocommander.tune.hfmodel import BaseInfo
 

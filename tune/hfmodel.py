@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+
 from nanocommander.tune.errors import MissingExtra, TrainingError
 
 # GGUF architecture -> does llama.cpp store q/k rows permuted (llama's rotary layout)?

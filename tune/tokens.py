@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+
 from nanocommander.engine.chat_template import ChatTemplate
+from nanocommander.errors import InvalidRequest
 from nanocommander.tune.data import Example
 from nanocommander.tune.errors import DataError
-
-from nanocommander.errors import InvalidRequest
 
 
 @dataclass(frozen=True)

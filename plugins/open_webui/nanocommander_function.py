@@ -33,15 +33,23 @@ class Valves(BaseModel):
     api_key: str = Field("", description="NANOCOMMANDER_API_KEY, if the server requires one")
     default_alpha: float = Field(1.0, ge=0.0, le=4.0, description="alpha used when the user sets none")
     model_prefixes: str = Field(
-        "", description="Comma-separated model-name prefixes that are NanoCommander models; empty: ask the "
-        "server for its model list (GET /api/tags, cached for a minute)")
+        "",
+        description="Comma-separated model-name prefixes that are NanoCommander models; empty: ask the "
+        "server for its model list (GET /api/tags, cached for a minute)",
+    )
     connection_prefix: str = Field(
-        "", description="The 'Prefix ID' of the Open WebUI connection to NanoCommander, if it has one")
+        "", description="The 'Prefix ID' of the Open WebUI connection to NanoCommander, if it has one"
+    )
     connection: Literal["ollama", "openai"] = Field(
-        "ollama", description="How NanoCommander is connected in Open WebUI: as an Ollama API (alpha goes in "
-        "options) or as an OpenAI API (alpha goes at the top level of the request)")
-    seed: int | None = Field(42, description="One sampling seed for all three compared replies, so they differ "
-                             "only by model; empty: random")
+        "ollama",
+        description="How NanoCommander is connected in Open WebUI: as an Ollama API (alpha goes in "
+        "options) or as an OpenAI API (alpha goes at the top level of the request)",
+    )
+    seed: int | None = Field(
+        42,
+        description="One sampling seed for all three compared replies, so they differ "
+        "only by model; empty: random",
+    )
     timeout: float = Field(300.0, gt=0, description="Seconds to wait for each reply in the comparison")
 
 
@@ -49,9 +57,12 @@ class UserValves(BaseModel):
     """Each user's own settings."""
 
     alpha: float | None = Field(
-        None, ge=0.0, le=4.0,
+        None,
+        ge=0.0,
+        le=4.0,
         description="How strongly the tuned model steers the large one (0 = large model alone); empty: admin "
-        "default")
+        "default",
+    )
 
 
 class _Common:
@@ -63,7 +74,7 @@ class _Common:
         """Open WebUI's model id as the server knows it: without the connection's prefix."""
         prefix = self.valves.connection_prefix.strip()
         if prefix and model.startswith(prefix + "."):
-            return model[len(prefix) + 1:]
+            return model[len(prefix) + 1 :]
         return model
 
     def is_nanocommander(self, model: str) -> bool:
@@ -82,8 +93,9 @@ class _Common:
         if time.monotonic() - stamp < (60 if names else 10):  # retry an unreachable server sooner
             return names
         try:
-            request = urllib.request.Request(self.valves.server_url.rstrip("/") + "/api/tags",
-                                             headers=self.headers())
+            request = urllib.request.Request(
+                self.valves.server_url.rstrip("/") + "/api/tags", headers=self.headers()
+            )
             with urllib.request.urlopen(request, timeout=3) as response:
                 models = json.load(response).get("models", [])
             names = {m.get("name") or m.get("model") for m in models} - {None}
@@ -124,8 +136,9 @@ class Action(_Common):
     Valves = Valves
     UserValves = UserValves
 
-    async def action(self, body: dict, __user__: dict | None = None,
-                     __event_emitter__: Callable[[dict], Any] | None = None) -> dict:
+    async def action(
+        self, body: dict, __user__: dict | None = None, __event_emitter__: Callable[[dict], Any] | None = None
+    ) -> dict:
         messages = prompt_messages(body.get("messages") or [])
         model = self.server_model(body.get("model", ""))
         if not messages:
@@ -137,15 +150,22 @@ class Action(_Common):
         async with aiohttp.ClientSession(timeout=timeout, headers=self.headers()) as session:
             for member in MEMBERS:
                 await _status(__event_emitter__, f"Asking the {member} model...", False)
-                payload = {"model": model, "messages": messages, "stream": False,
-                           "options": {"member": member, "alpha": alpha}}
+                payload = {
+                    "model": model,
+                    "messages": messages,
+                    "stream": False,
+                    "options": {"member": member, "alpha": alpha},
+                }
                 if self.valves.seed is not None:
                     payload["options"]["seed"] = self.valves.seed
                 try:
                     async with session.post(url, json=payload) as response:
                         data = await response.json(content_type=None)
-                    replies[member] = (data.get("message") or {}).get("content", "") if response.status == 200 \
+                    replies[member] = (
+                        (data.get("message") or {}).get("content", "")
+                        if response.status == 200
                         else f"(error {response.status}: {data.get('error', data)})"
+                    )
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     replies[member] = f"(no reply: {exc or type(exc).__name__})"
         markdown = side_by_side(replies, alpha)
@@ -156,7 +176,7 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
     """The conversation up to and including the last user message, as plain-text Ollama messages."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     out = []
-    for message in messages[:last + 1]:
+    for message in messages[: last + 1]:
         content = message.get("content", "")
         if isinstance(content, list):  # OpenAI-style parts: keep the text
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -166,14 +186,19 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
 
 def side_by_side(replies: dict[str, str], alpha: float) -> str:
     """A markdown table, one column per member."""
+
     def cell(text: str) -> str:
         text = "<br>".join(html.escape(text.strip() or "(empty)").replace("|", "&#124;").splitlines())
-        return "".join(ch for ch in text if ch.isprintable() or ch == " ")  # control bytes would break the row
+        return "".join(
+            ch for ch in text if ch.isprintable() or ch == " "
+        )  # control bytes would break the row
 
     heads = {"large": "Large alone", "tuned": "Tuned (small)", "composite": f"Composite (alpha {alpha:g})"}
-    return ("\n\n### NanoCommander: side by side\n\n"
-            f"| {' | '.join(heads[m] for m in MEMBERS)} |\n|{'---|' * len(MEMBERS)}\n"
-            f"| {' | '.join(cell(replies.get(m, '')) for m in MEMBERS)} |\n")
+    return (
+        "\n\n### NanoCommander: side by side\n\n"
+        f"| {' | '.join(heads[m] for m in MEMBERS)} |\n|{'---|' * len(MEMBERS)}\n"
+        f"| {' | '.join(cell(replies.get(m, '')) for m in MEMBERS)} |\n"
+    )
 
 
 async def _status(emit: Callable | None, text: str, done: bool) -> None:

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 from aiohttp import web
+
 from nanocommander.backend.config import Settings
 from nanocommander.backend.server import create_app
-
 from nanocommander.recipe import Recipe
 
 

@@ -36,14 +36,22 @@ def lines(caplog) -> list[str]:
 def test_one_line_per_request_with_model_alpha_tokens_and_time(logged, caplog):
     caplog.set_level(logging.INFO, logger="nanocommander.access")
     url = logged.url
-    httpx.post(f"{url}/api/v1/generate", json={"prompt": "Hi", "max_length": 4, "alpha": 0.5}, timeout=60)
-    httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 3}, timeout=60)
+    httpx.post(
+        f"{url}/api/v1/generate",
+        json={"prompt": "Hi", "max_length": 4, "alpha": 0.5, "temperature": 0},
+        timeout=60,
+    )
+    httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "tiny", "prompt": "Hi", "max_tokens": 3, "temperature": 0},
+        timeout=60,
+    )
     httpx.post(
         f"{url}/api/generate",
         json={
             "model": "tiny",
             "prompt": "Hi",
-            "options": {"num_predict": 2, "member": "large"},
+            "options": {"num_predict": 2, "member": "large", "temperature": 0},  # greedy: no early end token
             "stream": False,
         },
         timeout=60,

@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 import httpx
+
 from nanocommander.backend.server import MANAGER
 
 PROMPTS = [f"question number {i}" for i in range(8)]

@@ -11,8 +11,8 @@ from datetime import datetime
 import aiohttp
 import httpx
 import pytest
-from nanocommander.backend.server import MANAGER
 
+from nanocommander.backend.server import MANAGER
 from nanocommander.recipe import Recipe
 
 # About 2000 tokens (seconds on the tiny models); seed 0 meets no end token before that.

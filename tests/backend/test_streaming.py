@@ -8,10 +8,10 @@ import json
 import aiohttp
 import pytest
 from aiohttp import web
+
 from nanocommander.backend.config import Settings
 from nanocommander.backend.server import create_app
 from nanocommander.backend.streaming import ndjson, sse, stream_response
-
 from nanocommander.errors import ContextOverflow, ServerBusy
 
 

@@ -6,10 +6,10 @@ import json
 from datetime import datetime
 
 import pytest
+
 from nanocommander.backend import ollama_api, openai_api
 from nanocommander.backend.config import Settings, is_loopback, parse_duration, parse_host
 from nanocommander.engine.types import Chunk, DoneReason, Stats
-
 from nanocommander.errors import InvalidRequest
 
 STATS = Stats(load_s=0.5, prompt_tokens=7, prompt_eval_s=0.25, eval_count=3, eval_s=0.125, total_s=1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from engine_helpers import recipe_over
+
 from nanocommander.engine.composite import Composite
 
 

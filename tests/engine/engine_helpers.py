@@ -5,7 +5,6 @@ from __future__ import annotations
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.options import merge_sampling
 from nanocommander.engine.types import GenerateRequest
-
 from nanocommander.recipe import Recipe
 
 GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})

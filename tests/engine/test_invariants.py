@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from engine_helpers import GREEDY, recipe_over, run_text
 from llama_cpp import Llama
+
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.types import GenerateRequest
 

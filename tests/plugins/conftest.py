@@ -33,14 +33,17 @@ def live_server(tiny, tmp_path_factory):
     if create_app is None:
         pytest.skip("the NanoCommander backend (nanocommander.backend.*.create_app) is not importable yet")
     from aiohttp import web
-    from nanocommander.backend.config import Settings
 
+    from nanocommander.backend.config import Settings
     from nanocommander.recipe import Recipe
 
     mp = pytest.MonkeyPatch()
     mp.setenv("NANOCOMMANDER_MODELS", str(tmp_path_factory.mktemp("store")))
-    recipe = Recipe.parse(f"name: tiny\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
-                          f"  tuned: {{path: {tiny['tuned']}}}\nalpha: 1.0\n", check_files=True)
+    recipe = Recipe.parse(
+        f"name: tiny\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
+        f"  tuned: {{path: {tiny['tuned']}}}\nalpha: 1.0\n",
+        check_files=True,
+    )
     settings = Settings(port=free_port())
     loop, ready = asyncio.new_event_loop(), threading.Event()
     state = {}
@@ -61,5 +64,3 @@ def live_server(tiny, tmp_path_factory):
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     mp.undo()
-
-

@@ -85,7 +85,9 @@ def test_inlet_alpha_only_for_nanocommander_models():
     body = flt.inlet({"model": "tiny:latest", "messages": [], "options": {"temperature": 0.2}}, __user__=user)
     assert body["options"] == {"temperature": 0.2, "alpha": 0.25}
     assert flt.inlet({"model": "nc-chat", "messages": []})["options"] == {"alpha": 1.5}  # admin default
-    assert flt.inlet({"model": "nc-chat"}, __user__={"valves": module.UserValves()})["options"]["alpha"] == 1.5
+    assert (
+        flt.inlet({"model": "nc-chat"}, __user__={"valves": module.UserValves()})["options"]["alpha"] == 1.5
+    )
     other = {"model": "llama3.2:latest", "messages": [], "options": {"temperature": 0.2}}
     assert flt.inlet(json.loads(json.dumps(other)), __user__=user) == other
     assert "options" not in flt.inlet({"model": "gpt-4o"}, __user__=user)
@@ -108,18 +110,27 @@ def test_side_by_side_markdown():
     md = module.side_by_side({"large": "a|b", "tuned": "line1\nline2", "composite": "<x>"}, 0.5)
     assert "| Large alone | Tuned (small) | Composite (alpha 0.5) |" in md
     assert "a&#124;b" in md and "line1<br>line2" in md and "&lt;x&gt;" in md
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-            {"role": "assistant", "content": "old reply"}]
-    assert module.prompt_messages(msgs) == [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+    msgs = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": "old reply"},
+    ]
+    assert module.prompt_messages(msgs) == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "hi"},
+    ]
 
 
 # --- against the real backend (the live_server fixture is in conftest.py) -------------------------------
+
 
 def test_inlet_asks_the_server_which_models_are_its_own(live_server):
     module = load()
     flt = module.Filter()
     flt.valves = module.Valves(server_url=live_server)  # model_prefixes empty: GET /api/tags
-    assert flt.inlet({"model": "tiny:latest"}, __user__={"valves": {"alpha": 0.5}})["options"] == {"alpha": 0.5}
+    assert flt.inlet({"model": "tiny:latest"}, __user__={"valves": {"alpha": 0.5}})["options"] == {
+        "alpha": 0.5
+    }
     assert flt.inlet({"model": "tiny"})["options"] == {"alpha": 1.0}
     assert flt.inlet({"model": "llama3.2"}) == {"model": "llama3.2"}
 
@@ -133,9 +144,15 @@ async def test_action_side_by_side_against_backend(live_server):
     async def emit(event):
         events.append(event)
 
-    body = {"model": "tiny:latest", "chat_id": "c1", "id": "m2",
-            "messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}]}
-    result = await action.action(body, __user__={"valves": module.UserValves(alpha=0.5)}, __event_emitter__=emit)
+    body = {
+        "model": "tiny:latest",
+        "chat_id": "c1",
+        "id": "m2",
+        "messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}],
+    }
+    result = await action.action(
+        body, __user__={"valves": module.UserValves(alpha=0.5)}, __event_emitter__=emit
+    )
     md = result["content"]
     assert "| Large alone | Tuned (small) | Composite (alpha 0.5) |" in md
     row = md.strip().splitlines()[-1]
@@ -159,6 +176,7 @@ async def test_action_reports_server_errors(live_server):
 
 
 # --- the install command, against a fake Open WebUI functions API ---------------------------------------
+
 
 class FakeOpenWebUI(BaseHTTPRequestHandler):
     functions: dict[str, dict] = {}

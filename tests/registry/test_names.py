@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nanocommander.registry import Name, Registry
 
 from nanocommander.errors import InvalidName
+from nanocommander.registry import Name, Registry
 
 VALID = [
     ("tiny", ("local", "library", "tiny", "latest"), "tiny:latest"),

@@ -6,9 +6,9 @@ import hashlib
 import os
 
 import pytest
-from nanocommander.registry import Registry, read_gguf
 
 from nanocommander.errors import ModelNotFound, RegistryError
+from nanocommander.registry import Registry, read_gguf
 
 
 def blobs(models) -> set[str]:
@@ -109,7 +109,10 @@ def test_show_reports_members_and_memory(hub, published, hub_recipe, tiny):
     assert mem.members["large"].weights == tiny["large"].stat().st_size
     assert mem.members["tuned"].weights == tiny["lora"].stat().st_size  # shares the base's weights
     assert mem.total == sum(m.total for m in mem.members.values())
-    assert reg.estimate("pirate", num_ctx=1024, num_parallel=1).members["base"].kv_cache == 2 * 2 * 1024 * 2 * 16 * 2
+    assert (
+        reg.estimate("pirate", num_ctx=1024, num_parallel=1).members["base"].kv_cache
+        == 2 * 2 * 1024 * 2 * 16 * 2
+    )
     out = d.to_dict()
     assert out["alpha"] == 0.5 and len(out["members"]) == 3 and out["memory"]["fits"] in (True, False)
 

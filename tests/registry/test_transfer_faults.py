@@ -7,9 +7,9 @@ import subprocess
 import threading
 
 import pytest
-from nanocommander.registry import Registry
 
 from nanocommander.errors import DigestMismatch, RegistryError
+from nanocommander.registry import Registry
 
 
 def sha(data: bytes) -> str:

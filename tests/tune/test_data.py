@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nanocommander.tune import data
 from nanocommander.tune.errors import DataError
 

@@ -9,12 +9,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from nanocommander.tune.errors import TrainingError  # noqa: E402
-from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
 from tune_helpers import ANSWER, chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
+from nanocommander.tune.errors import TrainingError  # noqa: E402
+from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,45 @@ def test_recipe_from_an_existing_one_keeps_large_and_settings(trained, tiny, tmp
         build_recipe(adapter=trained["adapter"], base=tiny["base"], name="x")
     with pytest.raises(TrainingError, match="use letters"):
         build_recipe(adapter=trained["adapter"], base=tiny["base"], name="bad name", large=tiny["large"])
+
+
+def test_eval_general_sweep_prints_the_table_and_marks(trained, tmp_path, capsys):
+    general = write_jsonl(
+        tmp_path / "general.jsonl",
+        [{"question": "hello 1", "answers": ["tea"]}, {"question": "what is the answer", "answer": "tea"}],
+    )
+    report_path = tmp_path / "sweep.json"
+    rc = main(
+        [
+            "eval",
+            str(trained["recipe"]),
+            "--data",
+            str(trained["data"]),
+            "--general",
+            str(general),
+            "--sweep",
+            "--limit",
+            "3",
+            "--num-predict",
+            "40",
+            "--alpha",
+            "1.0",
+            "--style-marker",
+            "all in the",
+            "--json",
+            str(report_path),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "style NLL" in out and "recommended a=1" in out and "nudge(top1=0.4) a=1" in out
+    rows = {r["setting"]: r for r in json.loads(report_path.read_text())["settings"]}
+    assert rows["tuned"]["general_accuracy"] == 1.0 and rows["large"]["general_accuracy"] == 0.0
+    assert rows["tuned"]["styled_fraction"] == 1.0 and rows["large"]["styled_fraction"] == 0.0
+    assert rows["large"]["steered_fraction"] == 0.0 and rows["proxy a=1"]["steered_fraction"] == 1.0
+    tuned_style = rows["tuned"]["style_nll"]
+    for r in rows.values():  # large's accuracy is 0, so the style rule alone decides the mark
+        assert r["marked"] == (r["style_nll"] <= 1.1 * tuned_style)
+        line = next(x for x in out.splitlines() if x[:34].strip() == r["setting"])
+        assert line.endswith("*") == r["marked"]
+    assert rows["tuned"]["marked"] and not rows["large"]["marked"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nanocommander.tune.data import Example
 from nanocommander.tune.tokens import GGUFTokenizer, encode
 

@@ -10,11 +10,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from nanocommander.tune import train as trainmod  # noqa: E402
-from nanocommander.tune.errors import TrainingError  # noqa: E402
 from tune_helpers import chat_rows  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
+from nanocommander.tune import train as trainmod  # noqa: E402
+from nanocommander.tune.errors import TrainingError  # noqa: E402
 
 FAST = ["--batch-size", "4", "--grad-accum", "1", "--rank", "4", "--lr", "3e-3"]
 

@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 import tiny_models
 import torch
+
 from nanocommander.tune.export import permute_rows
 
 N_HEAD, N_HEAD_KV = 4, 2

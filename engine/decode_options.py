@@ -1,0 +1,167 @@
+"""How a composite decodes: the steering mode and speculative drafting, as recipe and request give them.
+
+One schema for both places (recipe keys `steer:` / `speculative:`, request fields `steer` /
+`speculative` in every protocol), validated here once. The engine's strategies read the
+resulting frozen dataclasses; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nanocommander.errors import InvalidRequest
+
+STEER_MODES = ("proxy", "gated", "plausible", "nudge")
+DRAFTS = ("tuned", "lookup", "off")
+MAX_DRAFT = 32
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Where the tuned-minus-base delta is applied (see README, "Steering modes").
+
+    gated: the delta is added only at steps the gate opens. The gate's large-model test opens
+    when any set condition holds (`top1`: large's top-1 probability below it; `entropy`: large's
+    entropy in nats above it; `opening`: the first N tokens of the reply); with none set it always
+    passes. `delta` then also asks that tuning moved the tuned model's favourite token by at least
+    that many nats (log p_tuned - log p_base), which needs the small models at that step.
+    plausible: fused logits restricted to tokens the large model gives >= beta x its top probability.
+    nudge: where the large-model test opens, the tuned model's own token (or `word`) is taken.
+    """
+
+    mode: str = "proxy"
+    top1: float | None = None
+    entropy: float | None = None
+    delta: float | None = None
+    opening: int = 0
+    beta: float = 0.0
+    word: bool = False
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the small members may skip steps (only gates decided by the large model can)."""
+        return self.mode in ("gated", "nudge") and self.large_gated
+
+    @property
+    def large_gated(self) -> bool:
+        return self.top1 is not None or self.entropy is not None or self.opening > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        for f in dataclasses.fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value != f.default:
+                out[f.name] = value
+        return out
+
+
+# The project's recommended setting (README, "Choosing a steering setting"): steer only the reply's
+# opening, where a style announces itself and the large model is confidently neutral, and there only
+# where tuning moved the tuned model's choice strongly (a style decision, not a knowledge difference);
+# the rest of the reply is the large model's, so the small members run for the opening alone.
+RECOMMENDED = Steer(mode="gated", opening=8, delta=2.0)
+PRESETS = {"recommended": RECOMMENDED}
+
+_PARAMS: dict[str, tuple[str, ...]] = {
+    "proxy": (),
+    "gated": ("top1", "entropy", "delta", "opening"),
+    "plausible": ("beta",),
+    "nudge": ("top1", "entropy", "opening", "word"),
+}
+
+
+def parse_steer(value: Any, what: str = "steer") -> Steer:
+    """A mode name ("gated", "recommended") or an object {mode, ...parameters}."""
+    if isinstance(value, Steer):
+        return value
+    if isinstance(value, str):
+        if value in PRESETS:
+            return PRESETS[value]
+        if value in STEER_MODES:
+            return Steer(mode=value)
+        raise InvalidRequest(f"{what} must be one of {', '.join((*STEER_MODES, *PRESETS))}, not {value!r}")
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{what} must be a mode name or an object with a mode")
+    mode = value.get("mode", "proxy")
+    if mode in PRESETS:
+        base, mode = PRESETS[mode], PRESETS[mode].mode
+    elif mode in STEER_MODES:
+        base = Steer(mode=mode)
+    else:
+        raise InvalidRequest(
+            f"{what}.mode must be one of {', '.join((*STEER_MODES, *PRESETS))}, not {mode!r}"
+        )
+    fields: dict[str, Any] = {}
+    for key, raw in value.items():
+        if key == "mode":
+            continue
+        if key not in _PARAMS[mode]:
+            allowed = ", ".join(_PARAMS[mode]) or "no parameters"
+            raise InvalidRequest(f'{what}.{key} is not a parameter of mode "{mode}" (it takes {allowed})')
+        fields[key] = _param(key, raw, f"{what}.{key}")
+    return dataclasses.replace(base, **fields)
+
+
+def _param(key: str, raw: Any, what: str) -> Any:
+    if key == "word":
+        if not isinstance(raw, bool):
+            raise InvalidRequest(f"{what} must be true or false")
+        return raw
+    if raw is None and key in ("top1", "entropy", "delta"):
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise InvalidRequest(f"{what} must be a finite number")
+    if key == "opening":
+        if not isinstance(raw, int) or raw < 0:
+            raise InvalidRequest(f"{what} must be a whole number >= 0")
+        return raw
+    if key == "beta" and not 0.0 <= raw <= 1.0:
+        raise InvalidRequest(f"{what} must be between 0 and 1")
+    return float(raw)
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Who drafts tokens for the large (and base) models to verify in one batch, and how many at most."""
+
+    draft: str = "tuned"
+    max: int = 8
+
+    @property
+    def on(self) -> bool:
+        return self.draft != "off" and self.max > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"draft": self.draft, "max": self.max}
+
+
+OFF = Speculation(draft="off")
+DEFAULT_SPECULATION = Speculation()
+
+
+def parse_speculative(value: Any, what: str = "speculative") -> Speculation:
+    """false/true, a draft name ("tuned", "lookup", "off") or an object {draft, max}."""
+    if isinstance(value, Speculation):
+        return value
+    if isinstance(value, bool):
+        return DEFAULT_SPECULATION if value else OFF
+    if isinstance(value, str):
+        if value not in DRAFTS:
+            raise InvalidRequest(f"{what} must be true, false or one of {', '.join(DRAFTS)}, not {value!r}")
+        return Speculation(draft=value)
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{what} must be true, false, a draft name or an object {{draft, max}}")
+    unknown = set(value) - {"draft", "max"}
+    if unknown:
+        raise InvalidRequest(f"{what}.{sorted(unknown)[0]} is unknown (use draft and max)")
+    draft = value.get("draft", DEFAULT_SPECULATION.draft)
+    if draft not in DRAFTS:
+        raise InvalidRequest(f"{what}.draft must be one of {', '.join(DRAFTS)}, not {draft!r}")
+    n = value.get("max", DEFAULT_SPECULATION.max)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_DRAFT:
+        raise InvalidRequest(f"{what}.max must be a whole number from 0 to {MAX_DRAFT}")
+    return Speculation(draft=draft, max=n)

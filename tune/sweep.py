@@ -1,0 +1,310 @@
+"""`nanocommander eval --general FILE --sweep`: style against knowledge, per steering setting.
+
+For each setting (a member alone, or the composite with a mode, alpha and thresholds) one table
+row gives: the style loss (mean NLL per reference token of the held-out style data, teacher-forced
+through that setting's own next-token distribution), the accuracy on short general questions
+(greedy replies, normalised substring match against the reference answers), the steered
+fraction of generated tokens and tokens/s. A setting is marked when its style loss is within
+10 % of the tuned model's and its accuracy at least 95 % of the large model's.
+
+Teacher-forced scoring runs the three members once per example and evaluates every setting
+from the same logits, so a sweep costs one forward pass per example plus the generations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nanocommander.engine.decode_options import RECOMMENDED, Steer
+from nanocommander.engine.member import Hold
+from nanocommander.engine.steering import disagreement, large_opens
+from nanocommander.tune.errors import DataError
+
+BUILTIN = Path(__file__).with_name("general_questions.jsonl")
+LOGP_FLOOR = math.log(1e-9)  # a reference token a setting cannot produce costs 20.7 nats, not infinity
+
+
+@dataclass
+class Setting:
+    label: str
+    member: str = "composite"
+    alpha: float | None = None
+    steer: Steer | None = None
+    nll: float = 0.0
+    tokens: int = 0
+    correct: int = 0
+    asked: int = 0
+    generated: int = 0
+    steered: int = 0
+    seconds: float = 0.0
+    styled: int = 0  # general replies containing the style marker (--style-marker)
+    marked: bool = False
+
+    @property
+    def style(self) -> float:
+        return self.nll / self.tokens if self.tokens else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.asked if self.asked else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setting": self.label,
+            "member": self.member,
+            "alpha": self.alpha,
+            "steer": self.steer.to_dict() if self.steer else None,
+            "style_nll": self.style if self.tokens else None,
+            "general_accuracy": self.accuracy if self.asked else None,
+            "steered_fraction": self.steered / self.generated if self.generated else None,
+            "tokens_per_s": self.generated / self.seconds if self.seconds else None,
+            "styled_fraction": self.styled / self.asked if self.asked else None,
+            "marked": self.marked,
+        }
+
+
+@dataclass
+class SweepReport:
+    recipe: str
+    settings: list[Setting]
+    notes: list[str] = field(default_factory=list)
+    marker: str | None = None
+
+    def table(self) -> str:
+        head = f"{'setting':<34} {'style NLL':>9} {'general':>8} {'steered':>8} {'tok/s':>7}"
+        if self.marker:
+            head += f" {'styled':>7}"
+        lines = [head]
+        for s in self.settings:
+            d = s.to_dict()
+            style = f"{s.style:>9.4f}" if s.tokens else f"{'-':>9}"
+            acc = f"{s.accuracy:>8.1%}" if s.asked else f"{'-':>8}"
+            frac = f"{d['steered_fraction']:>8.1%}" if d["steered_fraction"] is not None else f"{'-':>8}"
+            speed = f"{d['tokens_per_s']:>7.1f}" if d["tokens_per_s"] else f"{'-':>7}"
+            styled = f" {s.styled / s.asked:>7.0%}" if self.marker and s.asked else ""
+            lines.append(f"{s.label:<34} {style} {acc} {frac} {speed}{styled}{'  *' if s.marked else ''}")
+        lines.append(
+            "* style loss within 10 % of the tuned model's and accuracy >= 95 % of the large model's"
+        )
+        return "\n".join(lines + self.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "settings": [s.to_dict() for s in self.settings], "notes": self.notes}
+
+
+def grid(alphas: list[float | None], sweep: bool, recipe_steer: Steer | None) -> list[Setting]:
+    """The members, proxy at each alpha, and with --sweep a small grid of modes and thresholds."""
+    out = [Setting("large", "large"), Setting("tuned", "tuned")]
+    for a in alphas:
+        out.append(
+            Setting(f"proxy a={a:g}" if a is not None else "proxy (recipe alpha)", alpha=a, steer=Steer())
+        )
+    if recipe_steer is not None and recipe_steer.mode != "proxy" and not sweep:
+        out.append(Setting(f"recipe {_describe(recipe_steer)}", steer=recipe_steer))
+    if sweep:
+        modes = [
+            Steer("plausible", beta=0.01),
+            Steer("plausible", beta=0.001),
+            Steer("gated", top1=0.5),
+            Steer("gated", top1=0.8),
+            Steer("gated", top1=0.5, delta=2.0),
+            Steer("gated", delta=2.0),
+            RECOMMENDED,
+            Steer("nudge", top1=0.4),
+        ]
+        top = max((a for a in alphas if a is not None), default=None)
+        out += [Setting(_describe(m) + (f" a={top:g}" if top else ""), alpha=top, steer=m) for m in modes]
+    return out
+
+
+def _describe(steer: Steer) -> str:
+    if steer == RECOMMENDED:
+        return "recommended"
+    params = ",".join(f"{k}={v}" for k, v in steer.to_dict().items() if k != "mode")
+    return f"{steer.mode}({params})" if params else steer.mode
+
+
+def load_general(path: str | Path) -> list[tuple[str, list[str]]]:
+    """JSONL lines {"question": ..., "answers": [...]} (or "answer": "...")."""
+    items = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if "_meta" in row:  # the header line: what the file is and its licence
+                continue
+            answers = row.get("answers") or [row["answer"]]
+            items.append((str(row["question"]), [str(a) for a in answers]))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise DataError(f'{path}:{n}: expected {{"question": ..., "answers": [...]}}') from None
+    if not items:
+        raise DataError(f"{path}: no questions")
+    return items
+
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " " + re.sub(r"[^0-9a-z]+", " ", text).strip() + " "
+
+
+def correct(reply: str, answers: list[str]) -> bool:
+    got = normalise(reply)
+    return any(normalise(a) in got for a in answers)
+
+
+def ask_all(
+    comp, items, settings: list[Setting], num_predict: int, progress: bool, marker: str | None = None
+) -> None:
+    """Greedy replies to every question under every setting; counts right answers, speed, steering."""
+    from nanocommander.engine.options import merge_sampling
+    from nanocommander.engine.types import GenerateRequest
+
+    greedy = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
+    for i, (question, answers) in enumerate(items):
+        prompt = comp.chat_prompt([{"role": "user", "content": question}], num_predict=num_predict)
+        for s in settings:
+            req = GenerateRequest(
+                prompt=prompt,
+                sampling=greedy,
+                num_predict=num_predict,
+                alpha=s.alpha,
+                member=s.member,
+                steer=s.steer,
+            )  # type: ignore[arg-type]
+            chunks = list(comp.generate(req))
+            stats = chunks[-1].stats
+            reply = "".join(c.text for c in chunks)
+            s.correct += correct(reply, answers)
+            s.styled += bool(marker) and marker.lower() in reply.lower()
+            s.asked += 1
+            s.generated += stats.eval_count
+            s.steered += stats.steered
+            s.seconds += stats.eval_s
+        if progress:
+            print(f"\rgeneral: {i + 1}/{len(items)}", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+
+
+def score_all(comp, encoded, settings: list[Setting]) -> None:
+    """Teacher-forced style loss of every setting, from one pass of the three members per example."""
+    n_vocab, mask = comp.vocab.n_vocab, comp.vocab.mask
+    for enc in encoded:
+        ids = enc.ids
+        start = next(i for i, m in enumerate(enc.mask) if m and i > 0)
+        n = len(ids) - start
+        logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "base", "tuned")})
+        since = 0
+        for k in range(n):
+            pos = start + k
+            since = since + 1 if pos > start and enc.mask[pos - 1] else 0
+            if not enc.mask[pos]:
+                continue
+            rows = {r: logits[r][k][:n_vocab].astype(np.float64) for r in logits}  # masked after fusing
+            cache: dict[Any, np.ndarray] = {}
+            for s in settings:
+                lp = _logprobs(s, rows, since, comp.recipe.alpha, logits, k, n_vocab, mask, cache)
+                s.nll -= max(float(lp[ids[pos]]), LOGP_FLOOR)
+                s.tokens += 1
+
+
+def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
+    """log_softmax over the sampleable ids (padding ids get -inf)."""
+    if mask is not None:
+        z = np.where(mask, -np.inf, z)
+    m = z[np.isfinite(z)].max()
+    return z - m - np.log(np.exp(z - m).sum())
+
+
+def _logprobs(s: Setting, rows, since: int, recipe_alpha: float, raw, k, n_vocab, mask, cache) -> np.ndarray:
+    """log p(next token) under one setting at one position (cached per distinct distribution)."""
+    if s.member != "composite":
+        key: Any = s.member
+        if key not in cache:
+            cache[key] = _log_softmax(rows[s.member], mask)
+        return cache[key]
+    alpha = recipe_alpha if s.alpha is None else s.alpha
+    steer = s.steer or Steer()
+    opened = True
+    if steer.mode in ("gated", "nudge"):
+        opened = large_opens(steer, raw["large"][k], since, n_vocab, mask)
+        if opened and steer.mode == "gated" and steer.delta is not None:
+            opened = disagreement(raw["tuned"][k], raw["base"][k], n_vocab, mask) >= steer.delta
+        if steer.mode == "nudge" or not opened:
+            return _logprobs(
+                Setting("", "tuned" if opened else "large"), rows, 0, 0, raw, k, n_vocab, mask, cache
+            )
+    key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)
+    if key not in cache:
+        z = rows["large"] + alpha * (rows["tuned"] - rows["base"])
+        if key[2] > 0:
+            large = rows["large"] if mask is None else np.where(mask, -np.inf, rows["large"])
+            z = np.where(large >= large.max() + math.log(key[2]), z, -np.inf)
+        cache[key] = _log_softmax(z, mask)
+    return cache[key]
+
+
+def mark(settings: list[Setting]) -> None:
+    by = {s.label: s for s in settings}
+    tuned, large = by["tuned"], by["large"]
+    for s in settings:
+        style_ok = not tuned.tokens or (s.tokens and s.style <= tuned.style * 1.10)
+        acc_ok = not large.asked or (s.asked and s.accuracy >= large.accuracy * 0.95)
+        s.marked = bool(style_ok and acc_ok and (tuned.tokens or large.asked))
+
+
+def sweep(
+    recipe_path: str | Path,
+    *,
+    data: str | Path | None,
+    general: str | Path | None,
+    alphas: list[float | None],
+    run_grid: bool,
+    fmt: str | None = None,
+    max_length: int = 1024,
+    limit: int | None = None,
+    num_predict: int = 32,
+    progress: bool = True,
+    marker: str | None = None,
+) -> SweepReport:
+    from nanocommander.engine.composite import Composite
+    from nanocommander.recipe import Recipe
+    from nanocommander.tune import data as datamod
+    from nanocommander.tune.tokens import GGUFTokenizer, encode
+
+    recipe = Recipe.load(recipe_path)
+    items = load_general(general)[:limit] if general else []
+    comp = Composite.load(recipe)
+    settings = grid(alphas, run_grid, recipe.steer)
+    notes = []
+    try:
+        if data:
+            examples = datamod.load(data, fmt=fmt).examples
+            examples = examples[:limit] if limit else examples
+            tokenizer = GGUFTokenizer(comp.primary.path, template=comp.template)
+            encoded, summary = encode(tokenizer, examples, min(max_length, comp.n_ctx))
+            if not encoded:
+                raise DataError(f"{data}: no example has a reference answer to score")
+            notes.append(f"style data: {summary}")
+            t0 = time.perf_counter()
+            score_all(comp, encoded, settings)
+            notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
+        if items:
+            ask_all(comp, items, settings, num_predict, progress, marker)
+            notes.append(f"general questions: {len(items)} from {general}")
+    finally:
+        comp.close()
+    mark(settings)
+    return SweepReport(str(recipe_path), settings, notes, marker)
