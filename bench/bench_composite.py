@@ -235,7 +235,11 @@ def ttft_cold(comp: Composite, turns: int = 10) -> float:
             {"role": "user", "content": f"Turn {i}: tell me something about the number {i * 7}."},
             {"role": "assistant", "content": "Here is a fact about that number, briefly stated."},
         ]
-    prompt = comp.chat_prompt(history[:-1])
+    return first_token_s(comp, comp.chat_prompt(history[:-1]))
+
+
+def first_token_s(comp: Composite, prompt: str) -> float:
+    """Seconds to the first token of `prompt` with every member's KV cache emptied first."""
     for m in comp.members.values():
         m.reset()
     t0 = time.perf_counter()

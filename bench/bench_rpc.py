@@ -23,12 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_composite import GREEDY, decode_speed, smollm2_recipe, tiny_recipe  # noqa: E402
+from bench_composite import decode_speed, first_token_s, smollm2_recipe, tiny_recipe  # noqa: E402
 from rpc_servers import free_port  # noqa: E402
 
 from nanocommander.engine.composite import Composite  # noqa: E402
 from nanocommander.engine.rpc import Endpoint, Silent, hello  # noqa: E402
-from nanocommander.engine.types import GenerateRequest  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
 
 
@@ -55,15 +54,6 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("rpc-server did not start")
 
 
-def ttft(comp: Composite, prompt: str) -> float:
-    for m in comp.members.values():
-        m.reset()
-    t0 = time.perf_counter()
-    for _ in comp.generate(GenerateRequest(prompt=prompt, sampling=GREEDY, num_predict=1)):
-        return time.perf_counter() - t0
-    return 0.0
-
-
 def measure(recipe: Recipe, tokens: int, repeat: int) -> dict:
     t0 = time.perf_counter()
     comp = Composite.load(recipe)
@@ -76,7 +66,7 @@ def measure(recipe: Recipe, tokens: int, repeat: int) -> dict:
         # best of `repeat`: the machine is shared, and the best run is the least disturbed one
         large = max(decode_speed(comp, prompt, tokens, member="large")["tokens_per_s"] for _ in range(repeat))
         composite = max(decode_speed(comp, prompt, tokens)["tokens_per_s"] for _ in range(repeat))
-        first = min(ttft(comp, prompt) for _ in range(repeat))
+        first = min(first_token_s(comp, prompt) for _ in range(repeat))
         n_prompt = len(comp.tokenize(prompt))
     finally:
         comp.close()
