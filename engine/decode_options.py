@@ -24,11 +24,15 @@ MAX_DRAFT = 32
 class Steer:
     """Where the tuned-minus-base delta is applied (see README, "Steering modes").
 
-    gated: the delta is added only at steps the gate opens. The gate's large-model test opens
-    when any set condition holds (`top1`: large's top-1 probability below it; `entropy`: large's
-    entropy in nats above it; `opening`: the first N tokens of the reply); with none set it always
-    passes. `delta` then also asks that tuning moved the tuned model's favourite token by at least
-    that many nats (log p_tuned - log p_base), which needs the small models at that step.
+    gated: the delta is added only at steps the gate opens. The gate's first test, decided without
+    the small models, opens when any set condition holds (`top1`: large's top-1 probability below
+    it; `entropy`: large's entropy in nats above it; `opening`: the first N tokens of the reply;
+    `sentences`: the first token of each sentence or line; `closing`: where the large model's top
+    token ends the reply; `follow`: the N tokens after a steered one, so a styled phrase is
+    finished); with none set it always passes. Where it opens, `delta` then asks that tuning
+    overturn the large model's choice: the fused top token differs from the large model's and the
+    delta prefers it by at least that many nats (engine/steering.py, `overrides`); elsewhere the
+    large model decides alone.
     plausible: fused logits restricted to tokens the large model gives >= beta x its top probability.
     nudge: where the large-model test opens, the tuned model's own token (or `word`) is taken.
     """
@@ -40,6 +44,9 @@ class Steer:
     opening: int = 0
     beta: float = 0.0
     word: bool = False
+    sentences: bool = False
+    closing: bool = False
+    follow: int = 0
 
     @property
     def lazy(self) -> bool:
@@ -48,7 +55,14 @@ class Steer:
 
     @property
     def large_gated(self) -> bool:
-        return self.top1 is not None or self.entropy is not None or self.opening > 0
+        """Whether the gate's first test can stay shut (some large-model or position test is set)."""
+        return (
+            self.top1 is not None
+            or self.entropy is not None
+            or self.opening > 0
+            or self.sentences
+            or self.closing
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode}
@@ -66,11 +80,12 @@ class Steer:
 RECOMMENDED = Steer(mode="gated", opening=8, delta=2.0)
 PRESETS = {"recommended": RECOMMENDED}
 
+BOOL_PARAMS = ("word", "sentences", "closing")
 _PARAMS: dict[str, tuple[str, ...]] = {
     "proxy": (),
-    "gated": ("top1", "entropy", "delta", "opening"),
+    "gated": ("top1", "entropy", "delta", "opening", "sentences", "closing", "follow"),
     "plausible": ("beta",),
-    "nudge": ("top1", "entropy", "opening", "word"),
+    "nudge": ("top1", "entropy", "opening", "sentences", "closing", "word"),
 }
 
 
@@ -107,7 +122,7 @@ def parse_steer(value: Any, what: str = "steer") -> Steer:
 
 
 def _param(key: str, raw: Any, what: str) -> Any:
-    if key == "word":
+    if key in BOOL_PARAMS:
         if not isinstance(raw, bool):
             raise InvalidRequest(f"{what} must be true or false")
         return raw
@@ -115,7 +130,7 @@ def _param(key: str, raw: Any, what: str) -> Any:
         return None
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
         raise InvalidRequest(f"{what} must be a finite number")
-    if key == "opening":
+    if key in ("opening", "follow"):
         if not isinstance(raw, int) or raw < 0:
             raise InvalidRequest(f"{what} must be a whole number >= 0")
         return raw

@@ -14,6 +14,8 @@ when the gate next opens the small members' Holds catch up on every skipped toke
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from nanocommander.engine.decode_options import Steer
@@ -68,11 +70,45 @@ def large_stats(large: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> tup
     return 1.0 / float(s), entropy
 
 
+SENTENCE_END = (b".", b"!", b"?", b"\n")
+
+
+@dataclass(frozen=True)
+class GateState:
+    """What the gate knows of the reply so far, besides the large model's logits at this step."""
+
+    since: int = 0  # tokens of the reply committed so far
+    sentence_start: bool = True  # the next token begins a sentence or line
+    quiet: int = 1 << 30  # tokens committed since the last steered one
+
+    def after(self, piece: bytes, steered: bool) -> GateState:
+        """The state once a token with this text was committed (steered or not)."""
+        tail = piece.rstrip(b" \t")
+        starts = tail.endswith(SENTENCE_END) if tail else self.sentence_start
+        return GateState(self.since + 1, starts, 0 if steered else self.quiet + 1)
+
+
 def large_opens(
-    steer: Steer, large: np.ndarray, n_generated: int, n_vocab: int, mask: np.ndarray | None
+    steer: Steer,
+    large: np.ndarray,
+    at: GateState,
+    n_vocab: int,
+    mask: np.ndarray | None,
+    eog: frozenset[int] = frozenset(),
 ) -> bool:
-    """The gate's large-model test: the reply's opening, an unsure top-1, or a high entropy."""
-    if not steer.large_gated or n_generated < steer.opening:
+    """The gate's first test, from the large model and the text so far (so small members may sleep).
+
+    Opens in the reply's opening tokens, at a sentence start (`sentences`), where the large model
+    wants to end the reply (`closing`), within `follow` tokens of a steered one, or where the large
+    model is unsure (`top1`, `entropy`). With none of these set it always opens.
+    """
+    if not steer.large_gated:
+        return True
+    if at.since < steer.opening or at.quiet < steer.follow:
+        return True
+    if steer.sentences and at.sentence_start:
+        return True
+    if steer.closing and eog and int(np.argmax(_masked(large, n_vocab, mask))) in eog:
         return True
     if steer.top1 is None and steer.entropy is None:
         return False
@@ -82,55 +118,71 @@ def large_opens(
     )
 
 
-def disagreement(tuned: np.ndarray, base: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> float:
-    """How far tuning moved the tuned model's favourite token: log p_tuned(x) - log p_base(x)."""
-    t, b = _masked(tuned, n_vocab, mask), _masked(base, n_vocab, mask)
-    x = int(np.argmax(t))
-    tm, bm = t.max(), b.max()
-    lt = t[x] - tm - np.log(np.exp(t - tm).sum())
-    lb = b[x] - bm - np.log(np.exp(b - bm).sum())
-    return float(lt - lb)
+def overrides(
+    fused: np.ndarray, large: np.ndarray, base: np.ndarray, tuned: np.ndarray, n_vocab: int, delta: float
+) -> bool:
+    """Whether tuning overturns the large model's choice here, and firmly enough to be trusted.
+
+    The fused top token must differ from the large model's, and the delta (tuned - base) must
+    prefer it over the large model's token by at least `delta` nats. A style decision moves the
+    tuned model far from the base (tens of nats); the small pair's weaker knowledge leaking into a
+    content token moves it little, so a small margin leaves the step to the large model.
+    (Log-probability differences between two tokens equal raw logit differences: the
+    normalisers cancel.)
+    """
+    mine = int(np.argmax(fused[:n_vocab]))
+    theirs = int(np.argmax(np.where(np.isfinite(fused[:n_vocab]), large[:n_vocab], -np.inf)))
+    if mine == theirs:
+        return False
+    margin = (float(tuned[mine]) - float(base[mine])) - (float(tuned[theirs]) - float(base[theirs]))
+    return margin >= delta
 
 
-def large_gate(gen: Generation, large: np.ndarray) -> bool:
+def large_gate(gen: Generation, large: np.ndarray, at: GateState) -> bool:
     p = gen.plan
-    return large_opens(p.steer, large, gen.n_generated, p.n_vocab, p.mask)
-
-
-def delta_gate(gen: Generation, logits: Logits) -> bool:
-    p = gen.plan
-    if p.steer.delta is None:
-        return True
-    return disagreement(logits["tuned"][-1], logits["base"][-1], p.n_vocab, p.mask) >= p.steer.delta
+    return large_opens(p.steer, large, at, p.n_vocab, p.mask, gen.eog)
 
 
 def gated(gen: Generation, *, eager: bool = False) -> Steps:
     """The delta only where the gate opens; small members run only then (unless `eager`)."""
-    lazy = gen.plan.steer.large_gated and not eager
+    p = gen.plan
+    lazy = p.steer.lazy and not eager
+    at = GateState()
     while True:
         if lazy:
             out = dict((yield {"large": gen.hold()}))
-            opened = large_gate(gen, out["large"][-1])
+            opened = large_gate(gen, out["large"][-1], at)
             if opened:
                 out.update((yield {r: gen.hold() for r in SMALL}))
         else:
             out = dict((yield gen.need()))
-            opened = large_gate(gen, out["large"][-1])
-        opened = opened and delta_gate(gen, out)
-        fused = gen.fuse(out) if opened else gen.alone(out, "large")
-        if not gen.accept(gen.sampler.sample(fused), opened):
+            opened = large_gate(gen, out["large"][-1], at)
+        if opened:
+            fused = gen.fuse(out)
+            if p.steer.delta is not None:
+                opened = overrides(
+                    fused, out["large"][-1], out["base"][-1], out["tuned"][-1], p.n_vocab, p.steer.delta
+                )
+        if not opened:
+            fused = gen.alone(out, "large")
+        token = gen.sampler.sample(fused)
+        if not gen.accept(token, opened):
             return
+        at = at.after(gen.piece(token), opened)
 
 
 def nudge(gen: Generation) -> Steps:
     """Where the large-model gate opens, the tuned model writes the next token (or word)."""
     steer = gen.plan.steer
+    at = GateState()
     while True:
         if steer.large_gated:
             out = yield {"large": gen.hold()}
-            if not large_gate(gen, out["large"][-1]):
-                if not gen.accept(gen.sampler.sample(gen.alone(out, "large"))):
+            if not large_gate(gen, out["large"][-1], at):
+                token = gen.sampler.sample(gen.alone(out, "large"))
+                if not gen.accept(token):
                     return
+                at = at.after(gen.piece(token), False)
                 continue
         for i in range(NUDGE_WORD_MAX if steer.word else 1):
             out = yield {"tuned": gen.hold()}
@@ -139,6 +191,7 @@ def nudge(gen: Generation) -> Steps:
                 break  # the next word is the large model's again
             if not gen.accept(token, True):
                 return
+            at = at.after(gen.piece(token), True)
 
 
 def _starts_word(gen: Generation, token: int) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 
 from nanocommander.engine.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.member import Hold
-from nanocommander.engine.steering import disagreement, large_opens
+from nanocommander.engine.steering import GateState, large_opens, overrides
 from nanocommander.tune.errors import DataError
 
 BUILTIN = Path(__file__).with_name("general_questions.jsonl")
@@ -200,60 +200,84 @@ def ask_all(
 
 def score_all(comp, encoded, settings: list[Setting]) -> None:
     """Teacher-forced style loss of every setting, from one pass of the three members per example."""
-    n_vocab, mask = comp.vocab.n_vocab, comp.vocab.mask
+    n_vocab, mask, eog = comp.vocab.n_vocab, comp.vocab.mask, frozenset(comp.vocab.eog)
+    piece = comp.primary.piece
     for enc in encoded:
         ids = enc.ids
         start = next(i for i, m in enumerate(enc.mask) if m and i > 0)
         n = len(ids) - start
         logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "base", "tuned")})
-        since = 0
+        gates = {s.label: GateState() for s in settings}
         for k in range(n):
             pos = start + k
-            since = since + 1 if pos > start and enc.mask[pos - 1] else 0
             if not enc.mask[pos]:
                 continue
+            if pos == start or not enc.mask[pos - 1]:  # a new assistant reply starts here
+                gates = {s.label: GateState() for s in settings}
             rows = {r: logits[r][k][:n_vocab].astype(np.float64) for r in logits}  # masked after fusing
+            view = _Position(rows, logits, k, n_vocab, mask, eog, comp.recipe.alpha)
             cache: dict[Any, np.ndarray] = {}
             for s in settings:
-                lp = _logprobs(s, rows, since, comp.recipe.alpha, logits, k, n_vocab, mask, cache)
+                lp, steered = _logprobs(s, view, gates[s.label], cache)
                 s.nll -= max(float(lp[ids[pos]]), LOGP_FLOOR)
                 s.tokens += 1
+                gates[s.label] = gates[s.label].after(piece(ids[pos]), steered)
+
+
+@dataclass
+class _Position:
+    """One teacher-forced position: every member's logits there, and what the gate needs."""
+
+    rows: dict[str, np.ndarray]  # float64, the shared vocabulary
+    raw: Any
+    k: int
+    n_vocab: int
+    mask: Any
+    eog: frozenset[int]
+    recipe_alpha: float
 
 
 def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
-    """log_softmax over the sampleable ids (padding ids get -inf)."""
+    """log_softmax over the sampleable ids (padding ids and non-finite values get -inf)."""
+    z = np.where(np.isfinite(z), z, -np.inf)
     if mask is not None:
         z = np.where(mask, -np.inf, z)
     m = z[np.isfinite(z)].max()
     return z - m - np.log(np.exp(z - m).sum())
 
 
-def _logprobs(s: Setting, rows, since: int, recipe_alpha: float, raw, k, n_vocab, mask, cache) -> np.ndarray:
-    """log p(next token) under one setting at one position (cached per distinct distribution)."""
+def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.ndarray, bool]:
+    """log p(next token) under one setting at one position (cached per distinct distribution),
+    and whether the small models' delta took part (the same rules as engine/steering.py)."""
     if s.member != "composite":
-        key: Any = s.member
-        if key not in cache:
-            cache[key] = _log_softmax(rows[s.member], mask)
-        return cache[key]
-    alpha = recipe_alpha if s.alpha is None else s.alpha
+        return _alone(s.member, at, cache), False
+    alpha = at.recipe_alpha if s.alpha is None else s.alpha
     steer = s.steer or Steer()
     opened = True
     if steer.mode in ("gated", "nudge"):
-        opened = large_opens(steer, raw["large"][k], since, n_vocab, mask)
-        if opened and steer.mode == "gated" and steer.delta is not None:
-            opened = disagreement(raw["tuned"][k], raw["base"][k], n_vocab, mask) >= steer.delta
+        opened = large_opens(steer, at.raw["large"][at.k], gate, at.n_vocab, at.mask, at.eog)
         if steer.mode == "nudge" or not opened:
-            return _logprobs(
-                Setting("", "tuned" if opened else "large"), rows, 0, 0, raw, k, n_vocab, mask, cache
-            )
+            return _alone("tuned" if opened else "large", at, cache), opened
     key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)
     if key not in cache:
-        z = rows["large"] + alpha * (rows["tuned"] - rows["base"])
+        rows = at.rows
+        with np.errstate(invalid="ignore"):
+            z = rows["large"] + alpha * (rows["tuned"] - rows["base"])
         if key[2] > 0:
-            large = rows["large"] if mask is None else np.where(mask, -np.inf, rows["large"])
+            large = rows["large"] if at.mask is None else np.where(at.mask, -np.inf, rows["large"])
             z = np.where(large >= large.max() + math.log(key[2]), z, -np.inf)
-        cache[key] = _log_softmax(z, mask)
-    return cache[key]
+        cache[key] = _log_softmax(z, at.mask)
+    if steer.mode == "gated" and steer.delta is not None:
+        r = at.rows
+        if not overrides(cache[key], r["large"], r["base"], r["tuned"], at.n_vocab, steer.delta):
+            return _alone("large", at, cache), False
+    return cache[key], True
+
+
+def _alone(role: str, at: _Position, cache) -> np.ndarray:
+    if role not in cache:
+        cache[role] = _log_softmax(at.rows[role], at.mask)
+    return cache[role]
 
 
 def mark(settings: list[Setting]) -> None:
