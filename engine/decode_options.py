@@ -31,16 +31,19 @@ class Steer:
     token ends the reply; `follow`: the N tokens after a steered one, so a styled phrase is
     finished); with none set it always passes. Where it opens, `delta` then asks that tuning
     overturn the large model's choice: the fused top token differs from the large model's and the
-    delta prefers it by at least that many nats (engine/steering.py, `overrides`); elsewhere the
-    large model decides alone.
+    delta prefers it by at least that many nats (engine/steering.py, `overrides`), and `reject`
+    that the tuned model itself puts the large model's token at least that many nats below its
+    own favourite (`rejects`); elsewhere the large model decides alone.
     plausible: fused logits restricted to tokens the large model gives >= beta x its top probability.
-    nudge: where the large-model test opens, the tuned model's own token (or `word`) is taken.
+    nudge: where the gate opens (the large-model test, then `reject`), the tuned model's own token
+    (or `word`) is taken; the base model never runs.
     """
 
     mode: str = "proxy"
     top1: float | None = None
     entropy: float | None = None
     delta: float | None = None
+    reject: float | None = None
     opening: int = 0
     beta: float = 0.0
     word: bool = False
@@ -73,19 +76,19 @@ class Steer:
         return out
 
 
-# The project's recommended setting (README, "Choosing a steering setting"): steer only the reply's
-# opening, where a style announces itself and the large model is confidently neutral, and there only
-# where tuning moved the tuned model's choice strongly (a style decision, not a knowledge difference);
-# the rest of the reply is the large model's, so the small members run for the opening alone.
-RECOMMENDED = Steer(mode="gated", opening=8, delta=2.0)
+# The project's recommended setting (README, "Choosing a steering setting"): the large model writes
+# every token the tuned model can live with, and the tuned model writes (whole words) only where it
+# rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The base
+# model never runs.
+RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True)
 PRESETS = {"recommended": RECOMMENDED}
 
 BOOL_PARAMS = ("word", "sentences", "closing")
 _PARAMS: dict[str, tuple[str, ...]] = {
     "proxy": (),
-    "gated": ("top1", "entropy", "delta", "opening", "sentences", "closing", "follow"),
+    "gated": ("top1", "entropy", "delta", "reject", "opening", "sentences", "closing", "follow"),
     "plausible": ("beta",),
-    "nudge": ("top1", "entropy", "opening", "sentences", "closing", "word"),
+    "nudge": ("top1", "entropy", "reject", "opening", "sentences", "closing", "follow", "word"),
 }
 
 
@@ -126,7 +129,7 @@ def _param(key: str, raw: Any, what: str) -> Any:
         if not isinstance(raw, bool):
             raise InvalidRequest(f"{what} must be true or false")
         return raw
-    if raw is None and key in ("top1", "entropy", "delta"):
+    if raw is None and key in ("top1", "entropy", "delta", "reject"):
         return None
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
         raise InvalidRequest(f"{what} must be a finite number")

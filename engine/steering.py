@@ -118,24 +118,39 @@ def large_opens(
     )
 
 
-def overrides(
-    fused: np.ndarray, large: np.ndarray, base: np.ndarray, tuned: np.ndarray, n_vocab: int, delta: float
+def rejects(
+    large: np.ndarray, tuned: np.ndarray, n_vocab: int, mask: np.ndarray | None, reject: float
 ) -> bool:
-    """Whether tuning overturns the large model's choice here, and firmly enough to be trusted.
+    """Whether the tuned model rejects the large model's choice: puts it >= `reject` nats below its own.
 
-    The fused top token must differ from the large model's, and the delta (tuned - base) must
-    prefer it over the large model's token by at least `delta` nats. A style decision moves the
-    tuned model far from the base (tens of nats); the small pair's weaker knowledge leaking into a
-    content token moves it little, so a small margin leaves the step to the large model.
-    (Log-probability differences between two tokens equal raw logit differences: the
-    normalisers cancel.)
+    Where the tuned model could live with the large model's token, that token is in the tuned
+    style already, so the large model (and its knowledge) keeps the step. Style tokens are ones the
+    tuned model is sure of and the large model would never write (10-30 nats apart); where
+    tuning merely leaks the small model's guess at a fact, the tuned model is unsure (0-5 nats).
     """
+    t = _masked(tuned, n_vocab, mask)
+    theirs = int(np.argmax(_masked(large, n_vocab, mask)))
+    return float(t.max() - t[theirs]) >= reject
+
+
+def overrides(fused: np.ndarray, logits: Logits, steer: Steer, n_vocab: int, mask: np.ndarray | None) -> bool:
+    """Whether tuning overturns the large model's choice here, firmly enough to be trusted.
+
+    The fused top token must differ from the large model's; `delta`: the delta (tuned - base)
+    prefers it over the large model's token by at least that many nats (log-probability
+    differences between two tokens equal raw logit differences: the normalisers cancel);
+    `reject`: the tuned model itself rejects the large model's token (see `rejects`).
+    """
+    large, base, tuned = logits["large"][-1], logits["base"][-1], logits["tuned"][-1]
     mine = int(np.argmax(fused[:n_vocab]))
     theirs = int(np.argmax(np.where(np.isfinite(fused[:n_vocab]), large[:n_vocab], -np.inf)))
     if mine == theirs:
         return False
-    margin = (float(tuned[mine]) - float(base[mine])) - (float(tuned[theirs]) - float(base[theirs]))
-    return margin >= delta
+    if steer.delta is not None:
+        margin = (float(tuned[mine]) - float(base[mine])) - (float(tuned[theirs]) - float(base[theirs]))
+        if margin < steer.delta:
+            return False
+    return steer.reject is None or rejects(large, tuned, n_vocab, mask, steer.reject)
 
 
 def large_gate(gen: Generation, large: np.ndarray, at: GateState) -> bool:
@@ -159,10 +174,8 @@ def gated(gen: Generation, *, eager: bool = False) -> Steps:
             opened = large_gate(gen, out["large"][-1], at)
         if opened:
             fused = gen.fuse(out)
-            if p.steer.delta is not None:
-                opened = overrides(
-                    fused, out["large"][-1], out["base"][-1], out["tuned"][-1], p.n_vocab, p.steer.delta
-                )
+            if p.steer.delta is not None or p.steer.reject is not None:
+                opened = overrides(fused, out, p.steer, p.n_vocab, p.mask)
         if not opened:
             fused = gen.alone(out, "large")
         token = gen.sampler.sample(fused)
@@ -172,20 +185,34 @@ def gated(gen: Generation, *, eager: bool = False) -> Steps:
 
 
 def nudge(gen: Generation) -> Steps:
-    """Where the large-model gate opens, the tuned model writes the next token (or word)."""
-    steer = gen.plan.steer
+    """Where the gate opens, the tuned model writes the next token (or word); the base never runs.
+
+    The gate: the large-model test (if any is set), then with `reject` the tuned model's own
+    verdict on the large model's choice (`rejects`), which needs the tuned model at that step.
+    """
+    p = gen.plan
+    steer = p.steer
     at = GateState()
     while True:
+        out: dict = {}
         if steer.large_gated:
-            out = yield {"large": gen.hold()}
-            if not large_gate(gen, out["large"][-1], at):
-                token = gen.sampler.sample(gen.alone(out, "large"))
-                if not gen.accept(token):
-                    return
-                at = at.after(gen.piece(token), False)
-                continue
+            out = dict((yield {"large": gen.hold()}))
+            opened = large_gate(gen, out["large"][-1], at)
+        else:
+            opened = True
+        if opened and steer.reject is not None:
+            need = {r: gen.hold() for r in ("large", "tuned") if r not in out}
+            out.update((yield need))
+            opened = rejects(out["large"][-1], out["tuned"][-1], p.n_vocab, p.mask, steer.reject)
+        if not opened:
+            token = gen.sampler.sample(gen.alone(out, "large"))
+            if not gen.accept(token):
+                return
+            at = at.after(gen.piece(token), False)
+            continue
         for i in range(NUDGE_WORD_MAX if steer.word else 1):
-            out = yield {"tuned": gen.hold()}
+            if i > 0 or "tuned" not in out:
+                out = yield {"tuned": gen.hold()}
             token = gen.sampler.sample(gen.alone(out, "tuned"))
             if i > 0 and _starts_word(gen, token):
                 break  # the next word is the large model's again

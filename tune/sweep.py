@@ -27,9 +27,10 @@ import numpy as np
 
 from nanocommander.engine.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.member import Hold
-from nanocommander.engine.steering import GateState, large_opens, overrides
+from nanocommander.engine.steering import GateState, large_opens, overrides, rejects
 from nanocommander.tune.errors import DataError
 
+LABEL_WIDTH = 44  # the table's first column
 BUILTIN = Path(__file__).with_name("general_questions.jsonl")
 LOGP_FLOOR = math.log(1e-9)  # a reference token a setting cannot produce costs 20.7 nats, not infinity
 
@@ -81,7 +82,7 @@ class SweepReport:
     marker: str | None = None
 
     def table(self) -> str:
-        head = f"{'setting':<34} {'style NLL':>9} {'general':>8} {'steered':>8} {'tok/s':>7}"
+        head = f"{'setting':<{LABEL_WIDTH}} {'style NLL':>9} {'general':>8} {'steered':>8} {'tok/s':>7}"
         if self.marker:
             head += f" {'styled':>7}"
         lines = [head]
@@ -92,7 +93,9 @@ class SweepReport:
             frac = f"{d['steered_fraction']:>8.1%}" if d["steered_fraction"] is not None else f"{'-':>8}"
             speed = f"{d['tokens_per_s']:>7.1f}" if d["tokens_per_s"] else f"{'-':>7}"
             styled = f" {s.styled / s.asked:>7.0%}" if self.marker and s.asked else ""
-            lines.append(f"{s.label:<34} {style} {acc} {frac} {speed}{styled}{'  *' if s.marked else ''}")
+            lines.append(
+                f"{s.label:<{LABEL_WIDTH}} {style} {acc} {frac} {speed}{styled}{'  *' if s.marked else ''}"
+            )
         lines.append(
             "* style loss within 10 % of the tuned model's and accuracy >= 95 % of the large model's"
         )
@@ -117,10 +120,13 @@ def grid(alphas: list[float | None], sweep: bool, recipe_steer: Steer | None) ->
             Steer("plausible", beta=0.001),
             Steer("gated", top1=0.5),
             Steer("gated", top1=0.8),
-            Steer("gated", top1=0.5, delta=2.0),
-            Steer("gated", delta=2.0),
-            RECOMMENDED,
+            Steer("gated", delta=4.0),
+            Steer("gated", opening=12, follow=4, delta=4.0),
+            Steer("gated", reject=6.0),
             Steer("nudge", top1=0.4),
+            Steer("nudge", reject=4.0, word=True),
+            RECOMMENDED,
+            Steer("nudge", reject=8.0, word=True),
         ]
         top = max((a for a in alphas if a is not None), default=None)
         out += [Setting(_describe(m) + (f" a={top:g}" if top else ""), alpha=top, steer=m) for m in modes]
@@ -256,6 +262,8 @@ def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.nda
     opened = True
     if steer.mode in ("gated", "nudge"):
         opened = large_opens(steer, at.raw["large"][at.k], gate, at.n_vocab, at.mask, at.eog)
+        if opened and steer.mode == "nudge" and steer.reject is not None:
+            opened = rejects(at.rows["large"], at.rows["tuned"], at.n_vocab, at.mask, steer.reject)
         if steer.mode == "nudge" or not opened:
             return _alone("tuned" if opened else "large", at, cache), opened
     key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)
@@ -267,9 +275,9 @@ def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.nda
             large = rows["large"] if at.mask is None else np.where(at.mask, -np.inf, rows["large"])
             z = np.where(large >= large.max() + math.log(key[2]), z, -np.inf)
         cache[key] = _log_softmax(z, at.mask)
-    if steer.mode == "gated" and steer.delta is not None:
-        r = at.rows
-        if not overrides(cache[key], r["large"], r["base"], r["tuned"], at.n_vocab, steer.delta):
+    if steer.mode == "gated" and (steer.delta is not None or steer.reject is not None):
+        rows = {r: v[None] for r, v in at.rows.items()}
+        if not overrides(cache[key], rows, steer, at.n_vocab, at.mask):
             return _alone("large", at, cache), False
     return cache[key], True
 

@@ -24,7 +24,7 @@ def test_ollama_options_steer_and_speculative(server):
     assert never["response"] == large["response"]
     assert never["steer_mode"] == "gated" and never["steered_count"] == 0
     named = ollama(server, options={**GREEDY, "steer": "recommended", "speculative": False}).json()
-    assert named["steer_mode"] == "gated" and "draft_count" not in named
+    assert named["steer_mode"] == "nudge" and "draft_count" not in named
     drafted = ollama(server, options={**GREEDY, "speculative": {"draft": "tuned", "max": 4}}).json()
     plain = ollama(server, options={**GREEDY, "speculative": False}).json()
     assert drafted["response"] == plain["response"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nanocommander.engine.decode_options import Steer
-from nanocommander.engine.steering import GateState, large_opens, overrides
+from nanocommander.engine.steering import GateState, large_opens, overrides, rejects
 
 V = 8
 EOG = frozenset({7})
@@ -73,7 +73,21 @@ def test_tuning_overturns_the_large_model_only_by_a_firm_margin():
     tuned[4] = 5.0  # tuning prefers token 4 by 5 nats over the large model's token 1
     fused = large + tuned - base
     assert int(np.argmax(fused)) == 4
-    assert overrides(fused, large, base, tuned, V, delta=4.0)
-    assert not overrides(fused, large, base, tuned, V, delta=6.0)
+    logits = {"large": large[None], "base": base[None], "tuned": tuned[None]}
+    assert overrides(fused, logits, Steer("gated", delta=4.0), V, None)
+    assert not overrides(fused, logits, Steer("gated", delta=6.0), V, None)
     same = large + 0.1 * (tuned - base)  # too weak to change the choice: the large model's step
-    assert int(np.argmax(same)) == 1 and not overrides(same, large, base, tuned, V, delta=-1e9)
+    assert int(np.argmax(same)) == 1 and not overrides(same, logits, Steer("gated", delta=-1e9), V, None)
+
+
+def test_the_large_model_keeps_every_choice_the_tuned_model_can_live_with():
+    large = row(1, 0.6)
+    sure = row(4, 0.999)  # the tuned model would never write token 1 here: a style decision
+    unsure = row(4, 0.5)  # token 1 is only a guess away from the tuned model's favourite
+    assert rejects(large, sure, V, None, reject=6.0)
+    assert not rejects(large, unsure, V, None, reject=6.0)
+    assert not rejects(large, row(1, 0.99), V, None, reject=0.5)  # both choose the same token
+    base = np.zeros(V, dtype=np.float32)
+    for tuned, want in ((sure, True), (unsure, False)):
+        logits = {"large": large[None], "base": base[None], "tuned": tuned[None]}
+        assert overrides(large + tuned - base, logits, Steer("gated", reject=6.0), V, None) is want

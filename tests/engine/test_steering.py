@@ -56,6 +56,10 @@ def test_gate_limits_equal_large_alone_and_proxy(comp, prompt):
     tuned, _ = run(comp, prompt, member="tuned")
     assert run(comp, prompt, "nudge")[0] == tuned  # no gate: the tuned model writes every token
     assert run(comp, prompt, {"mode": "nudge", "top1": 0.0})[0] == large
+    assert run(comp, prompt, {"mode": "nudge", "reject": -1.0})[0] == tuned  # always rejects
+    assert run(comp, prompt, {"mode": "nudge", "reject": 1e9})[0] == large  # never rejects
+    assert run(comp, prompt, {"mode": "gated", "reject": -1.0})[0] == proxy
+    assert run(comp, prompt, {"mode": "gated", "reject": 1e9})[0] == large
 
 
 # The tiny models are unsure (top-1 0.06-0.45, entropy 3.1-4.3 nats): thresholds that open about half the time.
@@ -65,7 +69,7 @@ def test_gate_limits_equal_large_alone_and_proxy(comp, prompt):
         {"mode": "gated", "top1": 0.15},
         {"mode": "gated", "entropy": 3.9, "delta": 0.2},
         {"mode": "gated", "opening": 4, "top1": 0.1},
-        {**RECOMMENDED.to_dict(), "top1": 0.15, "delta": 0.2},
+        {"mode": "gated", "opening": 8, "top1": 0.15, "delta": 0.2},
         {"mode": "gated", "opening": 3, "follow": 2, "delta": 0.2},
         {"mode": "gated", "closing": True, "opening": 2, "follow": 3},  # reopens near the end
     ],

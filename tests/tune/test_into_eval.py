@@ -15,6 +15,7 @@ from nanocommander.cli import main  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
 from nanocommander.tune.errors import TrainingError  # noqa: E402
 from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
+from nanocommander.tune.sweep import LABEL_WIDTH  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,6 @@ def test_eval_general_sweep_prints_the_table_and_marks(trained, tmp_path, capsys
     tuned_style = rows["tuned"]["style_nll"]
     for r in rows.values():  # large's accuracy is 0, so the style rule alone decides the mark
         assert r["marked"] == (r["style_nll"] <= 1.1 * tuned_style)
-        line = next(x for x in out.splitlines() if x[:34].strip() == r["setting"])
+        line = next(x for x in out.splitlines() if x[:LABEL_WIDTH].strip() == r["setting"])
         assert line.endswith("*") == r["marked"]
     assert rows["tuned"]["marked"] and not rows["large"]["marked"]
