@@ -63,8 +63,10 @@ DECODING = {
 STEERING = {
     "steer plausible(beta=0.01)": {"mode": "plausible", "beta": 0.01},
     "steer gated(top1=0.5)": {"mode": "gated", "top1": 0.5},
-    "steer recommended": "recommended",
+    "steer gated(reject=6)": {"mode": "gated", "reject": 6.0},
+    "steer gated(opening=12,follow=4,delta=4)": {"mode": "gated", "opening": 12, "follow": 4, "delta": 4.0},
     "steer nudge(top1=0.4)": {"mode": "nudge", "top1": 0.4},
+    "steer recommended": "recommended",
 }
 
 
@@ -271,7 +273,7 @@ def run_prompt(comp: Composite, user: str, tokens: int, steering: bool) -> dict:
 def print_rows(title: str, rows: dict) -> None:
     print(f"\n{title}")
     print(
-        f"{'mode':<30}{'tokens/s':>10}{'x large':>9}{'tok/cpu-s':>11}{'x large':>9}{'accept':>8}"
+        f"{'mode':<46}{'tokens/s':>10}{'x large':>9}{'tok/cpu-s':>11}{'x large':>9}{'accept':>8}"
         f"{'mean acc':>10}{'steered':>9}"
     )
     for label, r in rows.items():
@@ -279,7 +281,7 @@ def print_rows(title: str, rows: dict) -> None:
         mean = f"{r['mean_accepted']:>10.2f}" if "mean_accepted" in r else f"{'':>10}"
         steered = f"{r['steered_fraction']:>9.0%}" if "steered_fraction" in r else f"{'':>9}"
         print(
-            f"{label:<30}{r['tokens_per_s']:>10.1f}{r['ratio_to_large']:>9.2f}{r['tokens_per_cpu_s']:>11.2f}"
+            f"{label:<46}{r['tokens_per_s']:>10.1f}{r['ratio_to_large']:>9.2f}{r['tokens_per_cpu_s']:>11.2f}"
             f"{r['cpu_ratio_to_large']:>9.2f}{acc}{mean}{steered}"
         )
 

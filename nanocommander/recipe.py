@@ -27,7 +27,13 @@ from typing import Any
 
 import yaml
 
-from nanocommander.engine.decode_options import Speculation, Steer, parse_speculative, parse_steer
+from nanocommander.engine.decode_options import (
+    RECOMMENDED,
+    Speculation,
+    Steer,
+    parse_speculative,
+    parse_steer,
+)
 from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, SAMPLING_KEYS, check_value
 from nanocommander.engine.rpc import parse_endpoint
 from nanocommander.errors import InvalidRequest, RecipeError
@@ -171,7 +177,7 @@ class Recipe:
         if self.messages:
             out["messages"] = [dict(m) for m in self.messages]
         if self.steer is not None:
-            out["steer"] = self.steer.to_dict()
+            out["steer"] = "recommended" if self.steer == RECOMMENDED else self.steer.to_dict()
         if self.speculative is not None:
             out["speculative"] = self.speculative.to_dict()
         if self.tool_parser:

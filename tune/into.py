@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from nanocommander.engine.decode_options import RECOMMENDED
 from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.tune.errors import TrainingError
 
@@ -54,6 +55,7 @@ def build_recipe(
         base=base_spec,
         tuned=tuned_spec,
         alpha=1.0 if alpha is None else alpha,
+        steer=RECOMMENDED,  # README, "Choosing a steering setting": style kept, facts the large model's
     )
 
 

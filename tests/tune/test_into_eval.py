@@ -12,6 +12,7 @@ pytest.importorskip("peft")
 from tune_helpers import ANSWER, chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
+from nanocommander.engine.decode_options import RECOMMENDED  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
 from nanocommander.tune.errors import TrainingError  # noqa: E402
 from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
@@ -64,6 +65,7 @@ def test_into_writes_a_recipe_that_loads_and_runs(trained, tiny):
     assert recipe.base.source.path.resolve() == tiny["base"].resolve()
     assert recipe.large.source.path.resolve() == tiny["large"].resolve()
     assert "adapter: tea.gguf" in trained["recipe"].read_text()  # relative, so the folder can move
+    assert "steer: recommended" in trained["recipe"].read_text() and recipe.steer == RECOMMENDED
     comp = Composite.load(recipe)
     try:
         prompt = comp.chat_prompt([{"role": "user", "content": "hello 1"}])
