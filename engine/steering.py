@@ -119,7 +119,12 @@ def large_opens(
 
 
 def rejects(
-    large: np.ndarray, tuned: np.ndarray, n_vocab: int, mask: np.ndarray | None, reject: float
+    large: np.ndarray,
+    tuned: np.ndarray,
+    n_vocab: int,
+    mask: np.ndarray | None,
+    reject: float,
+    eog: frozenset[int] = frozenset(),
 ) -> bool:
     """Whether the tuned model rejects the large model's choice: puts it >= `reject` nats below its own.
 
@@ -127,9 +132,13 @@ def rejects(
     style already, so the large model (and its knowledge) keeps the step. Style tokens are ones the
     tuned model is sure of and the large model would never write (10-30 nats apart); where
     tuning merely leaks the small model's guess at a fact, the tuned model is unsure (0-5 nats).
+    Ending the reply is not a style decision: the tuned model may not end it over the large
+    model's objection (an over-fitted adapter would cut every answer off after its greeting).
     """
     t = _masked(tuned, n_vocab, mask)
     theirs = int(np.argmax(_masked(large, n_vocab, mask)))
+    if int(np.argmax(t)) in eog and theirs not in eog:
+        return False
     return float(t.max() - t[theirs]) >= reject
 
 
@@ -203,7 +212,7 @@ def nudge(gen: Generation) -> Steps:
         if opened and steer.reject is not None:
             need = {r: gen.hold() for r in ("large", "tuned") if r not in out}
             out.update((yield need))
-            opened = rejects(out["large"][-1], out["tuned"][-1], p.n_vocab, p.mask, steer.reject)
+            opened = rejects(out["large"][-1], out["tuned"][-1], p.n_vocab, p.mask, steer.reject, gen.eog)
         if not opened:
             token = gen.sampler.sample(gen.alone(out, "large"))
             if not gen.accept(token):

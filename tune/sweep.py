@@ -263,7 +263,7 @@ def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.nda
     if steer.mode in ("gated", "nudge"):
         opened = large_opens(steer, at.raw["large"][at.k], gate, at.n_vocab, at.mask, at.eog)
         if opened and steer.mode == "nudge" and steer.reject is not None:
-            opened = rejects(at.rows["large"], at.rows["tuned"], at.n_vocab, at.mask, steer.reject)
+            opened = rejects(at.rows["large"], at.rows["tuned"], at.n_vocab, at.mask, steer.reject, at.eog)
         if steer.mode == "nudge" or not opened:
             return _alone("tuned" if opened else "large", at, cache), opened
     key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)

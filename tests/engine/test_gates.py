@@ -87,6 +87,8 @@ def test_the_large_model_keeps_every_choice_the_tuned_model_can_live_with():
     assert rejects(large, sure, V, None, reject=6.0)
     assert not rejects(large, unsure, V, None, reject=6.0)
     assert not rejects(large, row(1, 0.99), V, None, reject=0.5)  # both choose the same token
+    ends = row(7, 0.999)  # the tuned model is sure the reply ends here; the large model goes on
+    assert rejects(large, ends, V, None, reject=6.0) and not rejects(large, ends, V, None, 6.0, EOG)
     base = np.zeros(V, dtype=np.float32)
     for tuned, want in ((sure, True), (unsure, False)):
         logits = {"large": large[None], "base": base[None], "tuned": tuned[None]}
