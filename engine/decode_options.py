@@ -78,9 +78,10 @@ class Steer:
 
 # The project's recommended setting (README, "Choosing a steering setting"): the large model writes
 # every token the tuned model can live with, and the tuned model writes (whole words) only where it
-# rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The base
-# model never runs.
-RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True)
+# rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The tuned
+# model is asked where a style shows (each sentence's start, the reply's end, right after its own
+# words), so it sleeps through the rest; the base model never runs.
+RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2)
 PRESETS = {"recommended": RECOMMENDED}
 
 BOOL_PARAMS = ("word", "sentences", "closing")

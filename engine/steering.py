@@ -202,6 +202,7 @@ def nudge(gen: Generation) -> Steps:
     p = gen.plan
     steer = p.steer
     at = GateState()
+    carry: np.ndarray | None = None  # tuned logits at the committed tokens, left by a finished word
     while True:
         out: dict = {}
         if steer.large_gated:
@@ -209,9 +210,14 @@ def nudge(gen: Generation) -> Steps:
             opened = large_gate(gen, out["large"][-1], at)
         else:
             opened = True
+        if carry is not None:
+            if opened:
+                out["tuned"] = carry[None]
+            carry = None
         if opened and steer.reject is not None:
             need = {r: gen.hold() for r in ("large", "tuned") if r not in out}
-            out.update((yield need))
+            if need:
+                out.update((yield need))
             opened = rejects(out["large"][-1], out["tuned"][-1], p.n_vocab, p.mask, steer.reject, gen.eog)
         if not opened:
             token = gen.sampler.sample(gen.alone(out, "large"))
@@ -224,6 +230,7 @@ def nudge(gen: Generation) -> Steps:
                 out = yield {"tuned": gen.hold()}
             token = gen.sampler.sample(gen.alone(out, "tuned"))
             if i > 0 and _starts_word(gen, token):
+                carry = np.array(out["tuned"][-1])  # the next step may ask again at these tokens
                 break  # the next word is the large model's again
             if not gen.accept(token, True):
                 return

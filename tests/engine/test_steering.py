@@ -101,6 +101,24 @@ def test_lazy_catch_up_equals_eager_and_evaluates_each_token_once(comp, steer, m
     assert skipped > 0 or steer.get("closing")  # a closing gate catches the small members up at the end
 
 
+def test_recommended_asks_the_tuned_model_lazily_and_never_the_base(comp):
+    """The tuned model catches up in batches where a style may show; each token is evaluated once."""
+    skipped = 0
+    for prompt in PROMPTS:
+        for m in comp.members.values():
+            m.reset()
+        before = {r: m.stats.evaluated for r, m in comp.members.items()}
+        ids, stats = run(comp, prompt, "recommended", ignore_eos=True)
+        tuned = comp.members["tuned"]
+        assert tuned.stats.evaluated - before["tuned"] == sum(len(c) for c in tuned.cached)
+        assert comp.members["base"].stats.evaluated == before["base"]  # nudge never runs the base
+        skipped += (comp.members["large"].stats.evaluated - before["large"]) - (
+            tuned.stats.evaluated - before["tuned"]
+        )
+        assert stats.steer_mode == "nudge" and len(ids) == 32
+    assert skipped > 0
+
+
 def test_bad_steer_values_are_clear_errors():
     for bad, words in [
         ("fancy", "steer must be one of"),
