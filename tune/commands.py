@@ -42,6 +42,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
     p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (scale = alpha/rank)")
     p.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(rank) (folded into the export)")
+    p.add_argument(
+        "--lora-a",
+        choices=("q8_0", "f32"),
+        default="q8_0",
+        help="lora_a tensor type: q8_0 (default) keeps batched serving bit-identical to serving alone; "
+        "f32 matches PEFT to float precision",
+    )
     p.add_argument("--max-length", type=int, default=2048, help="truncate examples to this many tokens")
     p.add_argument(
         "--eval-split", type=float, default=0.1, help="fraction of examples held out for eval loss"
@@ -131,6 +138,7 @@ def run_tune(args: argparse.Namespace) -> int:
         rank=args.rank,
         alpha=args.lora_alpha,
         rslora=args.rslora,
+        lora_a=args.lora_a,
         max_length=args.max_length,
         eval_split=args.eval_split,
         batch_size=args.batch_size,

@@ -32,6 +32,7 @@ GGUF_NAMES = {
 }
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.\w+)?\.weight$")
 DEFAULT_TOLERANCE = 1e-2
+Q8_BLOCK = 32  # values per Q8_0 block
 QUANTIZED_SLACK = 0.02  # of the adapter's effect, when the base GGUF is quantized
 
 
@@ -79,8 +80,13 @@ def write_adapter(
     *,
     alpha: float,
     name: str = "nanocommander-lora",
+    q8_a: bool = False,
 ) -> Path:
-    """Write the GGUF atomically (temp file, then rename) so a crash never leaves half an adapter."""
+    """Write the GGUF atomically (temp file, then rename) so a crash never leaves half an adapter.
+
+    `q8_a` stores each lora_a as Q8_0 (where its rows split into 32-value blocks): llama.cpp's CPU
+    kernels for a Q8_0 lora_a give the same logits whatever the batch, so a request served next to
+    others equals the same request alone (README, "Continuous batching"); F32 ones do not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -90,8 +96,13 @@ def write_adapter(
         w.add_name(name)
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        q8 = gguf.GGMLQuantizationType.Q8_0
         for tname in sorted(tensors, key=_tensor_order):
-            w.add_tensor(tname, tensors[tname])
+            t = tensors[tname]
+            if q8_a and tname.endswith("lora_a") and t.shape[-1] % Q8_BLOCK == 0:
+                w.add_tensor(tname, gguf.quants.quantize(t, q8), raw_dtype=q8)
+            else:
+                w.add_tensor(tname, t)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -102,7 +113,7 @@ def write_adapter(
     return path
 
 
-def export_peft(model, info: BaseInfo, path: str | Path) -> Path:
+def export_peft(model, info: BaseInfo, path: str | Path, *, q8_a: bool = False) -> Path:
     """Write a PEFT model's (single, 'default') LoRA as a llama.cpp adapter GGUF."""
     from peft import get_peft_model_state_dict
 
@@ -114,7 +125,7 @@ def export_peft(model, info: BaseInfo, path: str | Path) -> Path:
     state = {k: v.detach().float().cpu().numpy() for k, v in get_peft_model_state_dict(model).items()}
     tensors = adapter_tensors(state, info)
     alpha = llama_cpp_alpha(float(config.lora_alpha), int(config.r), bool(config.use_rslora))
-    return write_adapter(path, tensors, info, alpha=alpha)
+    return write_adapter(path, tensors, info, alpha=alpha, q8_a=q8_a)
 
 
 @dataclass(frozen=True)
@@ -123,13 +134,15 @@ class CheckResult:
     base_gap: float  # the same for the bare base (dequantization/rounding that the adapter cannot fix)
     adapter_effect: float  # max |logit change| the adapter causes, so a no-op adapter is visible
     tolerance: float
+    rounded: bool = False  # lora_a was stored as Q8_0: its rounding bends the effect too
 
     @property
     def ok(self) -> bool:
         """Within tolerance of what the bare base already differs by; on a quantized base the
         rounding also bends the adapter's own effect, so 2 % of that effect is allowed on top
         (a wrong export, e.g. a swapped A/B or scale, is off by the whole effect)."""
-        slack = QUANTIZED_SLACK * self.adapter_effect if self.base_gap > self.tolerance else 0.0
+        rounded = self.rounded or self.base_gap > self.tolerance
+        slack = QUANTIZED_SLACK * self.adapter_effect if rounded else 0.0
         return self.max_diff <= self.tolerance + self.base_gap + slack
 
     def __str__(self) -> str:
@@ -148,8 +161,11 @@ def self_check(
     prompts: list[list[int]],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
+    rounded: bool = False,
 ) -> CheckResult:
-    """Run base+adapter in llama.cpp and the PEFT model on the same ids and compare logits."""
+    """Run base+adapter in llama.cpp and the PEFT model on the same ids and compare logits.
+
+    `rounded`: the adapter stores lora_a as Q8_0 (see write_adapter)."""
     import torch
 
     prompts = [p for p in prompts if p]
@@ -173,7 +189,7 @@ def self_check(
     diff = max(float(np.abs(a - b).max()) for a, b in zip(peft_logits, with_adapter, strict=True))
     gap = max(float(np.abs(a - b).max()) for a, b in zip(hf_logits, bare, strict=True))
     effect = max(float(np.abs(a - b).max()) for a, b in zip(peft_logits, hf_logits, strict=True))
-    return CheckResult(diff, gap, effect, tolerance)
+    return CheckResult(diff, gap, effect, tolerance, rounded)
 
 
 def _llama_logits(

@@ -53,6 +53,7 @@ class TrainConfig:
     skip_bad: bool = False
     check: bool = True
     check_tolerance: float = 1e-2
+    lora_a: str = "q8_0"  # lora_a tensor type in the exported adapter: "q8_0" or "f32" (tune/export.py)
     blowup: float = 3.0  # stop when loss exceeds this multiple of the first step's
 
     @property
@@ -284,12 +285,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             log(f"could not draw the plot: {exc}")
     if not interrupted:
         _save_checkpoint(ckpt, fingerprint, len(plan), model, optimizer)
-    adapter = export_peft(model, info, cfg.out)
+    adapter = export_peft(model, info, cfg.out, q8_a=cfg.lora_a == "q8_0")
     log(f"adapter written: {adapter}")
     check = None
     if cfg.check:
         prompts = [e.ids[:128] for e in (eval_enc or train_enc)[:3]]
-        check = self_check(model, info, adapter, prompts, tolerance=cfg.check_tolerance)
+        check = self_check(
+            model, info, adapter, prompts, tolerance=cfg.check_tolerance, rounded=cfg.lora_a == "q8_0"
+        )
         log(str(check))
     metrics.close(params={k: v for k, v in asdict(cfg).items()}, artifacts=[run_dir / "loss.png", adapter])
     final_step = max(r["step"] for r in metrics.rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import pytest
 
 pytest.importorskip("torch")
@@ -43,7 +44,8 @@ def test_training_lowers_loss_and_writes_telemetry(twin, jsonl, tmp_path, capsys
     assert rows[0]["step"] == 0 and evals[-1] < 0.5 * evals[0]
     png = out.with_name("pirate.train") / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert out.is_file()
+    types = {t.name.rsplit(".", 1)[-1]: t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert types == {"lora_a": "Q8_0", "lora_b": "F32"}  # batch-independent kernels (README, batching)
 
 
 def test_resume_continues_the_same_schedule(twin, jsonl, tmp_path, capsys):
