@@ -6,10 +6,14 @@
 * gated: the delta only at steps a gate opens; elsewhere the large model alone decides.
 * nudge: where the gate opens the tuned model's own token (or word) is taken (Fei et al. 2025).
 
-Gates that look only at the large model's logits (top-1 probability, entropy, the reply's
-opening tokens) make the small members lazy: a closed step yields a Need with only "large", and
-when the gate next opens the small members' Holds catch up on every skipped token in one batch
-(the common-prefix rule of Member.hold), so each token is evaluated once by each member.
+A gate has two tests. The first looks only at the large model and the text so far (`large_opens`:
+top-1 probability, entropy, the reply's opening, sentence starts, the reply's end, the tokens
+after a steered one); it makes the small members lazy: a closed step yields a Need with only
+"large", and when the gate next opens the small members' Holds catch up on every skipped token in
+one batch (the common-prefix rule of Member.hold), so each token is evaluated once by each member.
+The second needs the small models at that step: `overrides` (gated: tuning must overturn the large
+model's choice by a margin) and `rejects` (the tuned model's own verdict on the large model's
+choice, which is what separates a style decision from a leaked guess at a fact).
 """
 
 from __future__ import annotations
