@@ -63,6 +63,12 @@ def _masked(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> np.ndarra
     return z
 
 
+def _top(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> int:
+    """The favourite sampleable token of one member's logits (no float64 copy: a hot path)."""
+    z = row[:n_vocab]
+    return int(np.argmax(z if mask is None else np.where(mask, -np.inf, z)))
+
+
 def large_stats(large: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> tuple[float, float]:
     """The large model's top-1 probability and entropy (nats) over the sampleable ids."""
     z = _masked(large, n_vocab, mask)
@@ -112,7 +118,7 @@ def large_opens(
         return True
     if steer.sentences and at.sentence_start:
         return True
-    if steer.closing and eog and int(np.argmax(_masked(large, n_vocab, mask))) in eog:
+    if steer.closing and eog and _top(large, n_vocab, mask) in eog:
         return True
     if steer.top1 is None and steer.entropy is None:
         return False
@@ -139,11 +145,10 @@ def rejects(
     Ending the reply is not a style decision: the tuned model may not end it over the large
     model's objection (an over-fitted adapter would cut every answer off after its greeting).
     """
-    t = _masked(tuned, n_vocab, mask)
-    theirs = int(np.argmax(_masked(large, n_vocab, mask)))
-    if int(np.argmax(t)) in eog and theirs not in eog:
+    mine, theirs = _top(tuned, n_vocab, mask), _top(large, n_vocab, mask)
+    if mine in eog and theirs not in eog:
         return False
-    return float(t.max() - t[theirs]) >= reject
+    return float(tuned[mine]) - float(tuned[theirs]) >= reject
 
 
 def overrides(fused: np.ndarray, logits: Logits, steer: Steer, n_vocab: int, mask: np.ndarray | None) -> bool:
@@ -155,8 +160,7 @@ def overrides(fused: np.ndarray, logits: Logits, steer: Steer, n_vocab: int, mas
     `reject`: the tuned model itself rejects the large model's token (see `rejects`).
     """
     large, base, tuned = logits["large"][-1], logits["base"][-1], logits["tuned"][-1]
-    mine = int(np.argmax(fused[:n_vocab]))
-    theirs = int(np.argmax(np.where(np.isfinite(fused[:n_vocab]), large[:n_vocab], -np.inf)))
+    mine, theirs = int(np.argmax(fused[:n_vocab])), _top(large, n_vocab, mask)
     if mine == theirs:
         return False
     if steer.delta is not None:

@@ -213,7 +213,7 @@ def score_all(comp, encoded, settings: list[Setting]) -> None:
         start = next(i for i, m in enumerate(enc.mask) if m and i > 0)
         n = len(ids) - start
         logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "base", "tuned")})
-        gates = {s.label: GateState() for s in settings}
+        gates: dict[str, GateState] = {}
         for k in range(n):
             pos = start + k
             if not enc.mask[pos]:
@@ -223,11 +223,12 @@ def score_all(comp, encoded, settings: list[Setting]) -> None:
             rows = {r: logits[r][k][:n_vocab].astype(np.float64) for r in logits}  # masked after fusing
             view = _Position(rows, logits, k, n_vocab, mask, eog, comp.recipe.alpha)
             cache: dict[Any, np.ndarray] = {}
+            text = piece(ids[pos])
             for s in settings:
                 lp, steered = _logprobs(s, view, gates[s.label], cache)
                 s.nll -= max(float(lp[ids[pos]]), LOGP_FLOOR)
                 s.tokens += 1
-                gates[s.label] = gates[s.label].after(piece(ids[pos]), steered)
+                gates[s.label] = gates[s.label].after(text, steered)
 
 
 @dataclass
