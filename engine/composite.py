@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nanocommander.engine.chat_template import ChatTemplate, apply_defaults
-from nanocommander.engine.decode_options import DEFAULT_SPECULATION, OFF, Speculation, Steer
+from nanocommander.engine.decode_options import DEFAULT_SPECULATION, OFF, Speculation, Steer, large_sequences
 from nanocommander.engine.decoding import strategy_for
 from nanocommander.engine.fusion import fuse
 from nanocommander.engine.generation import Generation, Logits, Need, Plan, Steps
@@ -31,6 +31,7 @@ from nanocommander.engine.logprobs import reader as logprob_reader
 from nanocommander.engine.logprobs import special_piece
 from nanocommander.engine.member import Hold, LoadedModel, Member
 from nanocommander.engine.options import num_parallel
+from nanocommander.engine.plain_view import PLAIN
 from nanocommander.engine.pool import ModelPool
 from nanocommander.engine.rpc import placement
 from nanocommander.engine.sampling import Sampler
@@ -72,7 +73,8 @@ class Composite:
         self.load_s = load_s
         self.concurrent = concurrent
         self.n_ctx = min(m.n_ctx for m in members.values())  # per sequence
-        self.n_parallel = min(m.n_seq for m in members.values())
+        self.n_parallel = min(m.n_seq for m in members.values())  # slots
+        self.views = members["large"].n_seq >= 2 * self.n_parallel  # a plain reading per slot
         self.vocab = shared_vocab({role: m.model for role, m in members.items()})
         self._logits = np.empty(self.vocab.n_vocab, dtype=np.float32)
         self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="member")
@@ -93,11 +95,14 @@ class Composite:
         concurrent: bool | None = None,
         n_ctx: int | None = None,
         n_parallel: int | None = None,
+        views: bool | None = None,
     ) -> Composite:
         """Load the three members (sharing weights through `pool`) and check their vocabularies.
 
         Each member context holds `slots` sequences of `n_ctx` tokens (recipe `num_parallel`, else
-        `n_parallel`, else 4): its KV cache is slots * n_ctx tokens (see `Member`).
+        `n_parallel`, else 4): its KV cache is slots * n_ctx tokens (see `Member`). The large member
+        holds a second sequence per slot for the plain reading (`views`; default: whether the
+        recipe's steer uses `plain`).
         """
         t0 = time.perf_counter()
         pool = pool or ModelPool()
@@ -121,6 +126,7 @@ class Composite:
             threads = recipe.parameters.get("num_thread")
             n_batch = recipe.parameters.get("num_batch", 512)
             slots = num_parallel(recipe.parameters, n_parallel)
+            per_slot = large_sequences(recipe.steer) if views is None else 1 + bool(views)
             for role in ROLES:
                 spec = recipe.member(role)
                 model = models[role]
@@ -138,7 +144,7 @@ class Composite:
                     adapter=adapter,
                     adapter_scale=spec.adapter_scale,
                     n_batch=n_batch,
-                    n_seq=slots,
+                    n_seq=slots * (per_slot if role == "large" else 1),
                 )
             return cls(recipe, members, pool, load_s=time.perf_counter() - t0, concurrent=concurrent)
         except BaseException:
@@ -237,6 +243,12 @@ class Composite:
             mask = np.zeros(self.vocab.n_vocab, bool) if mask is None else mask.copy()
             mask[list(self.vocab.eog)] = True
         steer = req.steer or self.recipe.steer or Steer()
+        if steer.views and not self.views and req.member == "composite":
+            raise InvalidRequest(
+                "steer.plain needs a second sequence per slot in the large model, and this model was "
+                "loaded without one: set a steer with plain (e.g. `steer: recommended`) in its recipe, "
+                "or send plain: null"
+            )
         spec = req.speculative or self.recipe.speculative or self.default_speculation
         if req.member != "composite":
             return Plan((req.member,), 0.0, self.vocab.n_vocab, mask, steer, spec)
@@ -256,15 +268,26 @@ class Composite:
         family (engine/family.py) gives each request the tuned context holding its adapter."""
         return self.members[role]
 
+    def route(self, role: str, seq: int) -> tuple[Member, int]:
+        """The context and sequence serving `role` for slot `seq`; the large model's plain reading
+        (engine/plain_view.py) is its context's second sequence for the slot."""
+        if role == PLAIN and self.views:
+            return self.members["large"], seq + self.n_parallel
+        if role not in self.members:
+            raise ValueError(f"unknown member {role!r}")
+        return self.member_for(role, seq), seq
+
     def release(self, seq: int) -> None:
         """The request in slot `seq` has ended (the scheduler's call); a family unpins its tuned context."""
 
     def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
         """Each member serves its Holds (of one or many sequences) in one batch (the scheduler's call)."""
         jobs: dict[int, tuple[Member, list[tuple[str, int]]]] = {}  # context -> (it, [(role, index)])
+        routed: dict[str, list[Hold]] = {}
         for role, role_holds in holds.items():
             for i, hold in enumerate(role_holds):
-                member = self.member_for(role, hold.seq)
+                member, seq = self.route(role, hold.seq)
+                routed.setdefault(role, []).append(Hold(seq, hold.tokens, hold.n_logits))
                 jobs.setdefault(id(member), (member, []))[1].append((role, i))
         share = len(jobs) if self.concurrent else 1  # concurrent members split the cores
         out: dict[str, list[np.ndarray]] = {role: [None] * len(h) for role, h in holds.items()}  # type: ignore[misc]
@@ -273,7 +296,7 @@ class Composite:
                 member.use_threads(share)
 
             def run(member: Member, where: list[tuple[str, int]]) -> None:
-                for (role, i), rows in zip(where, member.hold([holds[r][j] for r, j in where]), strict=True):
+                for (role, i), rows in zip(where, member.hold([routed[r][j] for r, j in where]), strict=True):
                     out[role][i] = rows
 
             if self.concurrent and len(jobs) > 1:

@@ -36,7 +36,10 @@ class Steer:
     own favourite (`rejects`); elsewhere the large model decides alone.
     plausible: fused logits restricted to tokens the large model gives >= beta x its top probability.
     nudge: where the gate opens (the large-model test, then `reject`), the tuned model's own token
-    (or `word`) is taken; the base model never runs.
+    (or `word`) is taken; the base model never runs. `plain` (beta): the large model also reads the
+    reply without the sentences the tuned model wrote, and its steps take that plain reading's
+    choice among the tokens its styled reading gives >= beta x its top probability (see
+    engine/plain_view.py); the large member then keeps a second sequence per slot.
     """
 
     mode: str = "proxy"
@@ -50,6 +53,12 @@ class Steer:
     sentences: bool = False
     closing: bool = False
     follow: int = 0
+    plain: float | None = None
+
+    @property
+    def views(self) -> bool:
+        """Whether the large model keeps a plain reading of the reply (a second sequence per slot)."""
+        return self.mode == "nudge" and self.plain is not None
 
     @property
     def lazy(self) -> bool:
@@ -81,7 +90,9 @@ class Steer:
 # rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The tuned
 # model is asked where a style shows (each sentence's start, the reply's end, right after its own
 # words), so it sleeps through the rest; the base model never runs.
-RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2)
+# Its large steps read the reply without the tuned model's own sentences (its greeting, sign-off),
+# which otherwise lead the large model astray ("Ahoy matey! ... the largest organ is the liver").
+RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2, plain=0.1)
 PRESETS = {"recommended": RECOMMENDED}
 
 BOOL_PARAMS = ("word", "sentences", "closing")
@@ -89,7 +100,7 @@ _PARAMS: dict[str, tuple[str, ...]] = {
     "proxy": (),
     "gated": ("top1", "entropy", "delta", "reject", "opening", "sentences", "closing", "follow"),
     "plausible": ("beta",),
-    "nudge": ("top1", "entropy", "reject", "opening", "sentences", "closing", "follow", "word"),
+    "nudge": ("top1", "entropy", "reject", "opening", "sentences", "closing", "follow", "word", "plain"),
 }
 
 
@@ -130,7 +141,7 @@ def _param(key: str, raw: Any, what: str) -> Any:
         if not isinstance(raw, bool):
             raise InvalidRequest(f"{what} must be true or false")
         return raw
-    if raw is None and key in ("top1", "entropy", "delta", "reject"):
+    if raw is None and key in ("top1", "entropy", "delta", "reject", "plain"):
         return None
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
         raise InvalidRequest(f"{what} must be a finite number")
@@ -140,6 +151,8 @@ def _param(key: str, raw: Any, what: str) -> Any:
         return raw
     if key == "beta" and not 0.0 <= raw <= 1.0:
         raise InvalidRequest(f"{what} must be between 0 and 1")
+    if key == "plain" and not 0.0 < raw <= 1.0:
+        raise InvalidRequest(f"{what} must be above 0 and at most 1 (or null: off)")
     return float(raw)
 
 
@@ -156,6 +169,11 @@ class Speculation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"draft": self.draft, "max": self.max}
+
+
+def large_sequences(steer: Steer | None) -> int:
+    """Sequences per slot in the large member's context: a second one holds the plain reading."""
+    return 2 if steer is not None and steer.views else 1
 
 
 OFF = Speculation(draft="off")

@@ -25,6 +25,7 @@ import numpy as np
 
 from nanocommander.engine.generation import Generation, Logits, Need, Steps
 from nanocommander.engine.member import Hold
+from nanocommander.engine.plain_view import PLAIN
 from nanocommander.engine.types import DoneReason
 from nanocommander.errors import ModelLoadError
 
@@ -220,7 +221,7 @@ class Scheduler:
             else:
                 prompts.append((ticket, news))
         budget = min(self.chunk, max(self.chunk // 8, 16)) if out else self.chunk
-        left = dict.fromkeys(self.comp.members, budget)
+        left = dict.fromkeys((*self.comp.members, PLAIN), budget)
         for ticket, news in prompts:
             need = ticket.need
             pre = {r: n - max(1, need[r].n_logits) for r, n in news.items()}  # before the logits rows
@@ -248,11 +249,8 @@ class Scheduler:
         for role, hold in ticket.need.items():  # type: ignore[union-attr]
             if hold.seq != ticket.seq:
                 raise RuntimeError(f"a strategy asked for sequence {hold.seq} from slot {ticket.seq}")
-            if role not in self.comp.members:
-                raise ValueError(f"unknown member {role!r}")
-            news[role] = len(hold.tokens) - self.comp.member_for(role, ticket.seq).kept(
-                ticket.seq, hold.tokens, hold.n_logits
-            )
+            member, seq = self.comp.route(role, ticket.seq)
+            news[role] = len(hold.tokens) - member.kept(seq, hold.tokens, hold.n_logits)
         return news
 
     def _serve(

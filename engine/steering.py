@@ -18,13 +18,16 @@ choice, which is what separates a style decision from a leaked guess at a fact).
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
 from nanocommander.engine.decode_options import Steer
-from nanocommander.engine.generation import Generation, Logits, Steps
+from nanocommander.engine.generation import Generation, Logits, Need, Steps
+from nanocommander.engine.plain_view import PLAIN, PlainView, choose, needed
 from nanocommander.engine.speculative import Fuse
+from nanocommander.engine.textstream import ends_sentence
 
 SMALL = ("base", "tuned")
 NUDGE_WORD_MAX = 8  # a nudged word ends at the next word start, or after this many tokens
@@ -80,9 +83,6 @@ def large_stats(large: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> tup
     return 1.0 / float(s), entropy
 
 
-SENTENCE_END = (b".", b"!", b"?", b"\n")
-
-
 @dataclass(frozen=True)
 class GateState:
     """What the gate knows of the reply so far, besides the large model's logits at this step."""
@@ -93,8 +93,8 @@ class GateState:
 
     def after(self, piece: bytes, steered: bool) -> GateState:
         """The state once a token with this text was committed (steered or not)."""
-        tail = piece.rstrip(b" \t")
-        starts = tail.endswith(SENTENCE_END) if tail else self.sentence_start
+        ends = ends_sentence(piece)
+        starts = self.sentence_start if ends is None else ends
         return GateState(self.since + 1, starts, 0 if steered else self.quiet + 1)
 
 
@@ -202,22 +202,26 @@ def gated(gen: Generation, *, eager: bool = False) -> Steps:
 
 
 def nudge(gen: Generation) -> Steps:
-    """Where the gate opens, the tuned model writes the next token (or word); the base never runs.
+    """Where the gate opens, the tuned model writes the next token (or word); the base model never runs.
 
     The gate: the large-model test (if any is set), then with `reject` the tuned model's own
     verdict on the large model's choice (`rejects`), which needs the tuned model at that step.
+    With `plain` the large model's choice comes from its plain reading (engine/plain_view.py).
     """
     p = gen.plan
     steer = p.steer
     at = GateState()
+    view = PlainView(gen.tokens) if steer.views else None
     carry: np.ndarray | None = None  # tuned logits at the committed tokens, left by a finished word
     while True:
         out: dict = {}
-        if steer.large_gated:
+        opened = True
+        if steer.large_gated or view is not None:
             out = dict((yield {"large": gen.hold()}))
-            opened = large_gate(gen, out["large"][-1], at)
-        else:
-            opened = True
+            if view is not None:
+                out["large"] = (yield from _large_plainly(gen, view, out["large"][-1]))[None]
+            if steer.large_gated:
+                opened = large_gate(gen, out["large"][-1], at)
         if carry is not None:
             if opened:
                 out["tuned"] = carry[None]
@@ -231,7 +235,7 @@ def nudge(gen: Generation) -> Steps:
             token = gen.sampler.sample(gen.alone(out, "large"))
             if not gen.accept(token):
                 return
-            at = at.after(gen.piece(token), False)
+            at = _committed(gen, token, False, at, view)
             continue
         for i in range(NUDGE_WORD_MAX if steer.word else 1):
             if i > 0 or "tuned" not in out:
@@ -242,7 +246,29 @@ def nudge(gen: Generation) -> Steps:
                 break  # the next word is the large model's again
             if not gen.accept(token, True):
                 return
-            at = at.after(gen.piece(token), True)
+            at = _committed(gen, token, True, at, view)
+
+
+def _large_plainly(
+    gen: Generation, view: PlainView, styled: np.ndarray
+) -> Generator[Need, Logits, np.ndarray]:
+    """The large model's logits for this step under `plain`: its plain reading is evaluated only
+    where it differs from the styled one and could change the choice (plain_view.needed)."""
+    p = gen.plan
+    beta = float(p.steer.plain)  # type: ignore[arg-type]
+    plain = None
+    if view.hidden and needed(styled, p.n_vocab, p.mask, beta):
+        plain = (yield {PLAIN: gen.hold(view.tokens)})[PLAIN][-1]
+    return choose(styled, plain, p.n_vocab, p.mask, beta)
+
+
+def _committed(
+    gen: Generation, token: int, steered: bool, at: GateState, view: PlainView | None
+) -> GateState:
+    piece = gen.piece(token)
+    if view is not None:
+        view.add(token, piece, steered)
+    return at.after(piece, steered)
 
 
 def _starts_word(gen: Generation, token: int) -> bool:

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import codecs
 
+SENTENCE_END = (b".", b"!", b"?", b"\n")
+
+
+def ends_sentence(piece: bytes) -> bool | None:
+    """Whether a token's text ends a sentence or line; None for blank text (it changes nothing)."""
+    tail = piece.rstrip(b" \t")
+    return tail.endswith(SENTENCE_END) if tail else None
+
 
 class TextStream:
     def __init__(self, stops: tuple[str, ...] = (), *, trim_stop: bool = True):

@@ -20,13 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.engine.decode_options import large_sequences
 from nanocommander.engine.options import num_parallel as resolve_slots
 from nanocommander.engine.rpc import placement
 from nanocommander.recipe import ROLES, Recipe
 from nanocommander.registry.gguf_header import read_header, read_tensor_shapes
 
 DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/composite.py)
-KV_FORMULA = "2 (K, V) x n_layer x n_head_kv x head_dim x 2 bytes (f16) x num_ctx x num_parallel, per member"
+KV_FORMULA = (
+    "2 (K, V) x n_layer x n_head_kv x head_dim x 2 bytes (f16) x num_ctx x num_parallel, per member "
+    "(x 2 for the large member when the recipe's steer has plain: its plain reading)"
+)
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,7 @@ def estimate_memory(
     the KV cache holds that many tokens for each of the model's slots (parameters.num_parallel,
     else `num_parallel`, the server's setting, else 4). A tuned adapter adds its own file size
     and uses the base's KV shape (one cache per tuned context: an adapter family keeps
-    `tuned_contexts` of them).
+    `tuned_contexts` of them). A steer with `plain` gives the large model two sequences per slot.
 
     Raises:
         ValueError: a member is not a local GGUF (resolve the recipe through the store first).
@@ -263,7 +267,10 @@ def estimate_memory(
             weights = info.size
         if spec.is_adapter and spec.adapter is not None and spec.adapter.path is not None:
             weights += spec.adapter.path.stat().st_size
-        kv = info.kv_bytes(n_ctx) * slots * (tuned_contexts if role == "tuned" else 1)
+        per_slot = (
+            tuned_contexts if role == "tuned" else large_sequences(recipe.steer) if role == "large" else 1
+        )
+        kv = info.kv_bytes(n_ctx) * slots * per_slot
         members[role] = MemberMemory(role, weights, kv, n_ctx, slots)
     return MemoryEstimate(members, free_memory())
 

@@ -119,9 +119,11 @@ def write_model(
     add_bos: bool = True,
     extra_specials: tuple[str, ...] = (),
     pooling: int | None = None,
+    sharpness: float = 1.0,
 ) -> Path:
     """Write a llama GGUF with random F32 weights; the same seed and shape give the same file.
-    `pooling` declares an embedding pooling type (llama.pooling_type: 1 mean, 2 cls, 3 last)."""
+    `pooling` declares an embedding pooling type (llama.pooling_type: 1 mean, 2 cls, 3 last);
+    `sharpness` scales the output layer (above 1: a model surer of its next tokens)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = vocabulary(foreign=foreign, pad_to=pad_to, extra_specials=extra_specials)
     n_vocab = len(tokens)
@@ -159,7 +161,7 @@ def write_model(
         for layer, (out_f, in_f) in linear_shapes(shape).items():
             w.add_tensor(f"blk.{i}.{layer}.weight", normal(out_f, in_f, std=in_f**-0.5))
     w.add_tensor("output_norm.weight", np.ones(shape.n_embd, np.float32))
-    w.add_tensor("output.weight", normal(n_vocab, shape.n_embd, std=2.0 * shape.n_embd**-0.5))
+    w.add_tensor("output.weight", normal(n_vocab, shape.n_embd, std=2.0 * sharpness * shape.n_embd**-0.5))
     _finish(w)
     return path
 

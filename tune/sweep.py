@@ -27,6 +27,7 @@ import numpy as np
 
 from nanocommander.engine.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.member import Hold
+from nanocommander.engine.plain_view import choose
 from nanocommander.engine.steering import GateState, large_opens, overrides, rejects
 from nanocommander.tune.errors import DataError
 
@@ -265,6 +266,8 @@ def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.nda
         opened = large_opens(steer, at.raw["large"][at.k], gate, at.n_vocab, at.mask, at.eog)
         if opened and steer.mode == "nudge" and steer.reject is not None:
             opened = rejects(at.rows["large"], at.rows["tuned"], at.n_vocab, at.mask, steer.reject, at.eog)
+        if steer.mode == "nudge" and not opened and steer.plain is not None:
+            return _plausible_large(steer.plain, at, cache), False
         if steer.mode == "nudge" or not opened:
             return _alone("tuned" if opened else "large", at, cache), opened
     key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)
@@ -281,6 +284,15 @@ def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.nda
         if not overrides(cache[key], rows, steer, at.n_vocab, at.mask):
             return _alone("large", at, cache), False
     return cache[key], True
+
+
+def _plausible_large(beta: float, at: _Position, cache) -> np.ndarray:
+    key = ("plain", beta)
+    if key not in cache:
+        cache[key] = _log_softmax(
+            choose(at.rows["large"], None, at.n_vocab, at.mask, beta).astype(np.float64), None
+        )
+    return cache[key]
 
 
 def _alone(role: str, at: _Position, cache) -> np.ndarray:
@@ -319,8 +331,9 @@ def sweep(
 
     recipe = Recipe.load(recipe_path)
     items = load_general(general)[:limit] if general else []
-    comp = Composite.load(recipe)
     settings = grid(alphas, run_grid, recipe.steer)
+    views = any(s.steer is not None and s.steer.views for s in settings)
+    comp = Composite.load(recipe, views=views)
     notes = []
     try:
         if data:
@@ -334,6 +347,11 @@ def sweep(
             t0 = time.perf_counter()
             score_all(comp, encoded, settings)
             notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
+            if views:
+                notes.append(
+                    "style loss with plain: the large model's steps are scored from its styled reading over "
+                    "the tokens plain keeps (its plain reading runs only when generating)"
+                )
         if items:
             ask_all(comp, items, settings, num_predict, progress, marker)
             notes.append(f"general questions: {len(items)} from {general}")

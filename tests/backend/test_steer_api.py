@@ -23,7 +23,10 @@ def test_ollama_options_steer_and_speculative(server):
     never = ollama(server, options={**GREEDY, "steer": NEVER}).json()
     assert never["response"] == large["response"]
     assert never["steer_mode"] == "gated" and never["steered_count"] == 0
-    named = ollama(server, options={**GREEDY, "steer": "recommended", "speculative": False}).json()
+    refused = ollama(server, options={**GREEDY, "steer": "recommended"})  # its recipe reads no plain view
+    assert refused.status_code == 400 and "loaded without" in refused.json()["error"]
+    without = {"mode": "recommended", "plain": None}
+    named = ollama(server, options={**GREEDY, "steer": without, "speculative": False}).json()
     assert named["steer_mode"] == "nudge" and "draft_count" not in named
     drafted = ollama(server, options={**GREEDY, "speculative": {"draft": "tuned", "max": 4}}).json()
     plain = ollama(server, options={**GREEDY, "speculative": False}).json()
@@ -83,3 +86,34 @@ def test_kobold_top_level_steer_and_speculative(server):
     r = gen(steer={"mode": "nudge", "word": "yes"})
     assert r.status_code == 400 and r.json()["detail"]["type"] == "bad_input"
     assert "true or false" in r.json()["detail"]["msg"]
+
+
+def test_a_recipe_that_reads_plainly_keeps_a_second_large_sequence_per_slot(start_server, recipe_of):
+    """`steer: recommended` in the recipe: the large model's KV cache doubles (shown in ps), every
+    request may use plain, and a request may still turn it off."""
+    live = start_server(
+        [recipe_of("styled", extra="steer: recommended\n"), recipe_of("proxied")], num_parallel=2
+    )
+
+    def ask(model, **options):
+        body = {
+            "model": model,
+            "prompt": "Once upon a time",
+            "stream": False,
+            "options": {**GREEDY, **options},
+        }
+        return httpx.post(f"{live.url}/api/generate", json=body, timeout=60)
+
+    styled = ask("styled").json()
+    assert styled["steer_mode"] == "nudge" and 0 <= styled["steered_count"] <= styled["eval_count"]
+    assert ask("styled", steer={"mode": "nudge", "plain": 0.2}).status_code == 200
+    assert ask("styled", steer={"mode": "recommended", "plain": None}).status_code == 200
+    ask("proxied")
+    ps = {
+        m["model"]: m["composite"]["kv_cache"]["bytes"]
+        for m in httpx.get(f"{live.url}/api/ps").json()["models"]
+    }
+    assert ps["styled:latest"]["large"] == 2 * ps["proxied:latest"]["large"]
+    assert ps["styled:latest"]["base"] == ps["proxied:latest"]["base"]
+    r = ask("styled", steer={"mode": "nudge", "plain": 0})
+    assert r.status_code == 400 and "above 0" in r.json()["error"]
