@@ -287,7 +287,10 @@ class Composite:
         for role, role_holds in holds.items():
             for i, hold in enumerate(role_holds):
                 member, seq = self.route(role, hold.seq)
-                routed.setdefault(role, []).append(Hold(seq, hold.tokens, hold.n_logits))
+                like = (
+                    hold.seq if seq != hold.seq else None
+                )  # the plain reading may start from the styled one
+                routed.setdefault(role, []).append(Hold(seq, hold.tokens, hold.n_logits, like))
                 jobs.setdefault(id(member), (member, []))[1].append((role, i))
         share = len(jobs) if self.concurrent else 1  # concurrent members split the cores
         out: dict[str, list[np.ndarray]] = {role: [None] * len(h) for role, h in holds.items()}  # type: ignore[misc]

@@ -130,6 +130,9 @@ class MemberStats:
     calls: int = 0  # llama_decode calls
 
 
+SEED_GAIN = 8  # tokens a sequence must gain from another's cache to be worth a stream copy
+
+
 @dataclass(frozen=True)
 class Hold:
     """What one sequence needs from a member: hold exactly `tokens`, logits of the last `n_logits`.
@@ -143,6 +146,7 @@ class Hold:
     seq: int
     tokens: Sequence[int]
     n_logits: int = 1
+    like: int | None = None  # a sequence of the same context whose cache may seed this one (see Member.hold)
 
 
 class Member:
@@ -238,6 +242,8 @@ class Member:
                 raise ValueError("cannot read logits beyond the sequence")
             if len(tokens) > self.n_ctx:
                 raise ValueError(f"{len(tokens)} tokens exceed the context size {self.n_ctx}")
+            if req.like is not None:
+                self._seed(req.seq, req.like, tokens, len(tokens) - n_logits)
             keep = self._truncate_to_prefix(req.seq, tokens, len(tokens) - n_logits)
             first_logit = len(tokens) - n_logits
             outs.append(np.empty((n_logits, self.model.n_vocab), dtype=np.float32))
@@ -261,6 +267,20 @@ class Member:
     def kept(self, seq: int, tokens: Sequence[int], n_logits: int = 1) -> int:
         """How many of `tokens` a Hold on `seq` keeps from the cache (the rest is evaluated)."""
         return common_prefix(self.cached[seq], tokens, len(tokens) - max(1, n_logits))
+
+    def _seed(self, seq: int, like: int, tokens: list[int], limit: int) -> None:
+        """Copy sequence `like`'s cache into `seq` when it shares SEED_GAIN or more tokens more of
+        `tokens` (a second reading of a reply starts from the first's prompt instead of evaluating
+        it again). Across the separate streams llama.cpp copies the whole stream, bit for bit."""
+        if like == seq or not 0 <= like < self.n_seq:
+            return
+        gain = common_prefix(self.cached[like], tokens, limit) - common_prefix(
+            self.cached[seq], tokens, limit
+        )
+        if gain >= SEED_GAIN:
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._memory, like, seq, -1, -1)
+            self.cached[seq] = list(self.cached[like])
 
     def _truncate_to_prefix(self, seq: int, tokens: list[int], limit: int) -> int:
         """Drop what sequence `seq` holds beyond its common prefix with `tokens` (at most `limit`)."""

@@ -13,6 +13,7 @@ from the same logits, so a sweep costs one forward pass per example plus the gen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -127,6 +128,7 @@ def grid(alphas: list[float | None], sweep: bool, recipe_steer: Steer | None) ->
             Steer("nudge", top1=0.4),
             Steer("nudge", reject=4.0, word=True),
             RECOMMENDED,
+            dataclasses.replace(RECOMMENDED, plain=None),
             Steer("nudge", reject=8.0, word=True),
         ]
         top = max((a for a in alphas if a is not None), default=None)
@@ -137,6 +139,11 @@ def grid(alphas: list[float | None], sweep: bool, recipe_steer: Steer | None) ->
 def _describe(steer: Steer) -> str:
     if steer == RECOMMENDED:
         return "recommended"
+    changed = [
+        f.name for f in dataclasses.fields(Steer) if getattr(steer, f.name) != getattr(RECOMMENDED, f.name)
+    ]
+    if len(changed) == 1:  # a variant of the recommended setting
+        return f"recommended({changed[0]}={getattr(steer, changed[0])})"
     params = ",".join(f"{k}={v}" for k, v in steer.to_dict().items() if k != "mode")
     return f"{steer.mode}({params})" if params else steer.mode
 

@@ -10,6 +10,7 @@ from tiny_models import LARGE, write_model
 
 from nanocommander.engine.composite import Composite
 from nanocommander.engine.decode_options import OFF, RECOMMENDED, parse_steer
+from nanocommander.engine.member import Hold
 from nanocommander.engine.options import merge_sampling
 from nanocommander.engine.plain_view import PlainView, choose, needed
 from nanocommander.engine.types import GenerateRequest
@@ -144,3 +145,26 @@ def test_plain_needs_a_composite_loaded_with_the_second_sequence(tiny):
         assert viewing.members["large"].n_seq == 6 and viewing.n_parallel == 3
     finally:
         viewing.close()
+
+
+def test_a_second_reading_starts_from_the_first_ones_cache_bit_for_bit(comp):
+    """Hold(like=...) copies the styled sequence's cache (the prompt) instead of evaluating it again."""
+    large = comp.members["large"]
+    prompt = comp.tokenize("Once upon a time, in a land far away, there lived", add_bos=True)
+    reply = comp.tokenize(" a dragon.", add_bos=False)
+    large.reset()
+    styled = comp.n_parallel - 1  # the last slot, and its plain reading's sequence
+    plain = styled + comp.n_parallel
+    large.hold([Hold(styled, prompt + reply)])
+    before = large.stats.evaluated
+    seeded = large.hold([Hold(plain, prompt + reply[1:], 2, like=styled)])[0]
+    assert large.stats.evaluated - before == len(reply) - 1  # the prompt came from the copy
+    assert large.cached[plain] == prompt + reply[1:] and large.cached[styled] == prompt + reply
+    large.reset()
+    fresh = large.hold([Hold(plain, prompt + reply[1:], 2)])[0]
+    assert np.array_equal(seeded, fresh)
+    # a sequence already holding more of the tokens than the other is left as it is
+    large.hold([Hold(styled, prompt[:3])])
+    before = large.stats.evaluated
+    large.hold([Hold(plain, prompt + reply[1:], 1, like=styled)])
+    assert large.stats.evaluated == before + 1 and large.cached[styled] == prompt[:3]
