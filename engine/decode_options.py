@@ -56,9 +56,15 @@ class Steer:
     plain: float | None = None
 
     @property
-    def views(self) -> bool:
-        """Whether the large model keeps a plain reading of the reply (a second sequence per slot)."""
+    def reads_plainly(self) -> bool:
+        """Whether the large model reads the reply without the tuned model's sentences (engine/plain_view.py)."""
         return self.mode == "nudge" and self.plain is not None
+
+    @property
+    def views(self) -> bool:
+        """Whether the large model keeps both readings (plain > 0: a second sequence per slot); with
+        plain 0 every token is plausible, so the plain reading alone decides and the styled one is unused."""
+        return self.reads_plainly and bool(self.plain)
 
     @property
     def lazy(self) -> bool:
@@ -151,8 +157,8 @@ def _param(key: str, raw: Any, what: str) -> Any:
         return raw
     if key == "beta" and not 0.0 <= raw <= 1.0:
         raise InvalidRequest(f"{what} must be between 0 and 1")
-    if key == "plain" and not 0.0 < raw <= 1.0:
-        raise InvalidRequest(f"{what} must be above 0 and at most 1 (or null: off)")
+    if key == "plain" and not 0.0 <= raw <= 1.0:
+        raise InvalidRequest(f"{what} must be between 0 and 1 (or null: off)")
     return float(raw)
 
 

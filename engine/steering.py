@@ -211,17 +211,19 @@ def nudge(gen: Generation) -> Steps:
     p = gen.plan
     steer = p.steer
     at = GateState()
-    view = PlainView(gen.tokens) if steer.views else None
+    view = PlainView(gen.tokens) if steer.reads_plainly else None
     carry: np.ndarray | None = None  # tuned logits at the committed tokens, left by a finished word
     while True:
         out: dict = {}
         opened = True
-        if steer.large_gated or view is not None:
+        if view is not None and not steer.views:  # plain 0: the large model reads only plainly
+            out = dict((yield {"large": gen.hold(view.tokens)}))
+        elif steer.large_gated or view is not None:
             out = dict((yield {"large": gen.hold()}))
             if view is not None:
                 out["large"] = (yield from _large_plainly(gen, view, out["large"][-1]))[None]
-            if steer.large_gated:
-                opened = large_gate(gen, out["large"][-1], at)
+        if steer.large_gated:
+            opened = large_gate(gen, out["large"][-1], at)
         if carry is not None:
             if opened:
                 out["tuned"] = carry[None]

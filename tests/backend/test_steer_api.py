@@ -115,5 +115,8 @@ def test_a_recipe_that_reads_plainly_keeps_a_second_large_sequence_per_slot(star
     }
     assert ps["styled:latest"]["large"] == 2 * ps["proxied:latest"]["large"]
     assert ps["styled:latest"]["base"] == ps["proxied:latest"]["base"]
-    r = ask("styled", steer={"mode": "nudge", "plain": 0})
-    assert r.status_code == 400 and "above 0" in r.json()["error"]
+    assert (
+        ask("proxied", steer={"mode": "nudge", "plain": 0}).status_code == 200
+    )  # one reading: no second sequence
+    r = ask("styled", steer={"mode": "nudge", "plain": 2})
+    assert r.status_code == 400 and "between 0 and 1" in r.json()["error"]

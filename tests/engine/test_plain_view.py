@@ -168,3 +168,21 @@ def test_a_second_reading_starts_from_the_first_ones_cache_bit_for_bit(comp):
     before = large.stats.evaluated
     large.hold([Hold(plain, prompt + reply[1:], 1, like=styled)])
     assert large.stats.evaluated == before + 1 and large.cached[styled] == prompt[:3]
+
+
+def test_plain_zero_lets_the_plain_reading_alone_decide_in_one_sequence(comp):
+    """plain 0 keeps every token plausible: the same tokens as both readings with a vanishing beta,
+    while the large model keeps a single sequence, which holds the plain reading."""
+    ends = {comp.tokenize(s, add_bos=False)[0]: 4.0 for s in (".", "!", "\n")}
+    sampling = merge_sampling({"temperature": 0, "repeat_penalty": 1.0, "logit_bias": ends})
+    steer = {**RECOMMENDED.to_dict(), "mode": "nudge", "reject": 4.0}
+    assert not parse_steer({**steer, "plain": 0}).views and parse_steer({**steer, "plain": 1e-30}).views
+    left_out = 0
+    for prompt in PROMPTS:
+        both, *_ = fresh_run(comp, prompt, {**steer, "plain": 1e-30}, sampling)
+        alone, stats, _, second = fresh_run(comp, prompt, {**steer, "plain": 0}, sampling)
+        assert alone == both and second == 0
+        held = max(comp.members["large"].cached[: comp.n_parallel], key=len)
+        written = comp.tokenize(prompt, add_bos=True) + alone
+        left_out += held != written[: len(held)]  # a finished sentence of the tuned model was left out
+    assert left_out > 0
