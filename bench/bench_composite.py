@@ -67,7 +67,7 @@ STEERING = {
     "steer gated(opening=12,follow=4,delta=4)": {"mode": "gated", "opening": 12, "follow": 4, "delta": 4.0},
     "steer nudge(top1=0.4)": {"mode": "nudge", "top1": 0.4},
     "steer recommended": "recommended",
-    "steer recommended without plain": {"mode": "recommended", "plain": None},
+    "steer recommended, plain 0.3": {"mode": "recommended", "plain": 0.3},
 }
 
 
@@ -312,7 +312,7 @@ def main() -> int:
         recipe = Recipe.load(args.recipe)
     if args.threads:
         recipe = dataclasses.replace(recipe, parameters={**recipe.parameters, "num_thread": args.threads})
-    comp = Composite.load(recipe, views=True)  # the recommended steer reads plainly (engine/plain_view.py)
+    comp = Composite.load(recipe, views=True)  # a steering row reads plainly (engine/plain_view.py)
     comp.concurrent = False  # on a 2-core CPU members share the cores either way (README)
     results: dict = {"recipe": recipe.name, "tokens": args.tokens}
     warm = comp.chat_prompt([{"role": "user", "content": "Hi"}])

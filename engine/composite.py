@@ -246,8 +246,8 @@ class Composite:
         if steer.views and not self.views and req.member == "composite":
             raise InvalidRequest(
                 "steer.plain needs a second sequence per slot in the large model, and this model was "
-                "loaded without one: set a steer with plain (e.g. `steer: recommended`) in its recipe, "
-                "or send plain: null"
+                "loaded without one: set plain in its recipe's steer (e.g. `steer: {mode: recommended, "
+                "plain: 0.3}`), or leave plain out (plain 0 needs no second sequence)"
             )
         spec = req.speculative or self.recipe.speculative or self.default_speculation
         if req.member != "composite":

@@ -96,9 +96,9 @@ class Steer:
 # rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The tuned
 # model is asked where a style shows (each sentence's start, the reply's end, right after its own
 # words), so it sleeps through the rest; the base model never runs.
-# Its large steps read the reply without the tuned model's own sentences (its greeting, sign-off),
-# which otherwise lead the large model astray ("Ahoy matey! ... the largest organ is the liver").
-RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2, plain=0.1)
+# `plain` (README, "Steering modes") is left to the user: it keeps more of the large model's knowledge
+# under a style but costs a second reading of the reply, as dear as the first on a CPU.
+RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2)
 PRESETS = {"recommended": RECOMMENDED}
 
 BOOL_PARAMS = ("word", "sentences", "closing")

@@ -128,7 +128,7 @@ def grid(alphas: list[float | None], sweep: bool, recipe_steer: Steer | None) ->
             Steer("nudge", top1=0.4),
             Steer("nudge", reject=4.0, word=True),
             RECOMMENDED,
-            dataclasses.replace(RECOMMENDED, plain=None),
+            dataclasses.replace(RECOMMENDED, plain=0.3),
             Steer("nudge", reject=8.0, word=True),
         ]
         top = max((a for a in alphas if a is not None), default=None)

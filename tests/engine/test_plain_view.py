@@ -135,12 +135,14 @@ def test_plain_needs_a_composite_loaded_with_the_second_sequence(tiny):
     try:
         assert c.members["large"].n_seq == 1
         with pytest.raises(InvalidRequest, match="loaded without"):
-            run(c, "Hi", "recommended", GREEDY)
-        ids, stats = run(c, "Hi", {"mode": "recommended", "plain": None}, GREEDY)
+            run(c, "Hi", {"mode": "recommended", "plain": 0.3}, GREEDY)
+        ids, stats = run(c, "Hi", "recommended", GREEDY)
         assert stats.steer_mode == "nudge" and ids
     finally:
         c.close()
-    viewing = Composite.load(recipe_over(tiny, adapter=True, extra="steer: recommended\n"), n_parallel=3)
+    viewing = Composite.load(
+        recipe_over(tiny, adapter=True, extra="steer: {mode: nudge, plain: 0.3}\n"), n_parallel=3
+    )
     try:
         assert viewing.members["large"].n_seq == 6 and viewing.n_parallel == 3
     finally:

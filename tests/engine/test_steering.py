@@ -26,7 +26,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def comp(tiny):
-    c = Composite.load(recipe_over(tiny, adapter=True, alpha=1.5), views=True)
+    c = Composite.load(recipe_over(tiny, adapter=True, alpha=1.5))
     yield c
     c.close()
 
