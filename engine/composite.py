@@ -77,6 +77,7 @@ class Composite:
         self.views = members["large"].n_seq >= 2 * self.n_parallel  # a plain reading per slot
         self.vocab = shared_vocab({role: m.model for role, m in members.items()})
         self._logits = np.empty(self.vocab.n_vocab, dtype=np.float32)
+        self._spaced: dict[int, int | None] = {}
         self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="member")
         self._members_lock = threading.Lock()  # one batch at a time on the member contexts
         chunk = min(m.n_batch for m in members.values())
@@ -268,6 +269,17 @@ class Composite:
         family (engine/family.py) gives each request the tuned context holding its adapter."""
         return self.members[role]
 
+    def spaced(self, token: int) -> int | None:
+        """The token for a leading space plus `token`'s text, where the vocabulary has one (cached)."""
+        if token not in self._spaced:
+            try:
+                text = self.primary.piece(token).decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+            ids = self.tokenize(" " + text, add_bos=False, special=False) if text else []
+            self._spaced[token] = ids[0] if len(ids) == 1 else None
+        return self._spaced[token]
+
     def route(self, role: str, seq: int) -> tuple[Member, int]:
         """The context and sequence serving `role` for slot `seq`; the large model's plain reading
         (engine/plain_view.py) is its context's second sequence for the slot."""
@@ -360,6 +372,7 @@ class Composite:
             sampler=sampler,
             stats=stats,
             logprobs=lp,
+            spaced=self.spaced,
         )
         return gen, strategy_for(gen)
 

@@ -62,11 +62,13 @@ class Generation:
         sampler: Sampler,
         stats: Stats,
         logprobs: LogprobReader | None = None,
+        spaced: Callable[[int], int | None] = lambda token: None,
     ):
         self.req, self.plan, self.seq, self.n_ctx = req, plan, seq, n_ctx
         self.tokens = list(prompt)
         self.n_prompt = len(prompt)
         self.eog, self.piece, self.sampler, self.stats = eog, piece, sampler, stats
+        self.spaced = spaced  # the token for the same text with a leading space (engine/plain_view.py)
         self.n_predict = req.num_predict if req.num_predict is not None and req.num_predict >= 0 else -1
         self.text = TextStream(req.stop, trim_stop=req.trim_stop)
         self.out: list[Chunk] = []

@@ -9,6 +9,12 @@ second sequence of its context, and at its steps the choice is the plain reading
 tokens the styled reading finds plausible (>= beta x its top probability, the adaptive
 plausibility constraint of Li et al. 2023): the token still fits the styled text around it.
 
+With plain 0 every token is plausible, so the styled reading is not needed at all: the large model
+keeps one sequence, which holds the plain reading. One seam shows then: right after a left-out
+sentence the plain reading starts its reply ("The") where the styled reply continues ("... Bakery!
+The"), and the tuned model would reject the space-less word and write the content itself. So at
+such a junction the plain reading's top tokens take their separating space (`respaced`).
+
 Lazy and exact: where the styled reading's top token has probability above 1 / (1 + beta), no
 other token is plausible, so the plain reading cannot change the choice and is not evaluated; its
 sequence catches up on the skipped tokens in one batch when it is next needed. Until the tuned
@@ -17,11 +23,14 @@ model has finished a sentence both readings are the same text, and the plain one
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from nanocommander.engine.textstream import ends_sentence
 
 PLAIN = "plain"  # the role whose Holds the large member serves in its second sequence per slot
+JUNCTION_TOP = 20  # the plain reading's top tokens that get their space at a junction
 
 
 class PlainView:
@@ -32,13 +41,16 @@ class PlainView:
         self.sentence: list[int] = []  # the sentence being written: always read
         self.steered = 0  # how many of its tokens the tuned model wrote
         self.hidden = 0  # reply tokens left out so far
+        self.junction = False  # a sentence was just left out, and the reply goes on without a space
 
     def add(self, token: int, piece: bytes, steered: bool) -> None:
         self.sentence.append(token)
         self.steered += steered
+        self.junction = False
         if ends_sentence(piece):
             if 2 * self.steered > len(self.sentence):
                 self.hidden += len(self.sentence)
+                self.junction = not piece[-1:].isspace()
             else:
                 self.kept += self.sentence
             self.sentence, self.steered = [], 0
@@ -69,4 +81,28 @@ def choose(
     z = _sampleable(styled, n_vocab, mask)
     out = z if plain is None else _sampleable(plain, n_vocab, mask)
     out[z < z.max() + np.float32(np.log(beta))] = -np.inf
+    return out
+
+
+def respaced(
+    plain: np.ndarray,
+    n_vocab: int,
+    mask: np.ndarray | None,
+    piece: Callable[[int], bytes],
+    spaced: Callable[[int], int | None],
+    top: int = JUNCTION_TOP,
+) -> np.ndarray:
+    """The plain reading's logits at a junction: its `top` tokens, each word given the space that
+    separates it from the styled text before it (where the vocabulary has that token); the rest -inf."""
+    z = _sampleable(plain, n_vocab, mask)
+    out = np.full_like(z, -np.inf)
+    for t in np.argsort(-z)[:top]:
+        t = int(t)
+        if not np.isfinite(z[t]):
+            break
+        text = piece(t)
+        twin = spaced(t) if text[:1].isalnum() else t
+        if twin is None or (mask is not None and mask[twin]) or twin >= n_vocab:
+            twin = t
+        out[twin] = max(out[twin], z[t])
     return out

@@ -25,7 +25,7 @@ import numpy as np
 
 from nanocommander.engine.decode_options import Steer
 from nanocommander.engine.generation import Generation, Logits, Need, Steps
-from nanocommander.engine.plain_view import PLAIN, PlainView, choose, needed
+from nanocommander.engine.plain_view import PLAIN, PlainView, choose, needed, respaced
 from nanocommander.engine.speculative import Fuse
 from nanocommander.engine.textstream import ends_sentence
 
@@ -218,6 +218,8 @@ def nudge(gen: Generation) -> Steps:
         opened = True
         if view is not None and not steer.views:  # plain 0: the large model reads only plainly
             out = dict((yield {"large": gen.hold(view.tokens)}))
+            if view.junction:
+                out["large"] = respaced(out["large"][-1], p.n_vocab, p.mask, gen.piece, gen.spaced)[None]
         elif steer.large_gated or view is not None:
             out = dict((yield {"large": gen.hold()}))
             if view is not None:

@@ -12,7 +12,7 @@ from nanocommander.engine.composite import Composite
 from nanocommander.engine.decode_options import OFF, RECOMMENDED, parse_steer
 from nanocommander.engine.member import Hold
 from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.plain_view import PlainView, choose, needed
+from nanocommander.engine.plain_view import PlainView, choose, needed, respaced
 from nanocommander.engine.types import GenerateRequest
 from nanocommander.errors import InvalidRequest
 
@@ -35,8 +35,12 @@ def test_the_plain_reading_leaves_out_finished_sentences_the_tuned_model_wrote_m
     assert view.hidden == 3
     view.add(17, b" \n", True)  # ends the line: "Arr\n" was the tuned model's
     assert view.tokens == [1, 2, 13, 14, 15] and view.hidden == 5
-    view.add(18, b" ", False)  # blank text ends nothing
-    assert view.tokens == [1, 2, 13, 14, 15, 18]
+    assert not view.junction  # the left-out line ended in a new line: nothing to join
+    view.add(18, b" Yo", True)
+    view.add(19, b" ho!", True)
+    assert view.junction and view.tokens == [1, 2, 13, 14, 15]  # joined to whatever follows
+    view.add(20, b" ", False)  # blank text ends nothing
+    assert not view.junction and view.tokens == [1, 2, 13, 14, 15, 20]
 
 
 def probs(*p: float) -> np.ndarray:
@@ -172,9 +176,11 @@ def test_a_second_reading_starts_from_the_first_ones_cache_bit_for_bit(comp):
     assert large.stats.evaluated == before + 1 and large.cached[styled] == prompt[:3]
 
 
-def test_plain_zero_lets_the_plain_reading_alone_decide_in_one_sequence(comp):
-    """plain 0 keeps every token plausible: the same tokens as both readings with a vanishing beta,
-    while the large model keeps a single sequence, which holds the plain reading."""
+def test_plain_zero_lets_the_plain_reading_alone_decide_in_one_sequence(comp, monkeypatch):
+    """plain 0 keeps every token plausible: the same tokens as both readings with a vanishing beta
+    (junctions aside: see the next test), while the large model keeps one sequence, which holds the
+    plain reading."""
+    monkeypatch.setattr("nanocommander.engine.steering.respaced", lambda row, *a: row)
     ends = {comp.tokenize(s, add_bos=False)[0]: 4.0 for s in (".", "!", "\n")}
     sampling = merge_sampling({"temperature": 0, "repeat_penalty": 1.0, "logit_bias": ends})
     steer = {**RECOMMENDED.to_dict(), "mode": "nudge", "reject": 4.0}
@@ -188,3 +194,15 @@ def test_plain_zero_lets_the_plain_reading_alone_decide_in_one_sequence(comp):
         written = comp.tokenize(prompt, add_bos=True) + alone
         left_out += held != written[: len(held)]  # a finished sentence of the tuned model was left out
     assert left_out > 0
+
+
+def test_at_a_junction_the_plain_readings_words_take_their_space():
+    """After a left-out "... Bakery!" the plain reading starts a reply ("The") where the styled text
+    goes on (" The"): its top words move to their spaced twins; punctuation and spaced ones stay."""
+    pieces = {0: b"The", 1: b" The", 2: b",", 3: b"Mercury", 4: b"\n", 5: b"qz"}
+    twins = {0: 1, 3: None, 5: None}  # "Mercury" and "qz" have no one-token spaced twin
+    plain = probs(0.5, 0.01, 0.2, 0.1, 0.15, 0.005)
+    out = respaced(plain, V, None, pieces.__getitem__, twins.get, top=5)
+    assert out[1] == plain[0] and np.isinf(out[0])  # "The" -> " The", with the better of the two logits
+    assert out[2] == plain[2] and out[4] == plain[4] and out[3] == plain[3]  # kept as they are
+    assert np.isinf(out[5])  # beyond the top 5
