@@ -68,6 +68,7 @@ STEERING = {
     "steer nudge(top1=0.4)": {"mode": "nudge", "top1": 0.4},
     "steer recommended": "recommended",
     "steer recommended, plain 0.3": {"mode": "recommended", "plain": 0.3},
+    "steer recommended without plain": {"mode": "recommended", "plain": None},
 }
 
 

@@ -96,9 +96,10 @@ class Steer:
 # rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The tuned
 # model is asked where a style shows (each sentence's start, the reply's end, right after its own
 # words), so it sleeps through the rest; the base model never runs.
-# `plain` (README, "Steering modes") is left to the user: it keeps more of the large model's knowledge
-# under a style but costs a second reading of the reply, as dear as the first on a CPU.
-RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2)
+# With plain 0 the large model reads the reply without the tuned model's own sentences (its greeting,
+# its sign-off), which otherwise lead it astray ("... Bakery! Two to the power of ten is 1000000000"),
+# in its one sequence: no second reading (README, "Choosing a steering setting").
+RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2, plain=0.0)
 PRESETS = {"recommended": RECOMMENDED}
 
 BOOL_PARAMS = ("word", "sentences", "closing")

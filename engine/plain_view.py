@@ -80,7 +80,8 @@ def choose(
     None), kept only over the tokens the styled reading gives >= beta x its top probability."""
     z = _sampleable(styled, n_vocab, mask)
     out = z if plain is None else _sampleable(plain, n_vocab, mask)
-    out[z < z.max() + np.float32(np.log(beta))] = -np.inf
+    if beta > 0.0:
+        out[z < z.max() + np.float32(np.log(beta))] = -np.inf
     return out
 
 

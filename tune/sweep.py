@@ -129,6 +129,7 @@ def grid(alphas: list[float | None], sweep: bool, recipe_steer: Steer | None) ->
             Steer("nudge", reject=4.0, word=True),
             RECOMMENDED,
             dataclasses.replace(RECOMMENDED, plain=0.3),
+            dataclasses.replace(RECOMMENDED, plain=None),
             Steer("nudge", reject=8.0, word=True),
         ]
         top = max((a for a in alphas if a is not None), default=None)
