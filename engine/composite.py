@@ -299,9 +299,8 @@ class Composite:
         for role, role_holds in holds.items():
             for i, hold in enumerate(role_holds):
                 member, seq = self.route(role, hold.seq)
-                like = (
-                    hold.seq if seq != hold.seq else None
-                )  # the plain reading may start from the styled one
+                # the plain reading (another sequence of the slot) may start from the styled one's cache
+                like = hold.seq if seq != hold.seq else None
                 routed.setdefault(role, []).append(Hold(seq, hold.tokens, hold.n_logits, like))
                 jobs.setdefault(id(member), (member, []))[1].append((role, i))
         share = len(jobs) if self.concurrent else 1  # concurrent members split the cores
