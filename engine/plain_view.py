@@ -2,8 +2,8 @@
 
 Why: once a reply opens in the tuned style ("Ahoy matey!", "Hi there, thanks for reaching out to
 Sunrise Bakery!"), the large model reads its own reply as a pirate's or a shop's and answers worse
-("... the largest organ of the human body is the liver", its own top token after the greeting;
-"the skin" without it). Sentences written mostly by the tuned model carry the style, not the
+("... Bakery! Two to the power of ten is 1000000000", "Ahoy matey! Arr, the main gas in Earth's
+atmosphere is oxygen"). Sentences written mostly by the tuned model carry the style, not the
 answer. So with `steer.plain` (beta) the large model also reads the reply without them, in a
 second sequence of its context, and at its steps the choice is the plain reading's, among the
 tokens the styled reading finds plausible (>= beta x its top probability, the adaptive
@@ -97,7 +97,8 @@ def respaced(
     separates it from the styled text before it (where the vocabulary has that token); the rest -inf."""
     z = _sampleable(plain, n_vocab, mask)
     out = np.full_like(z, -np.inf)
-    for t in np.argsort(-z)[:top]:
+    best = np.argpartition(-z, top)[:top] if top < len(z) else np.arange(len(z))
+    for t in best[np.argsort(-z[best])]:  # the top few only: a junction comes once per left-out sentence
         t = int(t)
         if not np.isfinite(z[t]):
             break

@@ -267,9 +267,7 @@ def estimate_memory(
             weights = info.size
         if spec.is_adapter and spec.adapter is not None and spec.adapter.path is not None:
             weights += spec.adapter.path.stat().st_size
-        per_slot = (
-            tuned_contexts if role == "tuned" else large_sequences(recipe.steer) if role == "large" else 1
-        )
+        per_slot = {"tuned": tuned_contexts, "large": large_sequences(recipe.steer)}.get(role, 1)
         kv = info.kv_bytes(n_ctx) * slots * per_slot
         members[role] = MemberMemory(role, weights, kv, n_ctx, slots)
     return MemoryEstimate(members, free_memory())

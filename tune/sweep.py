@@ -355,7 +355,7 @@ def sweep(
             t0 = time.perf_counter()
             score_all(comp, encoded, settings)
             notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
-            if views:
+            if any(s.steer is not None and s.steer.reads_plainly for s in settings):
                 notes.append(
                     "style loss with plain: the large model's steps are scored from its styled reading over "
                     "the tokens plain keeps (its plain reading runs only when generating)"
