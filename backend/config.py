@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from nanocommander.backend.guard import origin_allowed
-from nanocommander.engine.rpc import parse_servers
+from nanocommander.engine.llama.rpc.devices import parse_servers
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
 
@@ -75,7 +75,7 @@ def _positive(env: os._Environ[str], key: str, default: int) -> int:
 
 
 def _servers(env: os._Environ[str]) -> None:
-    """NANOCOMMANDER_RPC is read at each model load (engine/rpc.py); a typo should stop startup, though."""
+    """NANOCOMMANDER_RPC is read at each model load (engine/llama/rpc/devices.py); a typo should stop startup, though."""
     try:
         parse_servers(env.get("NANOCOMMANDER_RPC", ""))
     except ValueError as exc:
@@ -94,7 +94,7 @@ class Settings:
     num_parallel: int = 4  # slots per model: requests decoded together in one batch
     max_queue: int = 512
     max_body: int = 32 * 1024 * 1024
-    family_slots: int = 3  # tuned contexts per adapter family (engine/family.py)
+    family_slots: int = 3  # tuned contexts per adapter family (engine/runtime/family.py)
     default_model: str | None = None
     recipes: list[str] = field(default_factory=list)
 

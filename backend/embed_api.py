@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nanocommander.backend.ollama_api import _typed as typed
-from nanocommander.backend.ollama_api import keep_alive, model_name, ns
+from nanocommander.backend.ollama.api import _typed as typed
+from nanocommander.backend.ollama.api import keep_alive, model_name, ns
 from nanocommander.errors import InvalidRequest
 
 

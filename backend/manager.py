@@ -1,7 +1,7 @@
 """Loaded models: load on first use, keep alive for a while, one queue per model.
 
 Composites that share member files share the loaded weights through one ModelPool.
-Composites of one adapter family (same large and base, a LoRA as tuned: engine/family.py)
+Composites of one adapter family (same large and base, a LoRA as tuned: engine/runtime/family.py)
 share more: one large and base context set and a few tuned contexts whose adapter is
 switched per request; each name still has its own keep_alive, and the family unloads
 with its last member. Generation runs on the engine's worker thread; the event loop
@@ -20,11 +20,11 @@ from typing import Any
 
 from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
-from nanocommander.engine import rpc
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.family import Family, FamilyComposite, family_key
-from nanocommander.engine.pool import ModelPool
-from nanocommander.engine.types import Chunk, GenerateRequest
+from nanocommander.engine.llama.rpc import devices as rpc
+from nanocommander.engine.request.types import Chunk, GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
+from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
 from nanocommander.recipe import Recipe
 from nanocommander.registry.gguf_info import free_memory
@@ -233,8 +233,8 @@ class ModelManager:
 
     async def embedder(self, loaded: Loaded) -> Any:
         """The model's embedding context: the recipe's `embedding` GGUF, else the large member."""
-        from nanocommander.engine.composite import _member_path
-        from nanocommander.engine.embed import DEFAULT_EMBED_CTX, Embedder
+        from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
+        from nanocommander.engine.runtime.composite import _member_path
 
         async with self._locks.setdefault(loaded.name, asyncio.Lock()):
             if loaded.embedder is None:

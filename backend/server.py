@@ -15,10 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from nanocommander.backend import accesslog, ollama_api, openai_api, shutdown
+from nanocommander.backend import accesslog, shutdown
 from nanocommander.backend import guard as checks
 from nanocommander.backend.config import Settings
 from nanocommander.backend.manager import Catalog, ModelManager
+from nanocommander.backend.ollama import api as ollama_api
+from nanocommander.backend.openai import api as openai_api
 from nanocommander.errors import (
     AdapterMismatch,
     ContextOverflow,
@@ -160,7 +162,9 @@ async def _lifecycle(app: web.Application):
 
 
 def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.Application:
-    from nanocommander.backend import kobold_routes, ollama_routes, openai_routes
+    from nanocommander.backend.kobold import routes as kobold_routes
+    from nanocommander.backend.ollama import routes as ollama_routes
+    from nanocommander.backend.openai import routes as openai_routes
 
     app = web.Application(middlewares=[accesslog.access_log, guard], client_max_size=settings.max_body)
     app[SETTINGS] = settings

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nanocommander.engine.logprobs import MAX_TOP
-from nanocommander.engine.toolcalls import Family, ToolCall, ToolCallParser, choice, family, grammar
-from nanocommander.engine.types import Chunk, GenerateRequest
+from nanocommander.engine.decode.logprobs import MAX_TOP
+from nanocommander.engine.request.types import Chunk, GenerateRequest
+from nanocommander.engine.text.toolcalls import Family, ToolCall, ToolCallParser, choice, family, grammar
 from nanocommander.errors import InvalidRequest
 
 MAX_N = 16  # samples per OpenAI request

@@ -11,9 +11,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from nanocommander.engine.grammar import json_grammar
-from nanocommander.engine.options import clean_options, merge_sampling
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.request.options import clean_options, merge_sampling
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.text.grammar import json_grammar
 from nanocommander.errors import InvalidRequest
 from nanocommander.recipe import Recipe
 

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import tiny_models  # noqa: E402
 
-from nanocommander.engine.member import Hold, LoadedModel, Member  # noqa: E402
+from nanocommander.engine.llama.member import Hold, LoadedModel, Member  # noqa: E402
 
 FTYPES = {"F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q4_K_M": 15, "Q6_K": 18}
 

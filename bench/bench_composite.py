@@ -28,12 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from nanocommander.engine.composite import Composite  # noqa: E402
-from nanocommander.engine.decode_options import OFF, parse_speculative, parse_steer  # noqa: E402
-from nanocommander.engine.member import Hold  # noqa: E402
-from nanocommander.engine.options import merge_sampling  # noqa: E402
-from nanocommander.engine.sampling import Sampler  # noqa: E402
-from nanocommander.engine.types import GenerateRequest  # noqa: E402
+from nanocommander.engine.llama.member import Hold  # noqa: E402
+from nanocommander.engine.llama.sampler import Sampler  # noqa: E402
+from nanocommander.engine.request.decode_options import OFF, parse_speculative, parse_steer  # noqa: E402
+from nanocommander.engine.request.options import merge_sampling  # noqa: E402
+from nanocommander.engine.request.types import GenerateRequest  # noqa: E402
+from nanocommander.engine.runtime.composite import Composite  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
 
 GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
@@ -313,7 +313,7 @@ def main() -> int:
         recipe = Recipe.load(args.recipe)
     if args.threads:
         recipe = dataclasses.replace(recipe, parameters={**recipe.parameters, "num_thread": args.threads})
-    comp = Composite.load(recipe, views=True)  # a steering row reads plainly (engine/plain_view.py)
+    comp = Composite.load(recipe, views=True)  # a steering row reads plainly (engine/decode/plain_view.py)
     comp.concurrent = False  # on a 2-core CPU members share the cores either way (README)
     results: dict = {"recipe": recipe.name, "tokens": args.tokens}
     warm = comp.chat_prompt([{"role": "user", "content": "Hi"}])

@@ -100,8 +100,8 @@ def switch_cost(base: Path, adapters: list[Path], rounds: int = 40) -> dict[str,
     """The adapter switch in-process, on one tuned context of the base: llama_set_adapters_lora plus
     clearing the KV cache, and what it adds to the next one-token decode (llama.cpp reserves its
     compute graph again for the new adapter set), against the same decode with the adapter kept."""
-    from nanocommander.engine.family import steady_allocator
-    from nanocommander.engine.member import LoadedModel, Member
+    from nanocommander.engine.llama.member import LoadedModel, Member
+    from nanocommander.engine.runtime.family import steady_allocator
 
     steady_allocator()
     model = LoadedModel(base)

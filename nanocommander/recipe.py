@@ -27,15 +27,21 @@ from typing import Any
 
 import yaml
 
-from nanocommander.engine.decode_options import (
+from nanocommander.engine.llama.rpc.devices import parse_endpoint
+from nanocommander.engine.request.decode_options import (
     RECOMMENDED,
     Speculation,
     Steer,
     parse_speculative,
     parse_steer,
 )
-from nanocommander.engine.options import CONTROL_KEYS, IGNORED_KEYS, LOAD_KEYS, SAMPLING_KEYS, check_value
-from nanocommander.engine.rpc import parse_endpoint
+from nanocommander.engine.request.options import (
+    CONTROL_KEYS,
+    IGNORED_KEYS,
+    LOAD_KEYS,
+    SAMPLING_KEYS,
+    check_value,
+)
 from nanocommander.errors import InvalidRequest, RecipeError
 
 ROLES = ("large", "base", "tuned")
@@ -313,7 +319,7 @@ class _Parser:
         return float(value)
 
     def alpha(self, pair) -> float:
-        """A number within the engine's bounds (engine/options.py: finite, |alpha| <= 100)."""
+        """A number within the engine's bounds (engine/request/options.py: finite, |alpha| <= 100)."""
         value = self.number(pair, "alpha")
         try:
             return check_value("alpha", value)

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanocommander.engine.decode_options import large_sequences
-from nanocommander.engine.options import num_parallel as resolve_slots
-from nanocommander.engine.rpc import placement
+from nanocommander.engine.llama.rpc.devices import placement
+from nanocommander.engine.request.decode_options import large_sequences
+from nanocommander.engine.request.options import num_parallel as resolve_slots
 from nanocommander.recipe import ROLES, Recipe
 from nanocommander.registry.gguf_header import read_header, read_tensor_shapes
 
-DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/composite.py)
+DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/runtime/composite.py)
 KV_FORMULA = (
     "2 (K, V) x n_layer x n_head_kv x head_dim x 2 bytes (f16) x num_ctx x num_parallel, per member "
     "(x 2 for the large member when the recipe's steer has plain: its plain reading)"
@@ -218,7 +218,7 @@ def estimate_family(
     num_ctx: int | None = None,
     num_parallel: int | None = None,
 ) -> MemoryEstimate:
-    """An adapter family (engine/family.py) served for `recipe`'s large and base: their weights and
+    """An adapter family (engine/runtime/family.py) served for `recipe`'s large and base: their weights and
     contexts once, the `adapters` loaded, and `tuned_contexts` tuned contexts of the base's KV shape."""
     first = estimate_memory(recipe, num_ctx, num_parallel, tuned_contexts=tuned_contexts)
     tuned = first.members["tuned"]

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from nanocommander.engine.rpc import Endpoint, Silent, hello
-from nanocommander.engine.rpc_lib import rpc_available
+from nanocommander.engine.llama.rpc.devices import Endpoint, Silent, hello
+from nanocommander.engine.llama.rpc.lib import rpc_available
 
 needs_rpc = pytest.mark.skipif(
     not rpc_available(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanocommander.engine.decode_options import RECOMMENDED, Speculation, Steer
+from nanocommander.engine.request.decode_options import RECOMMENDED, Speculation, Steer
 from nanocommander.errors import RecipeError
 from nanocommander.recipe import Recipe
 

@@ -96,7 +96,7 @@ def evaluate(
     progress: bool = True,
 ) -> Report:
     """Score every model of the recipe on the reference answers of `data_path`."""
-    from nanocommander.engine.composite import Composite
+    from nanocommander.engine.runtime.composite import Composite
     from nanocommander.recipe import Recipe
 
     recipe = Recipe.load(recipe_path)
@@ -139,8 +139,8 @@ def _score_all(comp, encoded: list[Encoded], scores: list[Score], progress: bool
 
 def _sample(comp, example: datamod.Example, scores: list[Score], num_predict: int) -> dict[str, Any]:
     """Greedy replies of each model to the conversation up to its last assistant turn."""
-    from nanocommander.engine.options import SamplingOptions
-    from nanocommander.engine.types import GenerateRequest
+    from nanocommander.engine.request.options import SamplingOptions
+    from nanocommander.engine.request.types import GenerateRequest
 
     messages = [{"role": m["role"], "content": m["content"]} for m in example.messages]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

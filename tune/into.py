@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from nanocommander.engine.decode_options import RECOMMENDED
+from nanocommander.engine.request.decode_options import RECOMMENDED
 from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.tune.errors import TrainingError
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from nanocommander.engine.decode_options import RECOMMENDED, Steer
-from nanocommander.engine.member import Hold
-from nanocommander.engine.plain_view import choose
-from nanocommander.engine.steering import GateState, large_opens, overrides, rejects
+from nanocommander.engine.decode.plain_view import choose
+from nanocommander.engine.decode.steering import GateState, large_opens, overrides, rejects
+from nanocommander.engine.llama.member import Hold
+from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.tune.errors import DataError
 
 LABEL_WIDTH = 44  # the table's first column
@@ -183,8 +183,8 @@ def ask_all(
     comp, items, settings: list[Setting], num_predict: int, progress: bool, marker: str | None = None
 ) -> None:
     """Greedy replies to every question under every setting; counts right answers, speed, steering."""
-    from nanocommander.engine.options import merge_sampling
-    from nanocommander.engine.types import GenerateRequest
+    from nanocommander.engine.request.options import merge_sampling
+    from nanocommander.engine.request.types import GenerateRequest
 
     greedy = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
     for i, (question, answers) in enumerate(items):
@@ -264,7 +264,7 @@ def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
 
 def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.ndarray, bool]:
     """log p(next token) under one setting at one position (cached per distinct distribution),
-    and whether the small models' delta took part (the same rules as engine/steering.py)."""
+    and whether the small models' delta took part (the same rules as engine/decode/steering.py)."""
     if s.member != "composite":
         return _alone(s.member, at, cache), False
     alpha = at.recipe_alpha if s.alpha is None else s.alpha
@@ -332,7 +332,7 @@ def sweep(
     progress: bool = True,
     marker: str | None = None,
 ) -> SweepReport:
-    from nanocommander.engine.composite import Composite
+    from nanocommander.engine.runtime.composite import Composite
     from nanocommander.recipe import Recipe
     from nanocommander.tune import data as datamod
     from nanocommander.tune.tokens import GGUFTokenizer, encode

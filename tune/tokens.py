@@ -14,7 +14,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from nanocommander.engine.chat_template import ChatTemplate
+from nanocommander.engine.text.chat_template import ChatTemplate
 from nanocommander.errors import InvalidRequest
 from nanocommander.tune.data import Example
 from nanocommander.tune.errors import DataError

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nanocommander.engine.options import ALL_KEYS, IGNORED_KEYS
+from nanocommander.engine.request.options import ALL_KEYS, IGNORED_KEYS
 
 settings.register_profile(
     "ci",

@@ -16,7 +16,7 @@ import ollama
 import pytest
 from openai import BadRequestError, OpenAI
 
-from nanocommander.engine.logprobs import token_text
+from nanocommander.engine.decode.logprobs import token_text
 
 ALPHA = 1.0  # the "tiny" recipe's
 

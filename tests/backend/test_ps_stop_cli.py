@@ -58,10 +58,10 @@ def test_ps_without_a_server_says_so():
 LOAD = textwrap.dedent(
     """
     import sys
-    from nanocommander.engine.composite import Composite
+    from nanocommander.engine.runtime.composite import Composite
     from nanocommander.recipe import Recipe
     if "--verbose" in sys.argv:
-        from nanocommander.engine import llamalog
+        from nanocommander.engine.llama import log as llamalog
         llamalog.install(True)
     Composite.load(Recipe.load(sys.argv[1])).close()
     """

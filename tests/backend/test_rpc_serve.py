@@ -2,7 +2,7 @@
 protocol's shape, other models keep answering, the next request reloads or says why it cannot.
 
 The server runs as a subprocess: ggml-rpc reacts to a lost connection with abort(), and the
-server's way around that (engine/rpc.py) parks a thread for good, which is no place for pytest.
+server's way around that (engine/llama/rpc/devices.py) parks a thread for good, which is no place for pytest.
 """
 
 from __future__ import annotations

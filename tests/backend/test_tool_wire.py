@@ -7,10 +7,12 @@ import json
 import pytest
 import tool_families as tf
 
-from nanocommander.backend import ollama_api, openai_api, tools
-from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.toolcalls import ToolCall
-from nanocommander.engine.types import Chunk, DoneReason, GenerateRequest, Stats, TokenLogprob
+from nanocommander.backend import tools
+from nanocommander.backend.ollama import api as ollama_api
+from nanocommander.backend.openai import api as openai_api
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import Chunk, DoneReason, GenerateRequest, Stats, TokenLogprob
+from nanocommander.engine.text.toolcalls import ToolCall
 from nanocommander.errors import InvalidRequest
 
 CALL = ToolCall("get_time", {"zone": "UTC"}, "call_1")

@@ -7,9 +7,10 @@ from datetime import datetime
 
 import pytest
 
-from nanocommander.backend import ollama_api, openai_api
 from nanocommander.backend.config import Settings, is_loopback, parse_duration, parse_host
-from nanocommander.engine.types import Chunk, DoneReason, Stats
+from nanocommander.backend.ollama import api as ollama_api
+from nanocommander.backend.openai import api as openai_api
+from nanocommander.engine.request.types import Chunk, DoneReason, Stats
 from nanocommander.errors import InvalidRequest
 
 STATS = Stats(load_s=0.5, prompt_tokens=7, prompt_eval_s=0.25, eval_count=3, eval_s=0.125, total_s=1.0)

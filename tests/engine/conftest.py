@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from engine_helpers import recipe_over
 
-from nanocommander.engine.composite import Composite
+from nanocommander.engine.runtime.composite import Composite
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from engine_helpers import GREEDY, recipe_over
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.member import Hold, LoadedModel, Member
-from nanocommander.engine.pool import ModelPool
-from nanocommander.engine.scheduler import Ticket
-from nanocommander.engine.types import DoneReason, GenerateRequest
+from nanocommander.engine.llama.member import Hold, LoadedModel, Member
+from nanocommander.engine.request.types import DoneReason, GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.runtime.pool import ModelPool
+from nanocommander.engine.runtime.scheduler import Ticket
 
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 MIXED = [  # different prompt lengths, lengths of output, alphas and members

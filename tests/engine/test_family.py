@@ -14,11 +14,11 @@ import pytest
 import tiny_models
 from engine_helpers import GREEDY
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.family import Family, family_key
-from nanocommander.engine.member import Member
-from nanocommander.engine.pool import ModelPool
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.llama.member import Member
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.runtime.family import Family, family_key
+from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.recipe import Recipe
 
 PROMPTS = ["<|im_start|>user\nhello there", "<|im_start|>user\nhello there, how are", "tell me the news"]

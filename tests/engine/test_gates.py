@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanocommander.engine.decode_options import Steer
-from nanocommander.engine.steering import GateState, large_opens, overrides, rejects
+from nanocommander.engine.decode.steering import GateState, large_opens, overrides, rejects
+from nanocommander.engine.request.decode_options import Steer
 
 V = 8
 EOG = frozenset({7})

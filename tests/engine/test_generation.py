@@ -8,8 +8,8 @@ import threading
 import pytest
 from engine_helpers import GREEDY, run_text
 
-from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.types import DoneReason, GenerateRequest
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import DoneReason, GenerateRequest
 from nanocommander.errors import ContextOverflow
 
 PROMPT = "<|im_start|>user\ntell me a story<|im_end|>\n<|im_start|>assistant\n"
@@ -145,7 +145,7 @@ def test_chat_prompt_drops_oldest_turns_to_fit_but_keeps_system(composite):
 def test_recipe_system_prompt_applies_only_when_conversation_has_none(tiny):
     from engine_helpers import recipe_over
 
-    from nanocommander.engine.composite import Composite
+    from nanocommander.engine.runtime.composite import Composite
 
     comp = Composite.load(recipe_over(tiny, extra='system: "Be a pirate."\n'))
     try:

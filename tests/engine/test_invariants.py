@@ -8,8 +8,8 @@ import pytest
 from engine_helpers import GREEDY, recipe_over, run_text
 from llama_cpp import Llama
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 
 PROMPT = "<|im_start|>user\nthe answer is<|im_end|>\n<|im_start|>assistant\n"
 
@@ -94,7 +94,7 @@ def test_fused_logits_equal_numpy_sum_of_member_logits(tiny):
 
 
 def test_non_finite_fused_logits_are_a_clear_error_not_garbage():
-    from nanocommander.engine.fusion import fuse
+    from nanocommander.engine.decode.fusion import fuse
     from nanocommander.errors import InvalidRequest
 
     large = np.zeros(8, np.float32)

@@ -8,12 +8,12 @@ import pytest
 from engine_helpers import GREEDY, recipe_over
 from tiny_models import LARGE, write_model
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.decode_options import OFF, RECOMMENDED, parse_steer
-from nanocommander.engine.member import Hold
-from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.plain_view import PlainView, choose, needed, respaced
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.decode.plain_view import PlainView, choose, needed, respaced
+from nanocommander.engine.llama.member import Hold
+from nanocommander.engine.request.decode_options import OFF, RECOMMENDED, parse_steer
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import InvalidRequest
 
 V = 6
@@ -108,7 +108,7 @@ def test_lazy_plain_reading_equals_reading_plainly_at_every_step(comp, beta, rej
     sampling = merge_sampling({"temperature": 0, "repeat_penalty": 1.0, "logit_bias": ends})
     steer = {**RECOMMENDED.to_dict(), "mode": "nudge", "plain": beta, "reject": reject}
     with monkeypatch.context() as mp:
-        mp.setattr("nanocommander.engine.steering.needed", lambda *a: True)
+        mp.setattr("nanocommander.engine.decode.steering.needed", lambda *a: True)
         eager = {p: fresh_run(comp, p, steer, sampling) for p in PROMPTS}
     read_plainly = steered = written = 0
     lazy = []
@@ -180,7 +180,7 @@ def test_plain_zero_lets_the_plain_reading_alone_decide_in_one_sequence(comp, mo
     """plain 0 keeps every token plausible: the same tokens as both readings with a vanishing beta
     (junctions aside: see the next test), while the large model keeps one sequence, which holds the
     plain reading."""
-    monkeypatch.setattr("nanocommander.engine.steering.respaced", lambda row, *a: row)
+    monkeypatch.setattr("nanocommander.engine.decode.steering.respaced", lambda row, *a: row)
     ends = {comp.tokenize(s, add_bos=False)[0]: 4.0 for s in (".", "!", "\n")}
     sampling = merge_sampling({"temperature": 0, "repeat_penalty": 1.0, "logit_bias": ends})
     steer = {**RECOMMENDED.to_dict(), "mode": "nudge", "reject": 4.0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.request.types import GenerateRequest
 
 
 def final(composite, **kw):

@@ -18,9 +18,9 @@ import pytest
 from engine_helpers import recipe_over, run_text
 from rpc_servers import RpcServer, free_port, needs_rpc
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.rpc import Endpoint, hello, placement
-from nanocommander.engine.rpc_lib import ggml, protocol_version
+from nanocommander.engine.llama.rpc.devices import Endpoint, hello, placement
+from nanocommander.engine.llama.rpc.lib import ggml, protocol_version
+from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import ModelLoadError
 from nanocommander.recipe import Recipe
 
@@ -299,9 +299,9 @@ def test_smollm2_through_two_servers_equals_local(tmp_path, servers):
 
 
 def test_embeddings_of_the_large_member_through_a_server_equal_local(tiny, servers):
-    from nanocommander.engine.embed import Embedder
-    from nanocommander.engine.pool import ModelPool
-    from nanocommander.engine.rpc import Placement
+    from nanocommander.engine.llama.embed import Embedder
+    from nanocommander.engine.llama.rpc.devices import Placement
+    from nanocommander.engine.runtime.pool import ModelPool
 
     pool = ModelPool()
     local = Embedder(pool, tiny["large"], n_ctx=256)

@@ -7,11 +7,11 @@ import threading
 import pytest
 from engine_helpers import GREEDY, recipe_over
 
-from nanocommander.engine import speculative
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.decode_options import OFF, parse_speculative
-from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.types import DoneReason, GenerateRequest
+from nanocommander.engine.decode import speculative
+from nanocommander.engine.request.decode_options import OFF, parse_speculative
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import DoneReason, GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 
 PROMPTS = [
     "Hello there",

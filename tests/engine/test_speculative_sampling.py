@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from engine_helpers import recipe_over
 
-from nanocommander.engine import speculative
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.decode_options import parse_speculative
-from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.sampling import Sampler
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.decode import speculative
+from nanocommander.engine.llama.sampler import Sampler
+from nanocommander.engine.request.decode_options import parse_speculative
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 
 OPTS = {"temperature": 1.0, "top_k": 6, "top_p": 1.0, "repeat_penalty": 1.0}
 PROMPT = "Once upon a time"

@@ -7,11 +7,12 @@ import functools
 import pytest
 from engine_helpers import GREEDY, recipe_over
 
-from nanocommander.engine import decoding, steering
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.decode_options import OFF, RECOMMENDED, parse_steer
-from nanocommander.engine.generation import Generation
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.decode import steering
+from nanocommander.engine.decode import strategies as decoding
+from nanocommander.engine.decode.generation import Generation
+from nanocommander.engine.request.decode_options import OFF, RECOMMENDED, parse_steer
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import InvalidRequest
 
 PROMPTS = [

@@ -1,6 +1,6 @@
 """TextStream: whole UTF-8 characters out, stop strings matched across token boundaries."""
 
-from nanocommander.engine.textstream import TextStream
+from nanocommander.engine.text.stream import TextStream
 
 
 def feed(stream, pieces):

@@ -9,9 +9,9 @@ import pytest
 import tool_families as tf
 from engine_helpers import GREEDY
 
-from nanocommander.engine import toolcalls as tc
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.text import toolcalls as tc
 from nanocommander.errors import InvalidRequest
 from nanocommander.recipe import Recipe
 

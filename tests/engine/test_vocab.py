@@ -6,8 +6,8 @@ import pytest
 from engine_helpers import GREEDY, recipe_over
 from tiny_models import N_REAL
 
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import TokenizerMismatch
 
 

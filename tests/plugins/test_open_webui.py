@@ -236,7 +236,7 @@ def main(argv: list[str]) -> int:
     """The `plugins` command alone (so other areas' commands cannot break these tests)."""
     import argparse
 
-    from nanocommander.plugins import commands
+    from nanocommander.cli import plugins as commands
 
     parser = argparse.ArgumentParser(prog="nanocommander")
     commands.add_commands(parser.add_subparsers(dest="command"))
@@ -245,7 +245,7 @@ def main(argv: list[str]) -> int:
 
 
 def test_install_creates_then_updates(open_webui, capsys):
-    from nanocommander.plugins import commands
+    from nanocommander.cli import plugins as commands
 
     content = commands.FUNCTION_FILE.read_text(encoding="utf-8")  # the file the installed package ships
     argv = ["plugins", "install", "open-webui", "--url", open_webui, "--token", "sk-test"]
@@ -271,7 +271,7 @@ def test_install_bad_token_fails(open_webui, capsys):
 
 
 def test_function_file_ships_in_the_package():
-    from nanocommander.plugins import commands
+    from nanocommander.cli import plugins as commands
 
     assert commands.FUNCTION_FILE.is_file()
     assert importlib.import_module("nanocommander.plugins.open_webui.nanocommander_function").Filter

@@ -13,9 +13,9 @@ import tiny_models
 import yaml
 
 from nanocommander.cli import main
-from nanocommander.engine.composite import Composite
-from nanocommander.engine.options import merge_sampling
-from nanocommander.engine.types import GenerateRequest
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import AdapterMismatch
 from nanocommander.registry import Registry
 

@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from tune_helpers import ANSWER, chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
-from nanocommander.engine.decode_options import RECOMMENDED  # noqa: E402
+from nanocommander.engine.request.decode_options import RECOMMENDED  # noqa: E402
 from nanocommander.recipe import Recipe  # noqa: E402
 from nanocommander.tune.errors import TrainingError  # noqa: E402
 from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
@@ -55,9 +55,9 @@ def trained(tiny, tmp_path_factory):
 
 
 def test_into_writes_a_recipe_that_loads_and_runs(trained, tiny):
-    from nanocommander.engine.composite import Composite
-    from nanocommander.engine.options import SamplingOptions
-    from nanocommander.engine.types import GenerateRequest
+    from nanocommander.engine.request.options import SamplingOptions
+    from nanocommander.engine.request.types import GenerateRequest
+    from nanocommander.engine.runtime.composite import Composite
 
     recipe = Recipe.load(trained["recipe"])
     assert recipe.name == "tea-composite" and recipe.tuned.is_adapter

@@ -54,7 +54,7 @@ def test_weight_zero_turn_is_context_only(tok):
 
 
 def test_template_that_rewrites_history_learns_each_turn_separately(tiny):
-    from nanocommander.engine.chat_template import ChatTemplate
+    from nanocommander.engine.text.chat_template import ChatTemplate
 
     # keeps only the last assistant message verbatim, like templates that strip earlier reasoning
     src = (

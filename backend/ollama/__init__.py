@@ -1,0 +1,1 @@
+"""The Ollama API: pure wire translators (api) and the HTTP routes (routes, registry_routes)."""

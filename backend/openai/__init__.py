@@ -1,0 +1,1 @@
+"""The OpenAI API: pure wire translators (api) and the HTTP routes (routes)."""

@@ -1,0 +1,1 @@
+"""Decoding: fusing members' logits, generations, and the strategies that drive them."""

@@ -1,0 +1,1 @@
+"""llama.cpp behind the engine: members, their sampler, vocabularies, embeddings, logs, RPC."""

@@ -1,0 +1,1 @@
+"""What a request asks for: the internal request type, its options and their checks."""

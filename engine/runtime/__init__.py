@@ -1,0 +1,1 @@
+"""Running composites: loaded models, the composite, its scheduler and adapter families."""

@@ -1,0 +1,1 @@
+"""Text around tokens: chat templates, the text stream, tool calls and grammars."""
