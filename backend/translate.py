@@ -1,8 +1,6 @@
-"""Shared by every protocol module: options dict -> GenerateRequest, and model descriptions.
+"""Model descriptions shared by every protocol: members, sizes and digests from recipes and GGUF headers.
 
-Protocol modules first map their own field names onto Ollama-style option names
-(num_predict, repeat_penalty, ...); this module validates them once and builds
-the engine's request. Defaults merge in one order: engine, recipe, request.
+(Building the engine's request from a body is backend/prepare.py.)
 """
 
 from __future__ import annotations
@@ -11,51 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from nanocommander.engine.request.options import clean_options, merge_sampling
-from nanocommander.engine.request.types import GenerateRequest
-from nanocommander.engine.text.grammar import json_grammar
-from nanocommander.errors import InvalidRequest
 from nanocommander.recipe import Recipe
-
-
-def grammar_for_format(fmt: Any) -> str | None:
-    """Ollama `format`: "json" or a JSON schema object; "" or None means free text."""
-    if fmt in (None, ""):
-        return None
-    if fmt == "json":
-        return json_grammar(None)
-    if isinstance(fmt, dict):
-        return json_grammar(fmt)
-    raise InvalidRequest('format must be "json" or a JSON schema object')
-
-
-def make_request(
-    recipe: Recipe,
-    prompt: str | list[int],
-    options: dict[str, Any] | None,
-    *,
-    grammar: str | None = None,
-    add_bos: bool = True,
-    ignore_eos: bool = False,
-    trim_stop: bool = True,
-) -> GenerateRequest:
-    opts = {**recipe.parameters, **clean_options(options)}
-    if grammar:
-        opts["grammar"] = grammar
-    num_predict = int(opts.get("num_predict", -1))
-    return GenerateRequest(
-        prompt=prompt,
-        sampling=merge_sampling(opts),
-        num_predict=num_predict,
-        stop=tuple(opts.get("stop", ())),
-        alpha=opts.get("alpha"),
-        member=opts.get("member", "composite"),
-        steer=opts.get("steer"),
-        speculative=opts.get("speculative"),
-        add_bos=add_bos,
-        ignore_eos=ignore_eos,
-        trim_stop=trim_stop,
-    )
 
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:

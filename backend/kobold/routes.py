@@ -20,9 +20,9 @@ from aiohttp import web
 
 from nanocommander.backend.kobold.api import context_limit, fit_context, kobold_options, lenient
 from nanocommander.backend.manager import Loaded
+from nanocommander.backend.prepare import prepare
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import stream_response
-from nanocommander.backend.translate import make_request
 from nanocommander.engine.request.types import Chunk, DoneReason
 from nanocommander.errors import InvalidRequest, ModelNotFound
 
@@ -78,13 +78,18 @@ async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, 
     memory = body.get("memory") if isinstance(body.get("memory"), str) else ""
     options = kobold_options(body)
     grammar = options.pop("grammar", None)
-    keep = len(comp.tokenize(memory)) if memory else 1  # BOS and memory are never cut
-    ids = fit_context(comp.tokenize(memory + prompt), options, context_limit(body, comp.n_ctx), keep)
-    req = make_request(
-        comp.recipe,
-        ids,
+    limit = context_limit(body, comp.n_ctx)
+
+    def fit(ids: list[int], opts: dict[str, Any]) -> list[int]:
+        keep = len(comp.tokenize(memory)) if memory else 1  # BOS and memory are never cut
+        return fit_context(ids, opts, limit, keep)
+
+    req = await prepare(
+        comp,
+        memory + prompt,
         options,
         grammar=grammar,
+        fit=fit,
         ignore_eos=any(body.get(k) for k in ("ban_eos_token", "use_default_badwordsids", "bypass_eos")),
         trim_stop=body.get("trim_stop", True) is not False,
     )

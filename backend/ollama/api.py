@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nanocommander.backend.config import parse_duration
-from nanocommander.backend.translate import grammar_for_format, size_label
+from nanocommander.backend.prepare import grammar_for_format
+from nanocommander.backend.translate import size_label
 from nanocommander.engine.decode.logprobs import token_text
 from nanocommander.engine.request.options import clean_options
 from nanocommander.engine.request.types import Chunk, DoneReason, TokenLogprob

@@ -13,9 +13,10 @@ from aiohttp import web
 from nanocommander.backend import embed_api, tools
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.ollama import api as wire
+from nanocommander.backend.prepare import Chat, prepare
 from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
-from nanocommander.backend.translate import describe, make_request
+from nanocommander.backend.translate import describe
 from nanocommander.engine.request.types import GenerateRequest
 
 
@@ -39,17 +40,19 @@ async def generate(request: web.Request) -> web.StreamResponse:
     manager = request.app[MANAGER]
     loaded = await manager.get(call.model, call.keep_alive)
     comp = loaded.composite
-    if call.raw:
-        ids = comp.tokenize(call.prompt)
-    else:  # the prompt is one user turn through the chat template, as Ollama wraps it
-        text = comp.chat_prompt(
+    # raw: the prompt as it is; else one user turn through the chat template, as Ollama wraps it
+    prompt = (
+        call.prompt
+        if call.raw
+        else Chat(
             [{"role": "user", "content": call.prompt}],
             system=call.system,
             template=call.template,
-            num_predict=max(int(call.options.get("num_predict", 0)), 0),
+            context=tuple(call.context),
         )
-        ids = list(call.context) + comp.tokenize(text, add_bos=not call.context)
-    req = make_request(comp.recipe, ids, dict(call.options), grammar=call.grammar)
+    )
+    req = await prepare(comp, prompt, call.options, grammar=call.grammar)
+    ids = list(req.prompt)
     req = tools.logprobs_request(req, call.logprobs, call.top_logprobs, call.logprobs_member)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
@@ -67,7 +70,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await _lifecycle(request, call.model, call.keep_alive, chat=True)
     manager = request.app[MANAGER]
     loaded = await manager.get(call.model, call.keep_alive)
-    req, plan = _chat_request(loaded, call)
+    req, plan = await _chat_request(loaded, call)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         n_calls = 0
@@ -78,16 +81,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _respond(request, call.stream, items(), wire.fold_chat)
 
 
-def _chat_request(loaded: Loaded, call: wire.ChatCall) -> tuple[GenerateRequest, tools.ToolPlan]:
+async def _chat_request(loaded: Loaded, call: wire.ChatCall) -> tuple[GenerateRequest, tools.ToolPlan]:
     comp = loaded.composite
     offered = list(call.tools) if call.tools else None
     plan = tools.plan(comp.template.source, comp.recipe.tool_parser, offered, call.tool_choice)
-    text = comp.chat_prompt(
-        list(call.messages),
-        tools=offered,
-        num_predict=max(int(call.options.get("num_predict", 0)), 0),
-    )
-    req = make_request(comp.recipe, text, dict(call.options), grammar=call.grammar)
+    req = await prepare(comp, Chat(list(call.messages), tools=offered), call.options, grammar=call.grammar)
     req = tools.logprobs_request(req, call.logprobs, call.top_logprobs, call.logprobs_member)
     return plan.apply(req), plan
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nanocommander.backend.translate import grammar_for_format
+from nanocommander.backend.prepare import grammar_for_format
 from nanocommander.engine.decode.logprobs import token_text
 from nanocommander.engine.request.options import check_value
 from nanocommander.engine.request.types import Chunk, DoneReason, Stats, TokenLogprob

@@ -8,6 +8,7 @@ the generation by genkey so /api/extra/abort reaches it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,9 +20,10 @@ from nanocommander.backend.kobold import api as kobold_fields
 from nanocommander.backend.kobold import routes as kobold_routes
 from nanocommander.backend.ollama.api import composite_object
 from nanocommander.backend.openai import api as wire
+from nanocommander.backend.prepare import Chat, prepare
 from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
-from nanocommander.backend.translate import describe, make_request
+from nanocommander.backend.translate import describe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.errors import InvalidRequest
 
@@ -43,8 +45,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body.get("tool_choice"),
         parallel=body.get("parallel_tool_calls") is not False,
     )
-    text = comp.chat_prompt(chat, tools=offered, num_predict=max(int(options.get("num_predict", 0)), 0))
-    req = make_request(comp.recipe, text, options, grammar=grammar)
+    req = await prepare(comp, Chat(chat, tools=offered), options, grammar=grammar)
     req = tools.logprobs_request(
         req, body.get("logprobs"), body.get("top_logprobs"), body.get("logprobs_member")
     )
@@ -100,14 +101,16 @@ async def completions(request: web.Request) -> web.StreamResponse:
     stream, with_usage = wire.flag(body, "stream"), wire.include_usage(body)
     loaded = await manager.get(name)
     comp = loaded.composite
-    ids = comp.tokenize(prompt)
+    fit = None
     if kobold:  # KoboldCpp cuts the oldest text rather than refusing a long prompt
-        ids = kobold_fields.fit_context(ids, options, kobold_fields.context_limit(body, comp.n_ctx))
-    req = make_request(
-        comp.recipe,
-        ids,
+        limit = kobold_fields.context_limit(body, comp.n_ctx)
+        fit = functools.partial(kobold_fields.fit_context, max_ctx=limit)
+    req = await prepare(
+        comp,
+        prompt,
         options,
         grammar=grammar,
+        fit=fit,
         ignore_eos=bool(body.get("ban_eos_token")),
         trim_stop=body.get("trim_stop", True) is not False,
     )

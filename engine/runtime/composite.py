@@ -43,7 +43,7 @@ from nanocommander.engine.request.options import num_parallel
 from nanocommander.engine.request.types import Chunk, GenerateRequest, Stats
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.engine.runtime.scheduler import Item, Scheduler, Ticket
-from nanocommander.engine.text.chat_template import ChatTemplate, apply_defaults
+from nanocommander.engine.text.chat_template import ChatTemplate, apply_defaults, fit_turns
 from nanocommander.errors import ContextOverflow, InvalidRequest, ModelLoadError
 from nanocommander.recipe import ROLES, MemberSpec, Recipe
 
@@ -210,7 +210,22 @@ class Composite:
         template: str | None = None,
         num_predict: int = 0,
     ) -> str:
-        """Render a conversation; drop the oldest turns after the system prompt until it fits.
+        """Render a conversation; drop the oldest turns after the system prompt until it fits."""
+        return self.chat_tokens(
+            messages, tools=tools, system=system, template=template, num_predict=num_predict
+        )[0]
+
+    def chat_tokens(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[Any] | None = None,
+        system: str | None = None,
+        template: str | None = None,
+        num_predict: int = 0,
+    ) -> tuple[str, list[int]]:
+        """The rendered conversation and its tokens, its oldest turns after the system prompt dropped
+        until prompt + `num_predict` fit the context.
 
         The context policy: keep the system prompt and the newest turns; if even the newest turn
         alone does not fit with room for `num_predict` tokens, raise ContextOverflow.
@@ -223,17 +238,12 @@ class Composite:
         )
         budget = self.n_ctx - max(num_predict, 0)
         head = [m for m in chat[:1] if m["role"] == "system"]
-        turns = chat[len(head) :]
-        while True:
-            text = tmpl.render(head + turns, tools=tools)
-            n = len(self.tokenize(text))
-            if n < budget or len(turns) <= 1:
-                if n >= budget:
-                    raise ContextOverflow(n, max(num_predict, 0), self.n_ctx)
-                return text
-            turns = turns[1:]
-            while turns and turns[0]["role"] != "user" and len(turns) > 1:  # start at a user turn
-                turns = turns[1:]
+        text, ids, _ = fit_turns(
+            lambda msgs: tmpl.render(msgs, tools=tools), self.tokenize, head, chat[len(head) :], budget
+        )
+        if len(ids) >= budget:
+            raise ContextOverflow(len(ids), max(num_predict, 0), self.n_ctx)
+        return text, ids
 
     # -- generation ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ prompt is used when the conversation has none, and its messages come first.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -107,3 +107,57 @@ def apply_defaults(
         elif not isinstance(content, str):
             raise InvalidRequest("message 'content' must be a string")
     return out
+
+
+def drop_starts(turns: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Where a conversation may start once its oldest turns are dropped: at its first turn, then at
+    each later user turn, and at its last turn whatever it is (the newest turn is never dropped)."""
+    starts, s = [0], 0
+    while s < len(turns) - 1:
+        s += 1
+        while s < len(turns) - 1 and turns[s].get("role") != "user":
+            s += 1
+        starts.append(s)
+    return starts
+
+
+def fit_turns(
+    render: Callable[[Sequence[Mapping[str, Any]]], str],
+    tokenize: Callable[[str], list[int]],
+    head: Sequence[Mapping[str, Any]],
+    turns: Sequence[Mapping[str, Any]],
+    budget: int,
+) -> tuple[str, list[int], int]:
+    """The longest newest part of `turns` (after `head`, the system prompt) whose prompt is under
+    `budget` tokens: (text, ids, start). If even the newest turn alone does not fit, that one.
+
+    Why not render and tokenize once per dropped turn: a long chat would cost one full
+    tokenization per turn. The full chat is rendered once; when it does not fit, each turn's
+    cost is estimated from its content's tokens, and only the estimated start and its neighbours
+    are rendered exactly (the result is the same as dropping one turn at a time, because fewer
+    turns never make a longer prompt).
+    """
+    text = render([*head, *turns])
+    ids = tokenize(text)
+    starts = drop_starts(turns)
+    if len(ids) < budget or len(starts) == 1:
+        return text, ids, 0
+    content = [len(tokenize(str(t.get("content") or ""))) for t in turns]
+    overhead = max(len(ids) - sum(content), 0) / (len(turns) + 1)  # template tokens around each turn
+    dropped = [0.0]
+    for s in range(len(turns)):
+        dropped.append(dropped[-1] + content[s] + overhead)
+    i = next((i for i, s in enumerate(starts) if len(ids) - dropped[s] < budget), len(starts) - 1)
+    exact: dict[int, tuple[str, list[int]]] = {}
+
+    def at(i: int) -> tuple[str, list[int]]:
+        if i not in exact:
+            t = render([*head, *turns[starts[i] :]])
+            exact[i] = (t, tokenize(t))
+        return exact[i]
+
+    while len(at(i)[1]) >= budget and i < len(starts) - 1:  # estimated too few dropped
+        i += 1
+    while i > 1 and len(at(i - 1)[1]) < budget:  # estimated too many dropped
+        i -= 1
+    return *at(i), starts[i]
