@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from nanocommander.backend.guard import origin_allowed
+from nanocommander.backend.guard import is_loopback, origin_allowed
 from nanocommander.engine.llama.rpc.devices import parse_servers
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
@@ -21,15 +20,6 @@ def parse_host(value: str | None) -> tuple[str, int]:
     if not _:
         return value or DEFAULT_HOST, DEFAULT_PORT
     return (host.strip("[]") or DEFAULT_HOST), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_duration(value: object, default: float) -> float:

@@ -50,8 +50,12 @@ def _hostname(authority: str, *, pattern: bool = False) -> str | None:
     return (match.group(1) or match.group(2)) if match else None
 
 
-def is_loopback_name(host: str) -> bool:
-    """localhost, *.localhost (browsers pin it to loopback) or a loopback address."""
+def is_loopback(host: str) -> bool:
+    """The one loopback rule (Host headers, origins, bind addresses): localhost, *.localhost
+    (browsers and RFC 6761 pin it to loopback) or a loopback address, `[::1]` included."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -69,17 +73,17 @@ def origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
     if sep and scheme in APP_SCHEMES:
         return True
     host = _hostname(authority)
-    return scheme in ("http", "https") and host is not None and is_loopback_name(host)
+    return scheme in ("http", "https") and host is not None and is_loopback(host)
 
 
 def host_allowed(host_header: str | None, bind_host: str, allowed: Sequence[str]) -> bool:
     """Whether a request's `Host` may reach a server bound to `bind_host` (DNS rebinding guard)."""
-    if not is_loopback_name(bind_host.lower()) or not host_header:  # a LAN bind, or not a browser
+    if not is_loopback(bind_host.lower()) or not host_header:  # a LAN bind, or not a browser
         return True
     host = _hostname(host_header)
     if host is None:
         return False
-    if is_loopback_name(host) or "*" in allowed:
+    if is_loopback(host) or "*" in allowed:
         return True
     names = (_hostname(entry.partition("://")[2], pattern=True) for entry in allowed)
     return any(fnmatchcase(host, name) for name in names if name)

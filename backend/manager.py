@@ -18,29 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander import units
 from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
+from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
 from nanocommander.engine.llama.rpc import devices as rpc
 from nanocommander.engine.request.types import Chunk, GenerateRequest
-from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.runtime.composite import Composite, _member_path
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
 from nanocommander.engine.runtime.pool import ModelPool
-from nanocommander.errors import InsufficientMemory, InvalidName, ModelNotFound, ServerBusy
+from nanocommander.errors import InsufficientMemory, ServerBusy
 from nanocommander.recipe import Recipe
+from nanocommander.registry import Registry, estimate_memory, resolve
 from nanocommander.registry.gguf_info import free_memory
-
-
-def canonical(name: str) -> str:
-    """`name` -> `name:latest`, lower-cased, as Ollama resolves names."""
-    name = (name or "").strip()
-    if not name:
-        raise InvalidName("model name is required")
-    last = name.rsplit("/", 1)[-1]
-    return (name if ":" in last else f"{name}:latest").lower()
-
-
-def gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+from nanocommander.registry.name import canonical
 
 
 def memory_estimate(
@@ -55,11 +46,9 @@ def memory_estimate(
     files = _member_files(recipe)
     shared = files & {p.resolve() for p in loaded or ()}
     try:
-        from nanocommander.registry import estimate_memory
-
         estimate = estimate_memory(recipe, num_parallel=num_parallel, tuned_contexts=tuned_contexts)
         return max(int(estimate.total) - sum(p.stat().st_size for p in shared), 0), estimate.free
-    except (ImportError, AttributeError, ValueError, OSError):
+    except (ValueError, OSError):  # a header that does not read: count the files instead
         pass
     return sum(p.stat().st_size for p in files - shared if p.exists()), free_memory()
 
@@ -96,10 +85,6 @@ class Catalog:
         key = canonical(name)
         if key in self.recipes:
             return key, self.recipes[key]
-        try:
-            from nanocommander.registry import resolve
-        except ImportError:
-            raise ModelNotFound(name) from None
         return key, resolve(key)
 
     def entries(self) -> list[tuple[str, Recipe, float]]:
@@ -108,8 +93,6 @@ class Catalog:
             mtime = recipe.path.stat().st_mtime if recipe.path and Path(recipe.path).exists() else time.time()
             out.append((key, recipe, mtime))
         try:
-            from nanocommander.registry import Registry
-
             stored = Registry().list()
         except Exception:  # no store yet, or an unreadable one: serve the command-line recipes
             return out
@@ -205,7 +188,7 @@ class ModelManager:
     def _refuse_beyond(self, needed: int, free: int | None) -> None:
         if free is not None and needed > free:
             raise InsufficientMemory(
-                f"model requires more system memory ({gib(needed)}) than is available ({gib(free)}); "
+                f"model requires more system memory ({units.memory(needed)}) than is available ({units.memory(free)}); "
                 "unload other models or use smaller members"
             )
 
@@ -233,8 +216,6 @@ class ModelManager:
 
     async def embedder(self, loaded: Loaded) -> Any:
         """The model's embedding context: the recipe's `embedding` GGUF, else the large member."""
-        from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
-        from nanocommander.engine.runtime.composite import _member_path
 
         async with self._locks.setdefault(loaded.name, asyncio.Lock()):
             if loaded.embedder is None:

@@ -1,7 +1,7 @@
 """The aiohttp application: settings, model manager, middleware, and one route module per protocol.
 
-Each protocol module (ollama_routes, openai_routes, kobold_routes) exposes
-`setup_routes(app)` and an `error_body(status, message)` for its own error envelope.
+Each protocol folder (ollama/, openai/, kobold/) has `routes.setup_routes(app)` and
+`api.error_body(status, message)` for its own error envelope.
 The middleware picks the envelope by path, so no handler formats errors by hand.
 """
 
@@ -17,10 +17,15 @@ from aiohttp import web
 
 from nanocommander.backend import accesslog, shutdown
 from nanocommander.backend import guard as checks
+from nanocommander.backend.app import MANAGER, SETTINGS
 from nanocommander.backend.config import Settings
+from nanocommander.backend.kobold import api as kobold_api
+from nanocommander.backend.kobold import routes as kobold_routes
 from nanocommander.backend.manager import Catalog, ModelManager
 from nanocommander.backend.ollama import api as ollama_api
+from nanocommander.backend.ollama import routes as ollama_routes
 from nanocommander.backend.openai import api as openai_api
+from nanocommander.backend.openai import routes as openai_routes
 from nanocommander.errors import (
     AdapterMismatch,
     ContextOverflow,
@@ -39,10 +44,7 @@ from nanocommander.errors import (
 )
 from nanocommander.recipe import Recipe
 
-SETTINGS = web.AppKey("settings", Settings)
-MANAGER = web.AppKey("manager", ModelManager)
 log = logging.getLogger("nanocommander.server")
-VERSION = "0.6.0"  # reported as the Ollama-compatible API version: plain X.Y.Z
 
 STATUS = [  # (exception class, HTTP status); first match wins
     (ModelNotFound, 404),
@@ -80,22 +82,10 @@ def error_response(path: str, status: int, message: str) -> web.Response:
     if kind == "openai":
         body: Any = openai_api.error_body(status, message)
     elif kind == "kobold":
-        etype = {
-            400: "bad_input",
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            503: "service_unavailable",
-        }.get(status, "server_error")
-        body = {"detail": {"msg": message, "type": etype}}
+        body = kobold_api.error_body(status, message)
     else:
         body = ollama_api.error_body(status, message)
     return web.json_response(body, status=status)
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is {}; anything else is a 400 (see guard)."""
-    return checks.parse_body(await request.read())
 
 
 @web.middleware
@@ -162,9 +152,6 @@ async def _lifecycle(app: web.Application):
 
 
 def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.Application:
-    from nanocommander.backend.kobold import routes as kobold_routes
-    from nanocommander.backend.ollama import routes as ollama_routes
-    from nanocommander.backend.openai import routes as openai_routes
 
     app = web.Application(middlewares=[accesslog.access_log, guard], client_max_size=settings.max_body)
     app[SETTINGS] = settings

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from nanocommander.recipe import Recipe
+from nanocommander.registry.gguf_info import read_gguf
 
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:
     """Architecture, context length, parameter count and quantization from a GGUF header (no weights
     read; the registry caches it per file, size and mtime)."""
-    from nanocommander.registry.gguf_info import read_gguf
 
     info = read_gguf(path)
     return {
@@ -28,10 +28,6 @@ def gguf_facts(path: str | Path) -> dict[str, Any]:
         "general.type": info.kind,
         "chat_template": info.chat_template,
     }
-
-
-def size_label(n: int) -> str:
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
 
 def describe(recipe: Recipe) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from nanocommander.registry import hub, pull
 from nanocommander.registry.family import check_recipe_adapter, family_id, member_recipe
 from nanocommander.registry.gguf_info import GGUFInfo, MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
+from nanocommander.registry.push import push
 from nanocommander.registry.store import (
     ADAPTER_TYPE,
     LICENSE_TYPE,
@@ -200,7 +201,6 @@ class Registry:
 
     def push(self, name: str, target: str, *, private: bool = False) -> Iterator[Event]:
         """Upload a model's recipe, its local members and a model card to `hf.co/user/repo[:tag]`."""
-        from nanocommander.registry.push import push
 
         source, dest = Name.parse(name), Name.parse(target)
         if not dest.is_hub:

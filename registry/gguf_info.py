@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gguf
+
+from nanocommander import units
 from nanocommander.engine.llama.rpc.devices import placement
 from nanocommander.engine.request.decode_options import large_sequences
 from nanocommander.engine.request.options import num_parallel as resolve_slots
@@ -52,7 +55,7 @@ class GGUFInfo:
 
     @property
     def parameter_size(self) -> str:
-        return format_count(self.parameters)
+        return units.count(self.parameters)
 
     def kv_bytes(self, n_ctx: int) -> int:
         """f16 K and V for every layer at `n_ctx` tokens (0 for adapters or missing metadata)."""
@@ -118,8 +121,6 @@ def _read(path: Path, size: int) -> GGUFInfo:
     ftype = value("general.file_type")
     quant = None
     if ftype is not None or tensors:
-        import gguf  # only for the names of the file and tensor types
-
         if ftype is not None:
             try:
                 quant = gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
@@ -149,21 +150,6 @@ def _read(path: Path, size: int) -> GGUFInfo:
         chat_template=value("tokenizer.chat_template"),
         adapter_type=value("adapter.type") if kind == "adapter" else None,
     )
-
-
-def format_count(n: int) -> str:
-    """Ollama-style parameter size: 108.74K, 1.2B, 7.6B."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.{1 if unit in 'TB' else 2}f}{unit}"
-    return str(n)
-
-
-def format_bytes(n: int) -> str:
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 @dataclass(frozen=True)

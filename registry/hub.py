@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
 from nanocommander.errors import RegistryError
+from nanocommander.registry.store import disk_error
 
 TRUE = ("1", "true", "yes", "on")
 QUANT = re.compile(r"(?i)(?:^|[-_.])((?:I?Q\d[A-Z0-9_]*|F16|BF16|F32))(?:[-_.]|$)")
@@ -51,7 +61,6 @@ class HubSettings:
         )
 
     def api(self) -> Any:
-        from huggingface_hub import HfApi
 
         return HfApi(endpoint=self.endpoint, token=self.token)
 
@@ -79,12 +88,6 @@ class RemoteFile:
 
 def hub_error(exc: BaseException, what: str) -> RegistryError:
     """A RegistryError that says what failed and why, for any huggingface_hub or network error."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     if isinstance(exc, GatedRepoError):
         return RegistryError(f"{what}: the repo is gated; accept its terms on the Hub and set HF_TOKEN")
@@ -137,7 +140,6 @@ def pick_quant(files: list[str], tag: str, repo: str) -> str:
 
 def remote_file(settings: HubSettings, repo: str, filename: str, revision: str | None) -> RemoteFile:
     """HEAD the file on the Hub: commit, ETag (the sha256 for LFS files), size and download URL."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     settings.require_online(f"{repo}/{filename}")
     url = hf_hub_url(repo, filename, revision=revision or "main", endpoint=settings.endpoint)
@@ -152,7 +154,6 @@ def remote_file(settings: HubSettings, repo: str, filename: str, revision: str |
 
 def cached_file(settings: HubSettings, repo: str, filename: str, revision: str | None) -> Path | None:
     """The file's blob in the local HF cache, if huggingface_hub has already downloaded it."""
-    from huggingface_hub import try_to_load_from_cache
 
     hit = try_to_load_from_cache(repo, filename, cache_dir=settings.cache_dir, revision=revision or "main")
     if isinstance(hit, str) and os.path.isfile(hit):
@@ -162,7 +163,6 @@ def cached_file(settings: HubSettings, repo: str, filename: str, revision: str |
 
 def download_text(settings: HubSettings, repo: str, filename: str, revision: str | None) -> str:
     """A small text file from the Hub via hf_hub_download (cached, offline-aware)."""
-    from huggingface_hub import hf_hub_download
 
     try:
         path = hf_hub_download(
@@ -208,7 +208,6 @@ def fetch_to_partial(
         import httpx2 as httpx  # what huggingface_hub 2.x uses
     except ImportError:  # pragma: no cover - older huggingface_hub
         import httpx  # type: ignore[no-redef]
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     headers = build_hf_headers(token=settings.token)
     headers["Accept-Encoding"] = "identity"  # byte offsets must be offsets into the file itself
@@ -259,8 +258,6 @@ def fetch_to_partial(
             time.sleep(0.2 * (failures + 1))
         except Exception as exc:  # noqa: BLE001 - HTTP errors from the Hub, local disk errors
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                from nanocommander.registry.store import disk_error
-
                 raise disk_error(exc, f"downloading {remote.repo}/{remote.filename}") from exc
             raise _interrupted(remote, partial, exc) from exc
 

@@ -131,6 +131,16 @@ class Name:
         return self.display()
 
 
+def canonical(text: str) -> str:
+    """The lookup key of a model name: its shortest form, lower-cased (`Tiny` -> `tiny:latest`,
+    `library/tiny` -> `tiny:latest`), as Ollama resolves names.
+
+    Raises:
+        InvalidName: the text is not a name (see the grammar above).
+    """
+    return Name.parse(text).display().lower()
+
+
 def _explain(shown: str, what: str, value: str) -> str:
     if not value:
         return f"invalid model name '{shown}': the {what} is empty"

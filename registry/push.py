@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+from huggingface_hub import CommitOperationAdd
 
 from nanocommander.errors import RegistryError
 from nanocommander.recipe import ROLES, Recipe, Source
@@ -48,7 +49,6 @@ def recipe_filename(dest: Name) -> str:
 
 def push(registry: Registry, source: Name, dest: Name, emit, *, private: bool = False) -> None:
     """Upload `source` to `dest` (hf.co/user/repo[:tag]), emitting Ollama-style push events."""
-    from huggingface_hub import CommitOperationAdd
 
     emit({"status": "retrieving manifest"})
     canonical, manifest = registry.store.read_manifest(source)

@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from nanocommander.engine.request.options import SamplingOptions
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.recipe import Recipe
 from nanocommander.tune import data as datamod
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.tokens import Encoded, GGUFTokenizer, encode
@@ -96,8 +102,6 @@ def evaluate(
     progress: bool = True,
 ) -> Report:
     """Score every model of the recipe on the reference answers of `data_path`."""
-    from nanocommander.engine.runtime.composite import Composite
-    from nanocommander.recipe import Recipe
 
     recipe = Recipe.load(recipe_path)
     dataset = datamod.load(data_path, fmt=fmt)
@@ -123,7 +127,6 @@ def evaluate(
 
 
 def _score_all(comp, encoded: list[Encoded], scores: list[Score], progress: bool) -> None:
-    from tqdm import tqdm
 
     total = len(encoded) * len(scores)
     with tqdm(total=total, desc="eval", unit="seq", file=sys.stderr, disable=not progress) as bar:
@@ -139,8 +142,6 @@ def _score_all(comp, encoded: list[Encoded], scores: list[Score], progress: bool
 
 def _sample(comp, example: datamod.Example, scores: list[Score], num_predict: int) -> dict[str, Any]:
     """Greedy replies of each model to the conversation up to its last assistant turn."""
-    from nanocommander.engine.request.options import SamplingOptions
-    from nanocommander.engine.request.types import GenerateRequest
 
     messages = [{"role": m["role"], "content": m["content"]} for m in example.messages]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
+import llama_cpp
 import numpy as np
 
 from nanocommander.tune.errors import ExportError
@@ -195,7 +196,6 @@ def self_check(
 def _llama_logits(
     base: Path, prompts: list[list[int]], n_ctx: int, adapter: str | Path | None
 ) -> list[np.ndarray]:
-    import llama_cpp
 
     # f32 KV cache: the default f16 cache alone costs ~1e-3 of logit precision on tiny models
     kwargs = {"lora_path": str(adapter)} if adapter is not None else {}

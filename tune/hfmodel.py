@@ -9,11 +9,13 @@ tensors are accepted, so every trained LoRA can be exported.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
+from huggingface_hub import hf_hub_download
 
 from nanocommander.tune.errors import MissingExtra, TrainingError
 
@@ -90,7 +92,6 @@ def load_torch_model(info: BaseInfo, *, device: str, dtype: str = "float32"):
 
 def quiet_libraries() -> None:
     """Drop warnings about the libraries' internals (deprecations, PEFT's missing config.json)."""
-    import warnings
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
@@ -106,7 +107,6 @@ def resolve_base(spec: str) -> Path:
             repo, _, filename = spec.removeprefix(prefix).partition(":")
             if not filename:
                 raise TrainingError(f"'{spec}': name the file, e.g. hf.co/user/repo:model-Q8_0.gguf")
-            from huggingface_hub import hf_hub_download
 
             try:
                 return Path(hf_hub_download(repo_id=repo, filename=filename))

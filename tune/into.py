@@ -18,6 +18,8 @@ import yaml
 
 from nanocommander.engine.request.decode_options import RECOMMENDED
 from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
+from nanocommander.registry import Registry
+from nanocommander.registry.family import member_recipe
 from nanocommander.tune.errors import TrainingError
 
 
@@ -86,15 +88,12 @@ def family_base(family: str) -> Path:
 
     Raises ModelNotFound, or RegistryError when a blob of it is missing.
     """
-    from nanocommander.registry import Registry
 
     return Path(Registry().resolve(family).base.source.path)  # type: ignore[union-attr,arg-type]
 
 
 def family_recipe(name: str, family: str, adapter: Path, alpha: float | None = None) -> Recipe:
     """`family`'s recipe over its store blobs with `adapter` as the tuned member (for `eval`)."""
-    from nanocommander.registry import Registry
-    from nanocommander.registry.family import member_recipe
 
     if not RECIPE_NAME.match(name):
         raise TrainingError(f"--into '{name}': use letters, digits, '_', '-', '.' (at most 80)")
@@ -103,7 +102,6 @@ def family_recipe(name: str, family: str, adapter: Path, alpha: float | None = N
 
 def register_member(name: str, family: str, adapter: Path, alpha: float | None = None) -> str:
     """Register `name` in the store as a member of `family`'s adapter family (its large and base blobs)."""
-    from nanocommander.registry import Registry
 
     for _event in Registry().create_member(name, family, adapter, alpha=alpha):
         pass

@@ -30,7 +30,13 @@ from nanocommander.engine.decode.plain_view import choose
 from nanocommander.engine.decode.steering import GateState, large_opens, overrides, rejects
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
+from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.recipe import Recipe
+from nanocommander.tune import data as datamod
 from nanocommander.tune.errors import DataError
+from nanocommander.tune.tokens import GGUFTokenizer, encode
 
 LABEL_WIDTH = 44  # the table's first column
 BUILTIN = Path(__file__).with_name("general_questions.jsonl")
@@ -183,8 +189,6 @@ def ask_all(
     comp, items, settings: list[Setting], num_predict: int, progress: bool, marker: str | None = None
 ) -> None:
     """Greedy replies to every question under every setting; counts right answers, speed, steering."""
-    from nanocommander.engine.request.options import merge_sampling
-    from nanocommander.engine.request.types import GenerateRequest
 
     greedy = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
     for i, (question, answers) in enumerate(items):
@@ -332,10 +336,6 @@ def sweep(
     progress: bool = True,
     marker: str | None = None,
 ) -> SweepReport:
-    from nanocommander.engine.runtime.composite import Composite
-    from nanocommander.recipe import Recipe
-    from nanocommander.tune import data as datamod
-    from nanocommander.tune.tokens import GGUFTokenizer, encode
 
     recipe = Recipe.load(recipe_path)
     items = load_general(general)[:limit] if general else []

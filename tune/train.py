@@ -10,15 +10,19 @@ batches from its checkpoint. A diverging loss stops the run; Ctrl-C saves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from nanocommander.tune import data as datamod
 from nanocommander.tune.errors import TrainingError
@@ -174,7 +178,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run the whole tune: data, model, loop, export and self-check."""
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from tqdm import tqdm
 
     if cfg.rank < 1 or cfg.epochs < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.lr <= 0:
         raise TrainingError("--rank, --epochs, --batch-size and --grad-accum must be >= 1 and --lr > 0")
@@ -317,7 +320,6 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _autocast(device: str):
-    import contextlib
 
     import torch
 
@@ -328,7 +330,6 @@ def _autocast(device: str):
 
 def _save_checkpoint(path: Path, fingerprint: str, step: int, model, optimizer) -> None:
     """Adapter weights, optimizer state and step, written to a temp folder then swapped in."""
-    import shutil
 
     import torch
     from peft import get_peft_model_state_dict

@@ -221,3 +221,17 @@ def fit_context(ids: list[int], options: dict[str, Any], max_ctx: int, keep: int
         # without the context size, would take either as "off".
         options["dry_penalty_last_n"] = max_ctx
     return ids
+
+
+ERROR_TYPES = {
+    400: "bad_input",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    503: "service_unavailable",
+}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """KoboldCpp's error envelope: {"detail": {"msg", "type"}}."""
+    return {"detail": {"msg": message, "type": ERROR_TYPES.get(status, "server_error")}}

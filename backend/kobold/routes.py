@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
+from nanocommander.backend.app import MANAGER, read_json
 from nanocommander.backend.kobold.api import context_limit, fit_context, kobold_options, lenient
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.prepare import prepare
-from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import stream_response
 from nanocommander.engine.request.types import Chunk, DoneReason
 from nanocommander.errors import InvalidRequest, ModelNotFound

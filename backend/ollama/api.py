@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from nanocommander import units
 from nanocommander.backend.config import parse_duration
 from nanocommander.backend.prepare import grammar_for_format
-from nanocommander.backend.translate import size_label
 from nanocommander.engine.decode.logprobs import token_text
 from nanocommander.engine.request.options import clean_options
 from nanocommander.engine.request.types import Chunk, DoneReason, TokenLogprob
@@ -302,7 +302,7 @@ def details(members: Mapping[str, Any]) -> dict[str, Any]:
         "format": "gguf",
         "family": arch,
         "families": sorted({m.get("architecture") or arch for m in members.values()}),
-        "parameter_size": size_label(int(large.get("parameter_count") or 0)),
+        "parameter_size": units.count(int(large.get("parameter_count") or 0)),
         "quantization_level": large.get("quantization") or "unknown",
     }
 

@@ -20,20 +20,18 @@ from typing import Any
 
 from aiohttp import web
 
-from nanocommander.backend.server import MANAGER, read_json
+from nanocommander.backend.app import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.engine.request.options import clean_options
-from nanocommander.errors import DigestMismatch, InvalidRequest, RegistryError
-from nanocommander.recipe import Recipe
+from nanocommander.errors import DigestMismatch, InvalidRequest
+from nanocommander.recipe import Recipe, Source
+from nanocommander.registry import Name, Registry
+from nanocommander.registry.family import member_recipe
 
 DIGEST = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 
 
-def _registry():
-    try:
-        from nanocommander.registry import Registry
-    except ImportError as exc:  # a build without the registry: a clear error, not a traceback
-        raise RegistryError(f"the model store is not available in this build ({exc})") from None
+def _registry() -> Registry:
     return Registry()
 
 
@@ -136,9 +134,6 @@ async def create(request: web.Request) -> web.StreamResponse:
 def _create_member(request: web.Request, name: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """`from` a composite plus `adapters` {"style.gguf": "sha256:..."} (an uploaded LoRA blob):
     the new composite shares the large and base of `from` and its tuned member is that adapter."""
-    from nanocommander.recipe import Source
-    from nanocommander.registry import Name
-    from nanocommander.registry.family import member_recipe
 
     adapters = body["adapters"]
     if not isinstance(body.get("from"), str) or not body["from"]:

@@ -11,13 +11,17 @@ from typing import Any
 from aiohttp import web
 
 from nanocommander.backend import embed_api, tools
+from nanocommander.backend.app import MANAGER, VERSION, read_json
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.ollama import api as wire
+from nanocommander.backend.ollama import registry_routes
 from nanocommander.backend.prepare import Chat, prepare
-from nanocommander.backend.server import MANAGER, VERSION, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe
+from nanocommander.engine.llama.embed import finish
 from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.registry import estimate_memory
+from nanocommander.registry.gguf_info import estimate_family
 
 
 async def _lifecycle(
@@ -152,12 +156,10 @@ async def show(request: web.Request) -> web.Response:
 
 
 def _memory(recipe: Any, num_parallel: int | None) -> dict[str, Any] | None:
-    """The registry's memory estimate (weights + KV cache per member), when the registry offers one."""
+    """The registry's memory estimate (weights + KV cache per member); None where a header does not read."""
     try:
-        from nanocommander.registry import estimate_memory
-
         return estimate_memory(recipe, num_parallel=num_parallel).to_dict()
-    except (ImportError, AttributeError, ValueError, OSError):
+    except (ValueError, OSError):
         return None
 
 
@@ -203,8 +205,6 @@ async def ps(request: web.Request) -> web.Response:
 def _family_memory(family: Any, adapters: list[str], num_parallel: int) -> dict[str, Any] | None:
     """Shared large and base weights and contexts + the adapters loaded + the tuned contexts."""
     try:
-        from nanocommander.registry.gguf_info import estimate_family
-
         views = list(family.views)
         if not views:
             return None
@@ -212,7 +212,7 @@ def _family_memory(family: Any, adapters: list[str], num_parallel: int) -> dict[
         return estimate_family(
             views[0].recipe, paths, len(family.contexts), num_parallel=num_parallel
         ).to_dict()
-    except (ImportError, AttributeError, ValueError, OSError):
+    except (ValueError, OSError):  # a header that does not read
         return None
 
 
@@ -229,7 +229,6 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def _embed(request: web.Request, call: embed_api.EmbedCall) -> dict[str, Any]:
-    from nanocommander.engine.llama.embed import finish
 
     t0 = time.perf_counter()
     manager = request.app[MANAGER]
@@ -250,7 +249,6 @@ async def version(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    from nanocommander.backend.ollama import registry_routes
 
     app.router.add_get("/", root)  # add_get also answers HEAD
     app.router.add_get("/api/version", version)

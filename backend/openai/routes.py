@@ -16,14 +16,15 @@ from typing import Any
 from aiohttp import web
 
 from nanocommander.backend import embed_api, tools
+from nanocommander.backend.app import MANAGER, read_json
 from nanocommander.backend.kobold import api as kobold_fields
 from nanocommander.backend.kobold import routes as kobold_routes
 from nanocommander.backend.ollama.api import composite_object
 from nanocommander.backend.openai import api as wire
 from nanocommander.backend.prepare import Chat, prepare
-from nanocommander.backend.server import MANAGER, read_json
 from nanocommander.backend.streaming import sse, stream_response
 from nanocommander.backend.translate import describe
+from nanocommander.engine.llama.embed import finish
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.errors import InvalidRequest
 
@@ -149,7 +150,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.Response:
     """/v1/embeddings: unit vectors from the large member (or the recipe's `embedding` GGUF)."""
-    from nanocommander.engine.llama.embed import finish
 
     body = await read_json(request)
     name = wire.model_field(body)

@@ -19,6 +19,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from nanocommander.engine.llama import log as llamalog
 from nanocommander.engine.llama.rpc.devices import Placement, RpcDevices
 from nanocommander.errors import ModelLoadError
 
@@ -30,8 +31,6 @@ def _init_backend() -> None:
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
-            from nanocommander.engine.llama import log as llamalog
-
             llamalog.install()  # llama.cpp's log only with --verbose or NANOCOMMANDER_DEBUG
             llama_cpp.llama_backend_init()
             _backend_ready = True

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
 from nanocommander.errors import InvalidRequest
 
 PARSERS = ("hermes", "llama3", "mistral")
@@ -269,7 +271,6 @@ def _tool_name(tool: dict[str, Any]) -> str:
 
 def grammar(fam: Family, tools: Sequence[dict[str, Any]], forced: str, *, parallel: bool = True) -> str:
     """GBNF that makes the model write one call (a named function) or one or more (`required`)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     fns = [t["function"] for t in tools if forced in ("required", _tool_name(t))]
     variants = [

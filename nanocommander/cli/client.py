@@ -14,7 +14,10 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
+from nanocommander import units
+from nanocommander.backend.config import parse_host
 from nanocommander.errors import NanoCommanderError
+from nanocommander.registry.name import canonical
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +29,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def base_url() -> str:
-    from nanocommander.backend.config import parse_host
 
     host, port = parse_host(os.environ.get("NANOCOMMANDER_HOST"))
     if host in ("0.0.0.0", "::", ""):  # a wildcard bind is reached on loopback
@@ -54,14 +56,6 @@ def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str
         raise NanoCommanderError(
             f"could not connect to nanocommander at {base_url()}; is `nanocommander serve` running? ({exc})"
         ) from None
-
-
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return ""
 
 
 def until(expires_at: str, now: datetime | None = None) -> str:
@@ -96,7 +90,7 @@ def ps(args: argparse.Namespace) -> int:
             [
                 m.get("name", ""),
                 (m.get("digest") or "")[:12],
-                human_size(int(m.get("size", 0))),
+                units.size(int(m.get("size", 0))),
                 processor,
                 str(m.get("context_length", "")),
                 until(m.get("expires_at", "")),
@@ -108,7 +102,6 @@ def ps(args: argparse.Namespace) -> int:
 
 def stop(args: argparse.Namespace) -> int:
     """Unload a loaded model (after its running requests end); a model not loaded is an error, as in ollama."""
-    from nanocommander.backend.manager import canonical
 
     loaded = {m.get("name") for m in call("GET", "/api/ps").get("models") or []}
     if canonical(args.model) not in loaded:

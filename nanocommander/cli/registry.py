@@ -13,8 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from nanocommander import units
 from nanocommander.errors import InvalidRequest
-from nanocommander.registry.gguf_info import format_bytes
+from nanocommander.registry.api import Registry
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -70,14 +73,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry():
-    from nanocommander.registry.api import Registry
 
     return Registry()
 
 
 def render(events: Iterable[dict[str, Any]], out=None) -> None:
     """Draw Ollama-style progress events as tqdm bars (one per digest or file) and status lines."""
-    from tqdm import tqdm
 
     out = out or sys.stderr  # looked up per call: tests (and callers) swap sys.stderr
 
@@ -146,7 +147,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         (
             e.name.display(),
             e.digest[:12],
-            format_bytes(e.size),
+            units.size(e.size),
             f"{e.family} ({shared[e.family]})" if e.family else "-",
             e.modified_at.strftime("%Y-%m-%d %H:%M"),
         )
@@ -173,7 +174,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 i.architecture or "?",
                 i.parameter_size,
                 i.quantization or "?",
-                format_bytes(i.size),
+                units.size(i.size),
                 str(i.context_length or "-"),
                 m.origin,
             )
@@ -192,15 +193,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("\n  Memory estimate (weights + f16 KV cache of n_ctx tokens per slot)")
     rows = [("role", "weights", "kv cache", "n_ctx", "slots", "total")]
     for m in mem.members.values():
-        kv = format_bytes(m.kv_cache)
+        kv = units.size(m.kv_cache)
         rows.append(
-            (m.role, format_bytes(m.weights), kv, str(m.n_ctx), str(m.num_parallel), format_bytes(m.total))
+            (m.role, units.size(m.weights), kv, str(m.n_ctx), str(m.num_parallel), units.size(m.total))
         )
-    rows.append(("all", "", "", "", "", format_bytes(mem.total)))
+    rows.append(("all", "", "", "", "", units.size(mem.total)))
     _table(rows, indent="    ")
     if mem.free is not None and not mem.fits:
         print(
-            f"warning: needs about {format_bytes(mem.total)} but only {format_bytes(mem.free)} of RAM is "
+            f"warning: needs about {units.size(mem.total)} but only {units.size(mem.free)} of RAM is "
             "available",
             file=sys.stderr,
         )
@@ -229,7 +230,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"model '{name}' needs `nanocommander pull {name}`")
     if report.partials:
         verb = "removed" if args.fix else "kept for resuming (--fix removes them)"
-        print(f"{format_bytes(report.partials)} of unfinished downloads {verb}")
+        print(f"{units.size(report.partials)} of unfinished downloads {verb}")
     if report.unreferenced:
         verb = "collected" if args.fix else "(--fix collects them)"
         print(f"{report.unreferenced} blobs no model uses {verb}")

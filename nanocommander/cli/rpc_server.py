@@ -16,7 +16,11 @@ import socket
 import sys
 import threading
 
+import llama_cpp
+
+from nanocommander.backend.guard import is_loopback
 from nanocommander.engine.llama.rpc.devices import DEFAULT_PORT
+from nanocommander.engine.llama.rpc.lib import DEVICE_ACCEL, DEVICE_CPU, protocol_version, require_rpc
 
 NO_AUTH_WARNING = (
     "WARNING: rpc-server has no authentication and no encryption. Anyone who can reach {where} can use "
@@ -50,10 +54,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def serve_rpc(args: argparse.Namespace) -> int:
-    import llama_cpp
-
-    from nanocommander.backend.config import is_loopback
-    from nanocommander.engine.llama.rpc.lib import protocol_version, require_rpc
 
     where = f"{args.host}:{args.port}"
     if not 0 < args.port < 65536 or (args.threads is not None and args.threads < 1) or (args.mem or 1) < 1:
@@ -108,7 +108,6 @@ def serve_rpc(args: argparse.Namespace) -> int:
 
 
 def _devices(lib, names: str | None) -> list[int]:
-    from nanocommander.engine.llama.rpc.lib import DEVICE_ACCEL, DEVICE_CPU
 
     all_devices = [lib.dev_get(i) for i in range(lib.dev_count())]
     if names:

@@ -10,9 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from nanocommander.engine.llama import log as llamalog
 from nanocommander.engine.request.options import clean_options, merge_sampling
 from nanocommander.engine.request.types import Chunk, GenerateRequest
+from nanocommander.engine.runtime.composite import Composite
 from nanocommander.recipe import Recipe
+from nanocommander.registry import resolve
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -40,17 +43,13 @@ def load_recipe(ref: str) -> Recipe:
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return Recipe.load(path)
-    from nanocommander.registry import resolve  # the registry owns names and the store
 
     return resolve(ref)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nanocommander.engine.runtime.composite import Composite
 
     if args.verbose:  # llama.cpp's own log lines too
-        from nanocommander.engine.llama import log as llamalog
-
         llamalog.install(True)
     recipe = load_recipe(args.recipe)
     print(f"loading {recipe.name}...", file=sys.stderr, flush=True)

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 
+from aiohttp import web
+from tqdm import tqdm
+
+from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings, parse_host
+from nanocommander.backend.server import MANAGER, create_app
+from nanocommander.backend.translate import describe
+from nanocommander.engine.llama import log as llamalog
+from nanocommander.engine.llama.rpc import devices as rpc
+from nanocommander.recipe import Recipe
+from nanocommander.registry import Registry, estimate_memory
 
 SHUTDOWN_S = 3.0  # how long a stop waits for running handlers after telling them to end
 
@@ -33,13 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from nanocommander.backend import accesslog
-    from nanocommander.recipe import Recipe
 
     accesslog.configure(verbose=args.verbose or accesslog.debug_from_env())
     if args.verbose:
-        from nanocommander.engine.llama import log as llamalog
-
         llamalog.install(True)
     host, port = parse_host(args.host) if args.host else (None, None)
     settings = Settings.from_env(
@@ -56,10 +63,6 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def run_server(settings: Settings, recipes) -> None:
-    from aiohttp import web
-
-    from nanocommander.backend.server import MANAGER, create_app
-    from nanocommander.engine.llama.rpc import devices as rpc
 
     app = create_app(settings, recipes)
     # SIGTERM/SIGINT: stop listening, end running requests with their protocol's error object
@@ -108,10 +111,6 @@ async def run_server(settings: Settings, recipes) -> None:
 
 def _warm_headers(catalog) -> None:
     """Read every model's GGUF headers once at start, so the first /v1/models and /api/show are quick."""
-    import contextlib
-
-    from nanocommander.backend.translate import describe
-    from nanocommander.registry import estimate_memory
 
     for _, recipe, _ in catalog.entries():
         with contextlib.suppress(Exception):
@@ -125,9 +124,6 @@ def _local(recipe, path: str):
         recipe.tuned.adapter is None or recipe.tuned.adapter.path is not None
     ):
         return recipe
-    from tqdm import tqdm
-
-    from nanocommander.registry import Registry
 
     registry = Registry()
     bars: dict[str, tqdm] = {}

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 from nanocommander.tune.errors import MissingExtra, TrainingError
+from nanocommander.tune.evaluate import evaluate, format_samples, parse_alphas, write_json
+from nanocommander.tune.hfmodel import resolve_base
+from nanocommander.tune.into import (
+    build_recipe,
+    family_base,
+    family_recipe,
+    register,
+    register_member,
+    write_recipe,
+)
+from nanocommander.tune.sweep import BUILTIN, sweep
+from nanocommander.tune.train import TrainConfig, train
 
 TRAIN_EXTRAS = ("torch", "transformers", "peft")
 
@@ -114,9 +127,6 @@ def _require_extras() -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     _require_extras()
-    from nanocommander.tune.hfmodel import resolve_base
-    from nanocommander.tune.into import build_recipe, family_base, register, write_recipe
-    from nanocommander.tune.train import TrainConfig, train
 
     if args.family:
         if not args.into or args.base or args.large or args.recipe:
@@ -160,8 +170,6 @@ def run_tune(args: argparse.Namespace) -> int:
     )
     print(f"metrics: {result.metrics}\nplot: {result.plot}", file=sys.stderr)
     if args.family:
-        from nanocommander.tune.into import family_recipe, register_member
-
         path = write_recipe(
             family_recipe(args.into, args.family, result.adapter, args.alpha), result.adapter.parent
         )
@@ -183,7 +191,6 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from nanocommander.tune.evaluate import evaluate, format_samples, parse_alphas, write_json
 
     if args.general or args.sweep:
         return _run_sweep(args)
@@ -208,10 +215,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    import json
-
-    from nanocommander.tune.evaluate import parse_alphas
-    from nanocommander.tune.sweep import BUILTIN, sweep
 
     general = BUILTIN if args.general == "builtin" else args.general
     alphas = parse_alphas(args.alpha) if args.alpha else ([0.5, 1.0, 1.5] if args.sweep else [None])

@@ -7,7 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from nanocommander.backend.config import Settings, is_loopback, parse_duration, parse_host
+from nanocommander.backend.config import Settings, parse_duration, parse_host
+from nanocommander.backend.guard import is_loopback
 from nanocommander.backend.ollama import api as ollama_api
 from nanocommander.backend.openai import api as openai_api
 from nanocommander.engine.request.types import Chunk, DoneReason, Stats
@@ -258,6 +259,7 @@ def test_durations_and_loopback():
         parse_duration("soon", 0)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+    assert is_loopback("app.localhost") and is_loopback("[::1]") and is_loopback("LOCALHOST")  # one rule
 
 
 def test_settings_from_env_and_the_auth_rule(monkeypatch):

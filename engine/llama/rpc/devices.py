@@ -38,6 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import llama_cpp
+
+from nanocommander.engine.llama.rpc.lib import ABORT_CALLBACK, P, ggml, protocol_version, require_rpc
 from nanocommander.errors import ModelLoadError, RpcServerLost
 
 DEFAULT_PORT = 50052
@@ -159,9 +162,6 @@ def check_server(ep: Endpoint, *, held: bool) -> None:
     `held`: this process already holds a connection to it (llama.cpp shares one per
     endpoint), so the single-client server cannot answer a second HELLO; only connect.
     """
-    import llama_cpp
-
-    from nanocommander.engine.llama.rpc.lib import protocol_version
 
     ours = protocol_version()
     try:
@@ -298,7 +298,6 @@ def _on_abort(message: bytes | None) -> None:
 
 
 def _install_abort_handler() -> None:
-    from nanocommander.engine.llama.rpc.lib import ABORT_CALLBACK, ggml
 
     with _links.lock:
         if _links.handler is None:
@@ -314,9 +313,6 @@ class RpcDevices:
     llama_model_params; keeps the arrays llama.cpp reads alive and counts the connections in use."""
 
     def __init__(self, placement: Placement, params: Any):
-        import llama_cpp
-
-        from nanocommander.engine.llama.rpc.lib import P, require_rpc
 
         lib = require_rpc()
         _install_abort_handler()
