@@ -23,12 +23,12 @@ from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
 from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
 from nanocommander.engine.llama.rpc import devices as rpc
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.engine.runtime.composite import Composite, _member_path
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.errors import InsufficientMemory, ServerBusy
-from nanocommander.recipe import Recipe
 from nanocommander.registry import Registry, estimate_memory, resolve
 from nanocommander.registry.gguf_info import free_memory
 from nanocommander.registry.name import canonical

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nanocommander.engine.request.options import clean_options, merge_sampling
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.text.grammar import json_grammar
 from nanocommander.errors import InvalidRequest
-from nanocommander.recipe import Recipe
 
 if TYPE_CHECKING:  # the translators import this module; the engine's runtime is only a type here
     from nanocommander.engine.runtime.composite import Composite

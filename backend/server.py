@@ -26,6 +26,7 @@ from nanocommander.backend.ollama import api as ollama_api
 from nanocommander.backend.ollama import routes as ollama_routes
 from nanocommander.backend.openai import api as openai_api
 from nanocommander.backend.openai import routes as openai_routes
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.errors import (
     AdapterMismatch,
     ContextOverflow,
@@ -42,7 +43,6 @@ from nanocommander.errors import (
     ServerBusy,
     TokenizerMismatch,
 )
-from nanocommander.recipe import Recipe
 
 log = logging.getLogger("nanocommander.server")
 

@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.registry.gguf_info import read_gguf
 
 

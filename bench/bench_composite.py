@@ -32,9 +32,9 @@ from nanocommander.engine.llama.member import Hold  # noqa: E402
 from nanocommander.engine.llama.sampler import Sampler  # noqa: E402
 from nanocommander.engine.request.decode_options import OFF, parse_speculative, parse_steer  # noqa: E402
 from nanocommander.engine.request.options import merge_sampling  # noqa: E402
+from nanocommander.engine.request.recipe import Recipe  # noqa: E402
 from nanocommander.engine.request.types import GenerateRequest  # noqa: E402
 from nanocommander.engine.runtime.composite import Composite  # noqa: E402
-from nanocommander.recipe import Recipe  # noqa: E402
 
 GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
 CHAT = "Write a long story about a lighthouse keeper."

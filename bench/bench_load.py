@@ -39,7 +39,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_composite import smollm2_recipe, tiny_recipe  # noqa: E402
 
-from nanocommander.recipe import Recipe  # noqa: E402
+from nanocommander.engine.request.recipe import Recipe  # noqa: E402
 
 TOPICS = "sea lighthouse key winter robot moon market map violin desert train garden storm library fox mountain".split()
 

@@ -27,8 +27,8 @@ from bench_composite import decode_speed, first_token_s, smollm2_recipe, tiny_re
 from rpc_servers import free_port  # noqa: E402
 
 from nanocommander.engine.llama.rpc.devices import Endpoint, Silent, hello  # noqa: E402
+from nanocommander.engine.request.recipe import Recipe  # noqa: E402
 from nanocommander.engine.runtime.composite import Composite  # noqa: E402
-from nanocommander.recipe import Recipe  # noqa: E402
 
 
 def start_server(threads: int) -> tuple[subprocess.Popen, str]:

@@ -28,7 +28,7 @@ RegistryError (network, disk full, Hub), RecipeError -- all from nanocommander.e
 
 from __future__ import annotations
 
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.registry.api import MemberDetails, ModelDetails, ModelEntry, Registry, VerifyReport
 from nanocommander.registry.gguf_info import MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name

@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nanocommander.engine.request.recipe import ROLES, Recipe, Source
 from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
-from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub, pull
 from nanocommander.registry.family import check_recipe_adapter, family_id, member_recipe
 from nanocommander.registry.gguf_info import GGUFInfo, MemoryEstimate, estimate_memory, read_gguf

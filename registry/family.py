@@ -20,8 +20,8 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+from nanocommander.engine.request.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.errors import AdapterMismatch
-from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.registry.gguf_info import read_gguf, tensor_shapes
 from nanocommander.registry.store import ADAPTER_TYPE, MODEL_TYPE, Manifest, Store
 

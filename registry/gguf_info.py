@@ -26,7 +26,7 @@ from nanocommander import units
 from nanocommander.engine.llama.rpc.devices import placement
 from nanocommander.engine.request.decode_options import large_sequences
 from nanocommander.engine.request.options import num_parallel as resolve_slots
-from nanocommander.recipe import ROLES, Recipe
+from nanocommander.engine.request.recipe import ROLES, Recipe
 from nanocommander.registry.gguf_header import read_header, read_tensor_shapes
 
 DEFAULT_NUM_CTX = 4096  # the engine's default context (engine/runtime/composite.py)

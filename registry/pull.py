@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
+from nanocommander.engine.request.recipe import ROLES, Recipe, Source
 from nanocommander.errors import AdapterMismatch, DigestMismatch, RecipeError, RegistryError
-from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub
 from nanocommander.registry.family import check_adapter, check_recipe_adapter
 from nanocommander.registry.gguf_info import read_gguf

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import yaml
 from huggingface_hub import CommitOperationAdd
 
+from nanocommander.engine.request.recipe import ROLES, Recipe, Source
 from nanocommander.errors import RegistryError
-from nanocommander.recipe import ROLES, Recipe, Source
 from nanocommander.registry import hub
 from nanocommander.registry.hub import hub_error
 from nanocommander.registry.name import Name

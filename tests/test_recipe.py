@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.errors import RecipeError
-from nanocommander.recipe import Recipe
 
 
 def test_full_recipe_parses_and_round_trips(tmp_path, tiny):

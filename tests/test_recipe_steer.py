@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nanocommander.engine.request.decode_options import RECOMMENDED, Speculation, Steer
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.errors import RecipeError
-from nanocommander.recipe import Recipe
 
 HEAD = "name: x\nmembers:\n  large: a.gguf\n  base: b.gguf\n  tuned: {adapter: c.gguf}\n"
 

@@ -19,9 +19,9 @@ from typing import Any
 from tqdm import tqdm
 
 from nanocommander.engine.request.options import SamplingOptions
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
-from nanocommander.recipe import Recipe
 from nanocommander.tune import data as datamod
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.tokens import Encoded, GGUFTokenizer, encode

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from nanocommander.engine.request.decode_options import RECOMMENDED
-from nanocommander.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
+from nanocommander.engine.request.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.registry import Registry
 from nanocommander.registry.family import member_recipe
 from nanocommander.tune.errors import TrainingError

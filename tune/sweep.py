@@ -31,9 +31,9 @@ from nanocommander.engine.decode.steering import GateState, large_opens, overrid
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
-from nanocommander.recipe import Recipe
 from nanocommander.tune import data as datamod
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.tokens import GGUFTokenizer, encode

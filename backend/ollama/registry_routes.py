@@ -23,8 +23,8 @@ from aiohttp import web
 from nanocommander.backend.app import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.engine.request.options import clean_options
+from nanocommander.engine.request.recipe import Recipe, Source
 from nanocommander.errors import DigestMismatch, InvalidRequest
-from nanocommander.recipe import Recipe, Source
 from nanocommander.registry import Name, Registry
 from nanocommander.registry.family import member_recipe
 

@@ -40,12 +40,12 @@ from nanocommander.engine.request.decode_options import (
     large_sequences,
 )
 from nanocommander.engine.request.options import num_parallel
+from nanocommander.engine.request.recipe import ROLES, MemberSpec, Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest, Stats
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.engine.runtime.scheduler import Item, Scheduler, Ticket
 from nanocommander.engine.text.chat_template import ChatTemplate, apply_defaults, fit_turns
 from nanocommander.errors import ContextOverflow, InvalidRequest, ModelLoadError
-from nanocommander.recipe import ROLES, MemberSpec, Recipe
 
 DEFAULT_NUM_CTX = 4096
 STREAM_AHEAD = 8  # rounds an async consumer may fall behind before its request pauses

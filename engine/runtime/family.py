@@ -43,10 +43,10 @@ from typing import Any
 
 from nanocommander.engine.decode.generation import Generation, Logits, Need, Steps
 from nanocommander.engine.llama.member import Member
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.runtime.composite import STREAM_AHEAD, Composite
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.errors import ModelLoadError
-from nanocommander.recipe import Recipe
 
 DEFAULT_CAPACITY = 3  # tuned contexts per family: each costs one KV cache of the base's shape
 MMAP_THRESHOLD = 256 * 1024  # see steady_allocator

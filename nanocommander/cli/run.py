@@ -12,9 +12,9 @@ from pathlib import Path
 
 from nanocommander.engine.llama import log as llamalog
 from nanocommander.engine.request.options import clean_options, merge_sampling
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
-from nanocommander.recipe import Recipe
 from nanocommander.registry import resolve
 
 

@@ -18,7 +18,7 @@ from nanocommander.backend.server import MANAGER, create_app
 from nanocommander.backend.translate import describe
 from nanocommander.engine.llama import log as llamalog
 from nanocommander.engine.llama.rpc import devices as rpc
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.registry import Registry, estimate_memory
 
 SHUTDOWN_S = 3.0  # how long a stop waits for running handlers after telling them to end

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from nanocommander.backend.config import Settings
 from nanocommander.backend.server import create_app
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 
 
 def free_port() -> int:

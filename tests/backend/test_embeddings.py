@@ -10,7 +10,7 @@ import pytest
 import tiny_models
 from openai import OpenAI
 
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 
 TEXTS = ["the cat sat on the mat", "über café — naïve"]
 

@@ -13,7 +13,7 @@ import pytest
 import tiny_models
 
 from nanocommander.backend.server import MANAGER
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 
 N_STYLES = 4
 PROMPTS = ["<|im_start|>user\nhello there", "<|im_start|>user\nhello there, how are", "tell me the news"]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from nanocommander.backend.server import MANAGER
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 
 # About 2000 tokens (seconds on the tiny models); seed 0 meets no end token before that.
 LONG = {

@@ -59,7 +59,7 @@ LOAD = textwrap.dedent(
     """
     import sys
     from nanocommander.engine.runtime.composite import Composite
-    from nanocommander.recipe import Recipe
+    from nanocommander.engine.request.recipe import Recipe
     if "--verbose" in sys.argv:
         from nanocommander.engine.llama import log as llamalog
         llamalog.install(True)

@@ -15,7 +15,7 @@ import pytest
 import tool_families as tf
 from openai import BadRequestError, OpenAI
 
-from nanocommander.recipe import Recipe
+from nanocommander.engine.request.recipe import Recipe
 
 FAMILIES = ("hermes", "llama3", "mistral")
 NAMED = {"type": "function", "function": {"name": "get_time"}}

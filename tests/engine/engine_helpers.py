@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
-from nanocommander.recipe import Recipe
 
 GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
 

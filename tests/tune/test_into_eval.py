@@ -13,7 +13,7 @@ from tune_helpers import ANSWER, chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
 from nanocommander.engine.request.decode_options import RECOMMENDED  # noqa: E402
-from nanocommander.recipe import Recipe  # noqa: E402
+from nanocommander.engine.request.recipe import Recipe  # noqa: E402
 from nanocommander.tune.errors import TrainingError  # noqa: E402
 from nanocommander.tune.into import build_recipe, write_recipe  # noqa: E402
 from nanocommander.tune.sweep import LABEL_WIDTH  # noqa: E402

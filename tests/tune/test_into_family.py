@@ -10,7 +10,7 @@ pytest.importorskip("peft")
 from tune_helpers import chat_rows, write_jsonl  # noqa: E402
 
 from nanocommander.cli import main  # noqa: E402
-from nanocommander.recipe import Recipe  # noqa: E402
+from nanocommander.engine.request.recipe import Recipe  # noqa: E402
 from nanocommander.registry import Registry  # noqa: E402
 
 FAST = ["--batch-size", "4", "--grad-accum", "1", "--rank", "4", "--lr", "3e-3", "--no-check"]
