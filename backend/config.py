@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from nanocommander.backend.guard import is_loopback, origin_allowed
-from nanocommander.engine.llama.rpc.devices import parse_servers
+from nanocommander.engine.request.endpoints import parse_servers
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11434
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_composite import decode_speed, first_token_s, smollm2_recipe, tiny_recipe  # noqa: E402
 from rpc_servers import free_port  # noqa: E402
 
-from nanocommander.engine.llama.rpc.devices import Endpoint, Silent, hello  # noqa: E402
+from nanocommander.engine.llama.rpc.devices import Silent, hello  # noqa: E402
+from nanocommander.engine.request.endpoints import Endpoint  # noqa: E402
 from nanocommander.engine.request.recipe import Recipe  # noqa: E402
 from nanocommander.engine.runtime.composite import Composite  # noqa: E402
 

@@ -34,6 +34,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from nanocommander.digest import hex_of
 from nanocommander.errors import RegistryError
 from nanocommander.registry.store import disk_error
 
@@ -83,7 +84,7 @@ class RemoteFile:
     @property
     def sha256(self) -> str | None:
         """The content sha256 when the Hub tells it (LFS files: the ETag is the sha256)."""
-        return self.etag if re.fullmatch(r"[0-9a-f]{64}", self.etag or "") else None
+        return hex_of(self.etag, bare=True)
 
 
 def hub_error(exc: BaseException, what: str) -> RegistryError:

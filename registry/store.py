@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanocommander.digest import hex_of
 from nanocommander.errors import DigestMismatch, InvalidName, ModelNotFound, RegistryError
 from nanocommander.registry.name import Name
 
-DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 TEMP = re.compile(r"^\.(?:tmp|upload)-(\d+)-")  # temp files name their writer's pid
 CHUNK = 1 << 20
 MANIFEST_TYPE = "application/vnd.nanocommander.manifest.v1+json"
@@ -53,10 +53,10 @@ def models_dir() -> Path:
 
 def parse_digest(digest: str) -> str:
     """The 64 hex digits of `sha256:<hex>` (or `sha256-<hex>`); anything else is refused."""
-    match = DIGEST.match(digest or "")
-    if not match:
+    hexdigest = hex_of(digest)
+    if hexdigest is None:
         raise RegistryError(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
-    return match.group(1)
+    return hexdigest
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class Store:
     def blob_digests(self) -> list[str]:
         if not self.blobs.is_dir():
             return []
-        return sorted(f"sha256:{p.name[7:]}" for p in self.blobs.iterdir() if DIGEST.match(p.name))
+        return sorted(f"sha256:{p.name[7:]}" for p in self.blobs.iterdir() if hex_of(p.name))
 
     # -- manifests -----------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from nanocommander.engine.llama.rpc.devices import Endpoint, Silent, hello
+from nanocommander.engine.llama.rpc.devices import Silent, hello
 from nanocommander.engine.llama.rpc.lib import rpc_available
+from nanocommander.engine.request.endpoints import Endpoint
 
 needs_rpc = pytest.mark.skipif(
     not rpc_available(),

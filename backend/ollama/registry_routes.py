@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -22,13 +21,12 @@ from aiohttp import web
 
 from nanocommander.backend.app import MANAGER, read_json
 from nanocommander.backend.streaming import ndjson, stream_response
+from nanocommander.digest import hex_of
 from nanocommander.engine.request.options import clean_options
 from nanocommander.engine.request.recipe import Recipe, Source
 from nanocommander.errors import DigestMismatch, InvalidRequest
 from nanocommander.registry import Name, Registry
 from nanocommander.registry.family import member_recipe
-
-DIGEST = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 
 
 def _registry() -> Registry:
@@ -218,10 +216,10 @@ async def delete(request: web.Request) -> web.Response:
 
 
 def _blob_path(digest: str) -> Path:
-    m = DIGEST.match(digest)
-    if not m:
+    hexdigest = hex_of(digest)
+    if hexdigest is None:
         raise InvalidRequest(f"invalid digest {digest!r}; expected sha256:<64 hex>")
-    return _registry().store.root / "blobs" / f"sha256-{m.group(1).lower()}"
+    return _registry().store.root / "blobs" / f"sha256-{hexdigest}"
 
 
 async def blob_head(request: web.Request) -> web.Response:

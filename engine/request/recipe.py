@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from nanocommander.engine.llama.rpc.devices import parse_endpoint
+from nanocommander.digest import hex_of
 from nanocommander.engine.request.decode_options import (
     RECOMMENDED,
     Speculation,
@@ -35,6 +35,8 @@ from nanocommander.engine.request.decode_options import (
     parse_speculative,
     parse_steer,
 )
+from nanocommander.engine.request.endpoints import parse_endpoint
+from nanocommander.engine.request.members import ROLES, MemberSpec, Source
 from nanocommander.engine.request.options import (
     CONTROL_KEYS,
     IGNORED_KEYS,
@@ -44,7 +46,6 @@ from nanocommander.engine.request.options import (
 )
 from nanocommander.errors import InvalidRequest, RecipeError
 
-ROLES = ("large", "base", "tuned")
 TOP_KEYS = (
     "name",
     "description",
@@ -78,62 +79,7 @@ PARAM_KEYS = tuple(
     if k not in ("alpha", "member", "steer", "speculative")
 )
 HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a GGUF comes from: a local path, a Hub file, or a local Ollama model."""
-
-    path: Path | None = None
-    hf: str | None = None
-    file: str | None = None
-    revision: str | None = None
-    sha256: str | None = None
-    ollama: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return "path" if self.path is not None else "hf" if self.hf else "ollama"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """One member of the triple; a tuned member may be an adapter over the base instead of a GGUF."""
-
-    role: str
-    source: Source | None = None  # None only for a tuned member given as `adapter:`
-    adapter: Source | None = None
-    adapter_scale: float = 1.0
-    gpu_layers: int = 0
-    n_ctx: int | None = None
-    threads: int | None = None
-    rpc: tuple[str, ...] = ()  # "host:port" of llama.cpp RPC servers that hold its offloaded layers
-    tensor_split: tuple[float, ...] = ()  # share of the offloaded layers per device (RPC servers first)
-
-    @property
-    def is_adapter(self) -> bool:
-        return self.adapter is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.source.to_dict()) if self.source else {}
-        if self.adapter is not None:
-            ad = self.adapter.to_dict()
-            out["adapter"] = ad["path"] if list(ad) == ["path"] else ad
-            if self.adapter_scale != 1.0:
-                out["adapter_scale"] = self.adapter_scale
-        for key in ("gpu_layers", "n_ctx", "threads"):
-            value = getattr(self, key)
-            if value not in (None, 0):
-                out[key] = value
-        for key in ("rpc", "tensor_split"):
-            if getattr(self, key):
-                out[key] = list(getattr(self, key))
-        return out
 
 
 @dataclass(frozen=True)
@@ -375,8 +321,8 @@ class _Parser:
             if ".." in Path(values["file"]).parts or values["file"].startswith("/"):
                 raise self.error(fields["file"][1], f"{key}.file", "must be a relative path inside the repo")
         if "sha256" in values:
-            digest = values["sha256"].lower().removeprefix("sha256:")
-            if not SHA256.match(digest):
+            digest = hex_of(values["sha256"], bare=True)
+            if digest is None:
                 raise self.error(fields["sha256"][1], f"{key}.sha256", "expected 64 hex digits")
             values["sha256"] = digest
         return Source(**values)  # type: ignore[arg-type]

@@ -19,8 +19,8 @@ import threading
 import llama_cpp
 
 from nanocommander.backend.guard import is_loopback
-from nanocommander.engine.llama.rpc.devices import DEFAULT_PORT
 from nanocommander.engine.llama.rpc.lib import DEVICE_ACCEL, DEVICE_CPU, protocol_version, require_rpc
+from nanocommander.engine.request.endpoints import DEFAULT_PORT
 
 NO_AUTH_WARNING = (
     "WARNING: rpc-server has no authentication and no encryption. Anyone who can reach {where} can use "

@@ -18,8 +18,9 @@ import pytest
 from engine_helpers import recipe_over, run_text
 from rpc_servers import RpcServer, free_port, needs_rpc
 
-from nanocommander.engine.llama.rpc.devices import Endpoint, hello, placement
+from nanocommander.engine.llama.rpc.devices import hello, placement
 from nanocommander.engine.llama.rpc.lib import ggml, protocol_version
+from nanocommander.engine.request.endpoints import Endpoint
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.errors import ModelLoadError

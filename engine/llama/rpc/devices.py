@@ -41,60 +41,14 @@ from typing import Any
 import llama_cpp
 
 from nanocommander.engine.llama.rpc.lib import ABORT_CALLBACK, P, ggml, protocol_version, require_rpc
+from nanocommander.engine.request.endpoints import Endpoint, default_servers, parse_endpoint
 from nanocommander.errors import ModelLoadError, RpcServerLost
 
-DEFAULT_PORT = 50052
 CONNECT_TIMEOUT = 3.0  # seconds for a TCP connect to a server
 HELLO_TIMEOUT = 5.0  # seconds for a free server to answer the handshake
 LOSS_PROBE_TIMEOUT = 1.5  # seconds, when telling the lost server from the healthy ones
 HELLO_CMD, CONN_CAPS = 14, 24  # ggml-rpc's HELLO command and its capability block (protocol 3+)
 log = logging.getLogger("nanocommander.rpc")
-
-
-@dataclass(frozen=True, order=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """`host:port` (port 50052 if omitted). IPv6 literals are refused: ggml-rpc splits at the first ':'."""
-    text = str(text).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(DEFAULT_PORT)
-    if ":" in host or "[" in host:
-        raise ValueError(
-            f"IPv6 literals are not supported by llama.cpp's RPC endpoints, got {text!r}; use a host name"
-        )
-    if not host or any(c in host for c in "/] ") or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port (an IPv4 address or a host name), got {text!r}")
-    return Endpoint(host, int(port))
-
-
-def parse_servers(value: str | Sequence[str]) -> tuple[str, ...]:
-    """A list of endpoints, or one comma-separated string as llama.cpp's --rpc takes; normalized."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    servers = tuple(str(parse_endpoint(v)) for v in items if str(v).strip())
-    if len(set(servers)) != len(servers):
-        raise ValueError("an RPC server is listed twice")
-    return servers
-
-
-def default_servers() -> tuple[str, ...]:
-    """NANOCOMMANDER_RPC: the servers a large member uses when its recipe names none."""
-    text = os.environ.get("NANOCOMMANDER_RPC", "")
-    try:
-        return parse_servers(text)
-    except ValueError as exc:
-        raise ModelLoadError(f"NANOCOMMANDER_RPC: {exc}") from None
 
 
 @dataclass(frozen=True)
