@@ -201,19 +201,9 @@ class Composite:
         eos = m.token_get_text(m.token_eos()) if m.token_eos() >= 0 else ""
         return ChatTemplate(source, bos_token=bos, eos_token=eos)
 
-    def chat_prompt(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        tools: Sequence[Any] | None = None,
-        system: str | None = None,
-        template: str | None = None,
-        num_predict: int = 0,
-    ) -> str:
-        """Render a conversation; drop the oldest turns after the system prompt until it fits."""
-        return self.chat_tokens(
-            messages, tools=tools, system=system, template=template, num_predict=num_predict
-        )[0]
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], **options: Any) -> str:
+        """The rendered conversation alone (see `chat_tokens` for the options and the policy)."""
+        return self.chat_tokens(messages, **options)[0]
 
     def chat_tokens(
         self,
