@@ -18,19 +18,18 @@ def count(n: int) -> str:
 
 def size(n: int) -> str:
     """A file or model size in decimal units: 512 B, 1.5 KB, 986.0 MB, 1.2 GB."""
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
+    return _scaled(n, 1000, ("B", "KB", "MB", "GB", "TB"))
 
 
 def memory(n: int) -> str:
     """An amount of memory in binary units: 512 B, 1.5 KiB, 94.0 MiB, 5.5 GiB."""
+    return _scaled(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
+
+
+def _scaled(n: int, base: int, names: tuple[str, ...]) -> str:
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    for unit in names[:-1]:
+        if value < base:
+            return f"{value:.0f} {unit}" if unit == names[0] else f"{value:.1f} {unit}"
+        value /= base
+    return f"{value:.1f} {names[-1]}"
