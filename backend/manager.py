@@ -27,10 +27,10 @@ from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.engine.runtime.composite import Composite, _member_path
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
+from nanocommander.engine.runtime.memory import free_memory
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.errors import InsufficientMemory, ServerBusy
 from nanocommander.registry import Registry, estimate_memory, resolve
-from nanocommander.registry.gguf_info import free_memory
 from nanocommander.registry.name import canonical
 
 

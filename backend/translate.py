@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nanocommander.engine.request.recipe import Recipe
-from nanocommander.registry.gguf_info import read_gguf
+from nanocommander.gguf_file import read_gguf
 
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:

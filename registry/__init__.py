@@ -29,8 +29,9 @@ RegistryError (network, disk full, Hub), RecipeError -- all from nanocommander.e
 from __future__ import annotations
 
 from nanocommander.engine.request.recipe import Recipe
+from nanocommander.engine.runtime.memory import MemoryEstimate, estimate_memory
+from nanocommander.gguf_file import read_gguf
 from nanocommander.registry.api import MemberDetails, ModelDetails, ModelEntry, Registry, VerifyReport
-from nanocommander.registry.gguf_info import MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
 from nanocommander.registry.store import Store, models_dir
 

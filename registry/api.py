@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from nanocommander.engine.request.recipe import ROLES, Recipe, Source
+from nanocommander.engine.runtime.memory import MemoryEstimate, estimate_memory
 from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
+from nanocommander.gguf_file import GGUFInfo, read_gguf
 from nanocommander.registry import hub, pull
 from nanocommander.registry.family import check_recipe_adapter, family_id, member_recipe
-from nanocommander.registry.gguf_info import GGUFInfo, MemoryEstimate, estimate_memory, read_gguf
 from nanocommander.registry.name import Name
 from nanocommander.registry.push import push
 from nanocommander.registry.store import (

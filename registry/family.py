@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nanocommander.engine.request.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.errors import AdapterMismatch
-from nanocommander.registry.gguf_info import read_gguf, tensor_shapes
+from nanocommander.gguf_file import read_gguf, tensor_shapes
 from nanocommander.registry.store import ADAPTER_TYPE, MODEL_TYPE, Manifest, Store
 
 LORA_SUFFIXES = (".lora_a", ".lora_b")

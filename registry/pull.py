@@ -31,9 +31,9 @@ import yaml
 
 from nanocommander.engine.request.recipe import ROLES, Recipe, Source
 from nanocommander.errors import AdapterMismatch, DigestMismatch, RecipeError, RegistryError
+from nanocommander.gguf_file import read_gguf
 from nanocommander.registry import hub
 from nanocommander.registry.family import check_adapter, check_recipe_adapter
-from nanocommander.registry.gguf_info import read_gguf
 from nanocommander.registry.name import Name
 from nanocommander.registry.ollama_local import ollama_blob
 from nanocommander.registry.store import (

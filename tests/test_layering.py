@@ -1,6 +1,6 @@
 """The layering rule of docs/architecture.md, checked on the source: imports go down the layers only.
 
-    nanocommander.errors, nanocommander.units  <-  engine  <-  registry  <-  backend, tune  <-  cli
+    nanocommander.errors, .units, .digest, .gguf_file  <-  engine  <-  registry  <-  backend, tune  <-  cli
 
 Every import counts, function-local ones included, so a cycle cannot hide inside a function.
 """
@@ -25,7 +25,7 @@ def layer_of_module(dotted: str) -> str | None:
     parts = dotted.split(".")
     if parts[0] != "nanocommander":
         return None
-    if len(parts) == 1 or parts[1] in ("errors", "units", "digest"):
+    if len(parts) == 1 or parts[1] in ("errors", "units", "digest", "gguf_file"):
         return "base"
     if parts[1] == "cli":
         return "cli"
@@ -35,7 +35,9 @@ def layer_of_module(dotted: str) -> str | None:
 def sources() -> list[tuple[str, Path]]:
     out = [(layer, p) for layer, d in PACKAGES.items() for p in (ROOT / d).rglob("*.py")]
     out += [("cli", p) for p in (ROOT / "nanocommander" / "cli").rglob("*.py")]
-    out += [("base", ROOT / "nanocommander" / n) for n in ("errors.py", "units.py", "digest.py")]
+    out += [
+        ("base", ROOT / "nanocommander" / n) for n in ("errors.py", "units.py", "digest.py", "gguf_file.py")
+    ]
     return out
 
 

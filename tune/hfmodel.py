@@ -12,11 +12,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import gguf
 from huggingface_hub import hf_hub_download
 
+from nanocommander.gguf_file import read_gguf
 from nanocommander.tune.errors import MissingExtra, TrainingError
 
 # GGUF architecture -> does llama.cpp store q/k rows permuted (llama's rotary layout)?
@@ -33,7 +32,7 @@ class BaseInfo:
     n_head: int
     n_head_kv: int
     n_layer: int
-    file_type: str
+    file_type: str  # quantization_name: F32, F16, Q8_0, Q4_K_M, ...
 
     @property
     def permute_qk(self) -> bool:
@@ -41,37 +40,33 @@ class BaseInfo:
 
     @property
     def quantized(self) -> bool:
-        return self.file_type not in ("ALL_F32", "MOSTLY_F16", "MOSTLY_BF16")
+        return self.file_type not in ("F32", "F16", "BF16")
 
 
 def read_info(path: str | Path) -> BaseInfo:
+    """The base's architecture and head layout, from the project's one GGUF header reader."""
     path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path))
+        info = read_gguf(path)
     except (OSError, ValueError) as exc:
         raise TrainingError(f"cannot read GGUF {path}: {exc}") from None
-    fields = reader.fields
-
-    def value(key: str, default: Any = None) -> Any:
-        field = fields.get(key)
-        return field.contents() if field is not None else default
-
-    if value("general.type", "model") == "adapter":
+    if info.kind == "adapter":
         raise TrainingError(f"{path.name} is a LoRA adapter; --base needs the model it was made for")
-    arch = value("general.architecture")
+    arch = info.architecture
     if arch not in SUPPORTED:
         raise TrainingError(
             f"{path.name}: architecture '{arch}' is not supported for tuning; "
             f"supported: {', '.join(SUPPORTED)}"
         )
-    n_head = value(f"{arch}.attention.head_count")
-    n_head_kv = value(f"{arch}.attention.head_count_kv", n_head)
-    n_layer = value(f"{arch}.block_count")
-    try:
-        file_type = gguf.LlamaFileType(int(value("general.file_type", 0))).name
-    except ValueError:
-        file_type = "unknown"
-    return BaseInfo(path, arch, int(n_head), int(n_head_kv), int(n_layer), file_type)
+    n_head = int(info.n_head or 0)
+    return BaseInfo(
+        path,
+        arch,
+        n_head,
+        int(info.n_head_kv or n_head),
+        int(info.n_layer or 0),
+        info.quantization or "unknown",
+    )
 
 
 def load_torch_model(info: BaseInfo, *, device: str, dtype: str = "float32"):

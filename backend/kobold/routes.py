@@ -23,6 +23,7 @@ from nanocommander.backend.kobold.api import context_limit, fit_context, kobold_
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.prepare import prepare
 from nanocommander.backend.streaming import stream_response
+from nanocommander.engine.request.options import LoadOptions
 from nanocommander.engine.request.types import Chunk, DoneReason
 from nanocommander.errors import InvalidRequest, ModelNotFound
 
@@ -64,8 +65,8 @@ def _max_ctx(request: web.Request) -> int:
     if loaded:
         return loaded.composite.n_ctx
     if name:
-        return int(manager.catalog.lookup(name)[1].parameters.get("num_ctx", 4096))
-    return 4096
+        return LoadOptions.from_parameters(manager.catalog.lookup(name)[1].parameters).num_ctx
+    return LoadOptions.num_ctx
 
 
 async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, AsyncIterator[Chunk], Loaded]:

@@ -20,8 +20,8 @@ from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe
 from nanocommander.engine.llama.embed import finish
 from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime.memory import estimate_family
 from nanocommander.registry import estimate_memory
-from nanocommander.registry.gguf_info import estimate_family
 
 
 async def _lifecycle(

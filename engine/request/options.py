@@ -47,31 +47,19 @@ class SamplingOptions:
     grammar: str | None = None  # GBNF, e.g. from JSON mode or a JSON schema
 
 
-# name -> accepted Python types; ints are accepted where floats are expected.
+# A field's annotation -> the Python types a wire value may have (ints are accepted for floats).
+_ACCEPTS: dict[str, tuple[type, ...]] = {
+    "float": (float, int),
+    "int": (int,),
+    "int | None": (int,),
+    "tuple[str, ...]": (list, tuple),
+    "Mapping[int, float]": (dict,),
+}
+
+# Sampling option name -> accepted types, from SamplingOptions' own fields (grammar is set by the
+# protocols' JSON mode, not sent as an option).
 SAMPLING_KEYS: dict[str, tuple[type, ...]] = {
-    "temperature": (float, int),
-    "top_k": (int,),
-    "top_p": (float, int),
-    "min_p": (float, int),
-    "typical_p": (float, int),
-    "repeat_penalty": (float, int),
-    "repeat_last_n": (int,),
-    "presence_penalty": (float, int),
-    "frequency_penalty": (float, int),
-    "seed": (int,),
-    "mirostat": (int,),
-    "mirostat_tau": (float, int),
-    "mirostat_eta": (float, int),
-    "dry_multiplier": (float, int),
-    "dry_base": (float, int),
-    "dry_allowed_length": (int,),
-    "dry_penalty_last_n": (int,),
-    "dry_sequence_breakers": (list, tuple),
-    "xtc_probability": (float, int),
-    "xtc_threshold": (float, int),
-    "dynatemp_range": (float, int),
-    "dynatemp_exponent": (float, int),
-    "logit_bias": (dict,),
+    f.name: _ACCEPTS[str(f.type)] for f in dataclasses.fields(SamplingOptions) if f.name != "grammar"
 }
 
 # Per-request controls that are not sampler settings.
@@ -84,23 +72,34 @@ CONTROL_KEYS: dict[str, tuple[type, ...]] = {
     "speculative": (bool, str, dict),  # false, a draft name or {draft, max}
 }
 
-# Load-time settings: changing them means a reload, so requests may not change them per call.
-LOAD_KEYS: dict[str, tuple[type, ...]] = {
-    "num_ctx": (int,),
-    "num_batch": (int,),
-    "num_thread": (int,),
-    "num_gpu": (int,),
-    "num_parallel": (int,),
-}
 
-DEFAULT_NUM_PARALLEL = 4  # sequences (slots) per member context, as Ollama's OLLAMA_NUM_PARALLEL
+@dataclass(frozen=True)
+class LoadOptions:
+    """Settings fixed when a model loads (a change means a reload, so requests may not send them).
+
+    The one home of their defaults: the composite, an adapter family, the embedder and the memory
+    estimate all read them through `from_parameters`.
+    """
+
+    num_ctx: int = 4096  # tokens per slot per member context, capped at the model's training context
+    num_batch: int = 512  # tokens per llama_decode call while reading a prompt
+    num_thread: int | None = None  # None: llama.cpp's default for this machine
+    num_gpu: int | None = None  # layers on the GPU; members' gpu_layers take precedence
+    num_parallel: int = 4  # sequences (slots) per member context, as Ollama's OLLAMA_NUM_PARALLEL
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any], num_parallel: int | None = None) -> LoadOptions:
+        """A recipe's `parameters`; `num_parallel` is the server's setting, used where the recipe
+        sets none (NANOCOMMANDER_NUM_PARALLEL)."""
+        given = {f.name: parameters.get(f.name) for f in dataclasses.fields(cls)}
+        given["num_parallel"] = given["num_parallel"] or num_parallel
+        # 0 or null for a size means "the default" (clients send every field); num_gpu 0 means CPU
+        sizes = ("num_ctx", "num_batch", "num_parallel", "num_thread")
+        load = cls(**{k: v for k, v in given.items() if v is not None and (v or k not in sizes)})
+        return dataclasses.replace(load, num_parallel=max(1, int(load.num_parallel)))
 
 
-def num_parallel(parameters: Mapping[str, Any], fallback: int | None = None) -> int:
-    """Slots of a model: the recipe's `num_parallel`, else `fallback` (the server's
-    NANOCOMMANDER_NUM_PARALLEL), else 4. Each slot costs one num_ctx of KV cache per member."""
-    return max(1, int(parameters.get("num_parallel") or fallback or DEFAULT_NUM_PARALLEL))
-
+LOAD_KEYS: dict[str, tuple[type, ...]] = {f.name: (int,) for f in dataclasses.fields(LoadOptions)}
 
 # Options Ollama retired or llama.cpp lacks; accepted and ignored so old clients keep working.
 IGNORED_KEYS = frozenset(

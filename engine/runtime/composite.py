@@ -39,15 +39,15 @@ from nanocommander.engine.request.decode_options import (
     Steer,
     large_sequences,
 )
-from nanocommander.engine.request.options import num_parallel
+from nanocommander.engine.request.options import LoadOptions
 from nanocommander.engine.request.recipe import ROLES, MemberSpec, Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest, Stats
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.engine.runtime.scheduler import Item, Scheduler, Ticket
 from nanocommander.engine.text.chat_template import ChatTemplate, apply_defaults, fit_turns
 from nanocommander.errors import ContextOverflow, InvalidRequest, ModelLoadError
+from nanocommander.gguf_file import quantization_name
 
-DEFAULT_NUM_CTX = 4096
 STREAM_AHEAD = 8  # rounds an async consumer may fall behind before its request pauses
 
 
@@ -129,10 +129,9 @@ class Composite:
             else:
                 models["tuned"] = pool.acquire(_member_path(tuned), tuned.gpu_layers, placement(tuned))
                 acquired.append(models["tuned"])
-            want_ctx = n_ctx or recipe.parameters.get("num_ctx") or DEFAULT_NUM_CTX
-            threads = recipe.parameters.get("num_thread")
-            n_batch = recipe.parameters.get("num_batch", 512)
-            slots = num_parallel(recipe.parameters, n_parallel)
+            load = LoadOptions.from_parameters(recipe.parameters, n_parallel)
+            want_ctx = n_ctx or load.num_ctx
+            threads, n_batch, slots = load.num_thread, load.num_batch, load.num_parallel
             per_slot = large_sequences(recipe.steer) if views is None else 1 + bool(views)
             for role in ROLES:
                 spec = recipe.member(role)
@@ -518,7 +517,7 @@ class Composite:
                 "path": str(m.model.path),
                 "architecture": meta.get("general.architecture", ""),
                 "parameter_count": int(m.model.model.n_params()),
-                "quantization": _file_type(meta),
+                "quantization": quantization_name(meta.get("general.file_type", "-1")),
                 "size": int(m.model.model.size()),
                 "context_length": int(m.model.model.n_ctx_train()),
                 "adapter": str(m.adapter_path) if m.adapter_path else None,
@@ -530,12 +529,3 @@ class Composite:
             "n_vocab": self.vocab.n_vocab,
             "members": members,
         }
-
-
-def _file_type(meta: dict[str, str]) -> str:
-    try:
-        import gguf
-
-        return gguf.LlamaFileType(int(meta.get("general.file_type", "-1"))).name.removeprefix("MOSTLY_")
-    except (ValueError, ImportError):
-        return "unknown"

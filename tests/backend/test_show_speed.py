@@ -36,7 +36,7 @@ def test_warm_show_and_models_under_100ms(start_server, recipe_of):
 
 def test_headers_are_read_once_per_file(start_server, recipe_of, monkeypatch):
     """What keeps warm calls fast on multi-GB models: no header is read again until its file changes."""
-    from nanocommander.registry import gguf_info
+    from nanocommander import gguf_file as gguf_info
 
     reads = []
     real = gguf_info.read_header

@@ -9,8 +9,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from nanocommander.registry.gguf_header import read_header
-from nanocommander.registry.gguf_info import read_gguf
+from nanocommander.gguf_file import read_gguf, read_header
 
 
 def reference(path: Path) -> tuple[dict, list]:
