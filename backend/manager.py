@@ -25,7 +25,8 @@ from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
 from nanocommander.engine.llama.rpc import devices as rpc
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
-from nanocommander.engine.runtime.composite import Composite, _member_path
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.runtime.core import member_path
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
 from nanocommander.engine.runtime.memory import free_memory
 from nanocommander.engine.runtime.pool import ModelPool
@@ -221,7 +222,7 @@ class ModelManager:
             if loaded.embedder is None:
                 recipe = loaded.composite.recipe
                 src = recipe.embedding
-                path = src.path if src is not None else _member_path(recipe.large)
+                path = src.path if src is not None else member_path(recipe.large)
                 n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
                 threads = recipe.parameters.get("num_thread")
                 pool = loaded.composite.pool

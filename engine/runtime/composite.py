@@ -11,13 +11,9 @@ chunks. The engine sees token ids and text only; it knows nothing of any wire pr
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,22 +22,19 @@ from nanocommander.engine.decode.fusion import fuse
 from nanocommander.engine.decode.generation import Generation, Logits, Need, Plan, Steps
 from nanocommander.engine.decode.logprobs import reader as logprob_reader
 from nanocommander.engine.decode.logprobs import special_piece
-from nanocommander.engine.decode.plain_view import PLAIN
 from nanocommander.engine.decode.strategies import strategy_for
 from nanocommander.engine.llama.member import Hold, LoadedModel, Member
-from nanocommander.engine.llama.rpc.devices import placement
 from nanocommander.engine.llama.sampler import Sampler
-from nanocommander.engine.llama.vocab import shared_vocab
+from nanocommander.engine.llama.vocab import SharedVocab
 from nanocommander.engine.request.decode_options import (
     DEFAULT_SPECULATION,
     OFF,
     Speculation,
     Steer,
-    large_sequences,
 )
-from nanocommander.engine.request.options import LoadOptions
-from nanocommander.engine.request.recipe import ROLES, MemberSpec, Recipe
+from nanocommander.engine.request.recipe import ROLES, Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest, Stats
+from nanocommander.engine.runtime.core import Core
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.engine.runtime.scheduler import Item, Scheduler, Ticket
 from nanocommander.engine.text.chat_template import ChatTemplate, apply_defaults, fit_turns
@@ -51,145 +44,77 @@ from nanocommander.gguf_file import quantization_name
 STREAM_AHEAD = 8  # rounds an async consumer may fall behind before its request pauses
 
 
-def _member_path(spec: MemberSpec) -> Path:
-    src = spec.source
-    if src is None or src.path is None:
-        where = f"hf: {src.hf}" if src and src.hf else f"ollama: {src.ollama}" if src else "?"
-        raise ModelLoadError(
-            f"member '{spec.role}' ({where}) is not a local file yet; run `nanocommander pull` first"
-        )
-    if not Path(src.path).is_file():
-        raise ModelLoadError(f"member '{spec.role}': file not found: {src.path}")
-    return Path(src.path)
-
-
 class Composite:
     """large + alpha * (tuned - base), loaded and ready to generate."""
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        members: dict[str, Member],
-        pool: ModelPool,
-        *,
-        load_s: float,
-        concurrent: bool = True,
-    ):
-        self.recipe, self.members, self.pool = recipe, members, pool
-        self.load_s = load_s
-        self.concurrent = concurrent
-        self.n_ctx = min(m.n_ctx for m in members.values())  # per sequence
-        self.n_parallel = min(m.n_seq for m in members.values())  # slots
-        self.views = members["large"].n_seq >= 2 * self.n_parallel  # a plain reading per slot
-        self.vocab = shared_vocab({role: m.model for role, m in members.items()})
-        self._logits = np.empty(self.vocab.n_vocab, dtype=np.float32)
-        self._spaced: dict[int, int | None] = {}
-        self._executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="member")
-        self._members_lock = threading.Lock()  # one batch at a time on the member contexts
-        chunk = min(m.n_batch for m in members.values())
-        self.scheduler = Scheduler(self, self.n_parallel, chunk)
+    def __init__(self, recipe: Recipe, core: Core, *, load_s: float | None = None):
+        self.recipe, self.core = recipe, core
+        self.load_s = core.load_s if load_s is None else load_s
         self.template = self._template()
         self.closed = False
 
-    # -- loading ---------------------------------------------------------------------------
-
     @classmethod
-    def load(
-        cls,
-        recipe: Recipe,
-        pool: ModelPool | None = None,
-        *,
-        concurrent: bool | None = None,
-        n_ctx: int | None = None,
-        n_parallel: int | None = None,
-        views: bool | None = None,
-    ) -> Composite:
-        """Load the three members (sharing weights through `pool`) and check their vocabularies.
-
-        Each member context holds `slots` sequences of `n_ctx` tokens (recipe `num_parallel`, else
-        `n_parallel`, else 4): its KV cache is slots * n_ctx tokens (see `Member`). The large member
-        holds a second sequence per slot for the plain reading (`views`; default: whether the
-        recipe's steer uses `plain`).
-        """
-        t0 = time.perf_counter()
-        pool = pool or ModelPool()
-        if concurrent is None:
-            concurrent = os.environ.get("NANOCOMMANDER_SERIAL", "") not in ("1", "true")
-        acquired: list[LoadedModel] = []
-        members: dict[str, Member] = {}
-        try:
-            models: dict[str, LoadedModel] = {}
-            for role in ("large", "base"):
-                spec = recipe.member(role)
-                models[role] = pool.acquire(_member_path(spec), spec.gpu_layers, placement(spec))
-                acquired.append(models[role])
-            tuned = recipe.tuned
-            if tuned.is_adapter:
-                models["tuned"] = models["base"]
-            else:
-                models["tuned"] = pool.acquire(_member_path(tuned), tuned.gpu_layers, placement(tuned))
-                acquired.append(models["tuned"])
-            load = LoadOptions.from_parameters(recipe.parameters, n_parallel)
-            want_ctx = n_ctx or load.num_ctx
-            threads, n_batch, slots = load.num_thread, load.num_batch, load.num_parallel
-            per_slot = large_sequences(recipe.steer) if views is None else 1 + bool(views)
-            for role in ROLES:
-                spec = recipe.member(role)
-                model = models[role]
-                train_ctx = model.model.n_ctx_train() or want_ctx
-                adapter = spec.adapter.path if spec.is_adapter and spec.adapter else None
-                if spec.is_adapter and adapter is None:
-                    raise ModelLoadError(
-                        "the tuned adapter is not a local file yet; run `nanocommander pull` first"
-                    )
-                members[role] = Member(
-                    role,
-                    model,
-                    n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
-                    threads=spec.threads or threads,
-                    adapter=adapter,
-                    adapter_scale=spec.adapter_scale,
-                    n_batch=n_batch,
-                    n_seq=slots * (per_slot if role == "large" else 1),
-                )
-            return cls(recipe, members, pool, load_s=time.perf_counter() - t0, concurrent=concurrent)
-        except BaseException:
-            for member in members.values():
-                member.close()
-            for model in acquired:
-                pool.release(model)
-            raise
+    def load(cls, recipe: Recipe, pool: ModelPool | None = None, **options: Any) -> Composite:
+        """Load `recipe`'s members into a core of its own (options: see `Core.load`)."""
+        return cls(recipe, Core.load(recipe, pool, **options))
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.scheduler.stop()  # running requests end with a cancel chunk after the current round
-        self._executor.shutdown(wait=True)
-        for member in self.members.values():
-            member.close()
-        for role in ROLES:  # release once per acquire (the adapter member shares base's)
-            if role == "tuned" and self.recipe.tuned.is_adapter:
-                continue
-            self.pool.release(self.members[role].model)
+        self.core.close()
 
-    # -- text ------------------------------------------------------------------------------
+    # -- the core's parts, read through (one core may serve many composites: adapter families) ----
+
+    @property
+    def members(self) -> dict[str, Member]:
+        return self.core.members
+
+    @property
+    def pool(self) -> ModelPool:
+        return self.core.pool
+
+    @property
+    def vocab(self) -> SharedVocab:
+        return self.core.vocab
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.core.scheduler
+
+    @property
+    def n_ctx(self) -> int:
+        return self.core.n_ctx
+
+    @property
+    def n_parallel(self) -> int:
+        return self.core.n_parallel
+
+    @property
+    def views(self) -> bool:
+        return self.core.views
+
+    @property
+    def concurrent(self) -> bool:
+        return self.core.concurrent
 
     @property
     def primary(self) -> LoadedModel:
-        """The large model: its tokenizer and vocab serve every member (they are checked identical)."""
-        return self.members["large"].model
+        return self.core.primary
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
-        add = add_bos and self.primary.model.add_bos_token()
-        ids = self.primary.model.tokenize(text.encode("utf-8"), add, special)
-        bos = self.primary.model.token_bos()
-        if add and len(ids) > 1 and ids[0] == bos and ids[1] == bos:  # template already wrote BOS
-            ids = ids[1:]
-        return ids
+        return self.core.tokenize(text, add_bos, special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return b"".join(self.primary.piece(t) for t in ids).decode("utf-8", errors="replace")
+        return self.core.detokenize(ids)
+
+    def hold(self, need: Need) -> dict[str, np.ndarray]:
+        return self.core.hold(need)
+
+    def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
+        return self.core.hold_many(holds)
+
+    # -- text ------------------------------------------------------------------------------
 
     def _template(self) -> ChatTemplate:
         choice = self.recipe.template
@@ -265,69 +190,6 @@ class Composite:
             return Plan(("large",), 0.0, self.vocab.n_vocab, mask, steer, spec)
         return Plan(ROLES, alpha, self.vocab.n_vocab, mask, steer, spec)
 
-    def hold(self, need: Need) -> dict[str, np.ndarray]:
-        """Serve one Need: each named member holds its tokens; members run concurrently on threads."""
-        return {role: out[0] for role, out in self.hold_many({r: [h] for r, h in need.items()}).items()}
-
-    def member_for(self, role: str, seq: int) -> Member:
-        """The context serving `role` for the request in slot `seq`: one per role here; an adapter
-        family (engine/runtime/family.py) gives each request the tuned context holding its adapter."""
-        return self.members[role]
-
-    def spaced(self, token: int) -> int | None:
-        """The token for a leading space plus `token`'s text, where the vocabulary has one (cached)."""
-        if token not in self._spaced:
-            try:
-                text = self.primary.piece(token).decode("utf-8")
-            except UnicodeDecodeError:
-                text = ""
-            ids = self.tokenize(" " + text, add_bos=False, special=False) if text else []
-            self._spaced[token] = ids[0] if len(ids) == 1 else None
-        return self._spaced[token]
-
-    def route(self, role: str, seq: int) -> tuple[Member, int]:
-        """The context and sequence serving `role` for slot `seq`; the large model's plain reading
-        (engine/decode/plain_view.py) is its context's second sequence for the slot."""
-        if role == PLAIN and self.views:
-            return self.members["large"], seq + self.n_parallel
-        if role not in self.members:
-            raise ValueError(f"unknown member {role!r}")
-        return self.member_for(role, seq), seq
-
-    def release(self, seq: int) -> None:
-        """The request in slot `seq` has ended (the scheduler's call); a family unpins its tuned context."""
-
-    def hold_many(self, holds: dict[str, list[Hold]]) -> dict[str, list[np.ndarray]]:
-        """Each member serves its Holds (of one or many sequences) in one batch (the scheduler's call)."""
-        jobs: dict[int, tuple[Member, list[tuple[str, int]]]] = {}  # context -> (it, [(role, index)])
-        routed: dict[str, list[Hold]] = {}
-        for role, role_holds in holds.items():
-            for i, hold in enumerate(role_holds):
-                member, seq = self.route(role, hold.seq)
-                # the plain reading (another sequence of the slot) may start from the styled one's cache
-                like = hold.seq if seq != hold.seq else None
-                routed.setdefault(role, []).append(Hold(seq, hold.tokens, hold.n_logits, like))
-                jobs.setdefault(id(member), (member, []))[1].append((role, i))
-        share = len(jobs) if self.concurrent else 1  # concurrent members split the cores
-        out: dict[str, list[np.ndarray]] = {role: [None] * len(h) for role, h in holds.items()}  # type: ignore[misc]
-        with self._members_lock:
-            for member, _ in jobs.values():
-                member.use_threads(share)
-
-            def run(member: Member, where: list[tuple[str, int]]) -> None:
-                for (role, i), rows in zip(where, member.hold([routed[r][j] for r, j in where]), strict=True):
-                    out[role][i] = rows
-
-            if self.concurrent and len(jobs) > 1:
-                futures = [self._executor.submit(run, *job) for job in jobs.values()]
-                wait(futures)  # every member finishes before any error is raised: no context is left decoding
-                for future in futures:
-                    future.result()
-            else:
-                for job in jobs.values():
-                    run(*job)
-        return out
-
     def fused_logits(
         self, members: list[Member], alpha: float, tokens: list[int], extra_mask: np.ndarray | None = None
     ) -> np.ndarray:
@@ -337,7 +199,8 @@ class Composite:
         base = logits["base"][-1] if "base" in logits else None
         tuned = logits["tuned"][-1] if "tuned" in logits else None
         mask = self.vocab.mask if extra_mask is None else extra_mask
-        return fuse(first, base, tuned, alpha, self.vocab.n_vocab, mask, self._logits)
+        out = np.empty(self.vocab.n_vocab, dtype=np.float32)
+        return fuse(first, base, tuned, alpha, self.vocab.n_vocab, mask, out)
 
     def _prompt_ids(self, req: GenerateRequest) -> list[int]:
         if isinstance(req.prompt, str):
@@ -376,7 +239,7 @@ class Composite:
             sampler=sampler,
             stats=stats,
             logprobs=lp,
-            spaced=self.spaced,
+            spaced=self.core.spaced,
         )
         return gen, strategy_for(gen)
 
@@ -458,27 +321,25 @@ class Composite:
             raise errors[0]
         return out
 
+    def bind(self, seq: int) -> None:
+        """A request of this composite got slot `seq` (the scheduler's thread, before its first Need):
+        nothing to do here; an adapter family's composite binds the slot to a tuned context."""
+
     def _ticket(self, gen: Generation, steps: Steps, put, max_ahead: int = STREAM_AHEAD) -> Ticket:
         def begin(seq: int) -> Steps:
             gen.seq = seq  # the strategy has not run yet: its first Need is built for this slot
+            if "tuned" in gen.plan.roles:
+                self.bind(seq)
             return steps
 
         return Ticket(begin, put, gen.tokens, gen.plan.roles[0], gen=gen, max_ahead=max_ahead)
 
     def _job(self, prompt: list[int], role: str, need: Callable[[int], Need]) -> Logits:
-        """Serve one Need (built for the slot it gets) through the scheduler; its logits."""
-        got: dict[str, Logits] = {}
+        def bound(seq: int) -> Need:
+            self.bind(seq)
+            return need(seq)
 
-        def steps(seq: int) -> Steps:
-            got["logits"] = yield need(seq)
-
-        inbox: queue.SimpleQueue[Item] = queue.SimpleQueue()
-        ticket = Ticket(steps, inbox.put, list(prompt), role)
-        self.scheduler.submit(ticket)
-        item = inbox.get()
-        if isinstance(item, BaseException):
-            raise item
-        return got["logits"]
+        return self.core.job(prompt, role, bound)
 
     def score(
         self, token_ids: Sequence[int], start: int, *, alpha: float | None = None, member: str = "composite"

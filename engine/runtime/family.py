@@ -5,9 +5,9 @@ tuned member is a LoRA adapter on that base differ only in that adapter and in p
 settings (alpha, template, system, sampling). A `Family` loads the large and base contexts
 once and keeps a small LRU of tuned contexts on the base's weights, each with its own KV
 cache (its `n_seq` slots, like every member context). Each composite of the family is a
-`FamilyComposite`: a view that shares the loaded core composite's members, vocabulary,
-executor and scheduler, with its own recipe and chat template. One scheduler serves the
-requests of every member in the same rounds.
+`FamilyComposite`: a Composite that holds the family's one `Core` (members, vocabulary, threads
+and scheduler; engine/runtime/core.py) with its own recipe, chat template and adapter, as every
+Composite holds its core. One scheduler serves the requests of every member in the same rounds.
 
 When the scheduler gives a request its slot, the request is bound to a tuned context that
 holds its view's adapter: one that already has it (its KV cache is still valid for that
@@ -35,16 +35,15 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanocommander.engine.decode.generation import Generation, Logits, Need, Steps
 from nanocommander.engine.llama.member import Member
 from nanocommander.engine.request.recipe import Recipe
-from nanocommander.engine.runtime.composite import STREAM_AHEAD, Composite
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.engine.runtime.core import Core
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.errors import ModelLoadError
 
@@ -132,12 +131,10 @@ class FamilyStats:
 class Family:
     """One large and base context set plus an LRU of tuned contexts, serving every composite of a family."""
 
-    def __init__(self, core: FamilyCore, key: tuple, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, core: FamilyCore, first: AdapterKey, key: tuple, capacity: int = DEFAULT_CAPACITY):
         self.core, self.key, self.capacity = core, key, max(1, capacity)
         core.family = self
-        core._executor.shutdown(wait=False)  # large, base and every tuned context at once
-        core._executor = ThreadPoolExecutor(max_workers=2 + self.capacity, thread_name_prefix="member")
-        self.contexts = [TunedContext(core.members["tuned"], adapter_key(core.recipe))]
+        self.contexts = [TunedContext(core.members["tuned"], first)]
         self.views: list[FamilyComposite] = []
         self._warm: OrderedDict[Path, None] = (
             OrderedDict()
@@ -157,7 +154,9 @@ class Family:
         if key is None:
             raise ValueError(f"{recipe.name}: not an adapter composite over local files")
         steady_allocator()
-        return cls(FamilyCore.load(recipe, pool, **kwargs), key, capacity)  # type: ignore[arg-type]
+        capacity = max(1, capacity)
+        core = FamilyCore.load(recipe, pool, workers=2 + capacity, **kwargs)  # every context at once
+        return cls(core, adapter_key(recipe), key, capacity)  # type: ignore[arg-type]
 
     # -- views ------------------------------------------------------------------------------
 
@@ -166,15 +165,11 @@ class Family:
         t0 = time.perf_counter()
         if family_key(recipe) != self.key:
             raise ValueError(f"{recipe.name} is not a member of this family")
-        adapter = adapter_key(recipe)
-        view = FamilyComposite.__new__(FamilyComposite)
-        view.__dict__.update(self.core.__dict__)  # members, vocab, executor and scheduler
-        view.recipe, view.family, view.adapter, view.closed = recipe, self, adapter, False
         with self._mu:  # drop() cannot free the models meanwhile
             if self.closed:
                 raise ModelLoadError("the model family was unloaded")
-            view.template = view._template()
-            self._keep_warm(adapter[0])  # a bad adapter fails now, not mid-request
+            view = FamilyComposite(recipe, self)
+            self._keep_warm(view.adapter[0])  # a bad adapter fails now, not mid-request
             self.views.append(view)
         view.load_s = time.perf_counter() - t0
         return view
@@ -313,9 +308,9 @@ def _summary(seconds: list[float]) -> dict[str, float] | None:
     return {"median": round(ordered[len(ordered) // 2] * 1000, 3), "max": round(ordered[-1] * 1000, 3)}
 
 
-class FamilyCore(Composite):
-    """The family's loaded composite: its scheduler serves every member's requests, and each
-    request's tuned Holds go to the tuned context bound to its slot."""
+class FamilyCore(Core):
+    """The family's loaded members: its scheduler serves every view's requests, and each request's
+    tuned Holds go to the tuned context bound to its slot."""
 
     family: Family
 
@@ -326,33 +321,20 @@ class FamilyCore(Composite):
         self.family.release(seq)
 
 
-class FamilyComposite(FamilyCore):
-    """One composite of a family: the family's members and scheduler, its own recipe, template and adapter.
+class FamilyComposite(Composite):
+    """One composite of a family: it holds the family's core (members, scheduler) and has its own
+    recipe, template and adapter; each of its requests' slots is bound to a tuned context with it.
 
     Made by `Family.view`, never by `Composite.load`; closing it drops the view, and the last
     view to close closes the family.
     """
 
-    adapter: AdapterKey
+    def __init__(self, recipe: Recipe, family: Family):
+        super().__init__(recipe, family.core)
+        self.family, self.adapter = family, adapter_key(recipe)
 
-    def _ticket(self, gen: Generation, steps: Steps, put, max_ahead: int = STREAM_AHEAD):
-        ticket = super()._ticket(gen, steps, put, max_ahead)
-        begin = ticket.begin
-
-        def bound(seq: int) -> Steps:  # the request got slot `seq`: give it a tuned context too
-            if "tuned" in gen.plan.roles:
-                self.family.bind(seq, self.adapter)
-            return begin(seq)
-
-        ticket.begin = bound
-        return ticket
-
-    def _job(self, prompt: list[int], role: str, need: Callable[[int], Need]) -> Logits:
-        def bound(seq: int) -> Need:
-            self.family.bind(seq, self.adapter)
-            return need(seq)
-
-        return super()._job(prompt, role, bound)
+    def bind(self, seq: int) -> None:
+        self.family.bind(seq, self.adapter)
 
     def close(self) -> None:
         if self.closed:

@@ -3,7 +3,7 @@
 Every member context holds `n_seq` sequences, the slots. A request waits in `pending` until a slot
 is free, then takes the free slot whose cache shares the most of its prompt (prefix reuse per slot).
 Each round gathers the Need of every active request, groups the Holds by member, and serves each
-member's Holds in one batch (`Composite.hold_many`, members concurrently); each strategy is then
+member's Holds in one batch (`Core.hold_many`, members concurrently); each strategy is then
 sent its logits and the chunks it committed go to its consumer. A long prompt is evaluated a chunk
 per round, so streams already running keep producing; its strategy sees logits only once all of it
 is in. Requests join between rounds and a finished, failed or cancelled one leaves its slot at once.
@@ -30,7 +30,7 @@ from nanocommander.engine.request.types import DoneReason
 from nanocommander.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from nanocommander.engine.runtime.composite import Composite
+    from nanocommander.engine.runtime.core import Core
 
 Item = Any  # what a ticket's consumer receives: a list of Chunks, an exception, or None (a job's end)
 
@@ -69,8 +69,8 @@ class Ticket:
 class Scheduler:
     """Admits tickets into slots and runs rounds on one thread (started on first use)."""
 
-    def __init__(self, composite: Composite, n_seq: int, chunk: int):
-        self.comp, self.n_seq = composite, n_seq
+    def __init__(self, core: Core, n_seq: int, chunk: int):
+        self.comp, self.n_seq = core, n_seq
         self.chunk = max(1, chunk)  # new prompt tokens per member per round
         self._cv = threading.Condition()
         self._pending: deque[Ticket] = deque()
