@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
+from helpers import free_port
 
 from nanocommander.engine.llama.rpc.devices import Silent, hello
 from nanocommander.engine.llama.rpc.lib import rpc_available
@@ -19,12 +19,6 @@ needs_rpc = pytest.mark.skipif(
     not rpc_available(),
     reason='llama-cpp-python was built without the RPC backend (CMAKE_ARGS="-DGGML_RPC=ON", see .ci/run)',
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RpcServer:

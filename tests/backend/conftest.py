@@ -1,52 +1,12 @@
-"""A live NanoCommander server on loopback (its own thread and event loop) over the tiny models."""
+"""Live NanoCommander servers on loopback over the tiny models (tests/helpers.py: LiveServer), per module."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-
 import pytest
-from aiohttp import web
+from helpers import LiveServer, free_port, recipe_yaml
 
 from nanocommander.backend.config import Settings
-from nanocommander.backend.server import create_app
 from nanocommander.engine.request.recipe import Recipe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, settings: Settings, recipes: list[Recipe]):
-        self.settings, self.recipes = settings, recipes
-        self.url = f"http://127.0.0.1:{settings.port}"
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.app = create_app(self.settings, self.recipes)
-        self.runner = web.AppRunner(self.app, handler_cancellation=True)
-        self.loop.run_until_complete(self.runner.setup())
-        self.loop.run_until_complete(web.TCPSite(self.runner, self.settings.host, self.settings.port).start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def start(self) -> LiveServer:
-        self.thread.start()
-        assert self.ready.wait(30)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
 
 # An inline chat template that renders tools (ChatML plus a tools block), a system prompt and parameters.
 TOOLS_EXTRA = """system: You are terse.
@@ -62,12 +22,7 @@ template: |-
 
 
 def tiny_recipe(tiny, name: str, *, adapter: bool = False, alpha: float = 1.0, extra: str = "") -> Recipe:
-    tuned = f"{{adapter: {tiny['lora']}}}" if adapter else f"{{path: {tiny['tuned']}}}"
-    return Recipe.parse(
-        f"name: {name}\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
-        f"  tuned: {tuned}\nalpha: {alpha}\n{extra}",
-        check_files=True,
-    )
+    return Recipe.parse(recipe_yaml(tiny, name, adapter=adapter, alpha=alpha, extra=extra), check_files=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from helpers import free_port
 
 KEY = "s3cret-key"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 2}}
@@ -94,9 +94,7 @@ def test_serve_a_recipe_from_the_command_line(tmp_path, tiny):
         f"name: from-cli\nmembers:\n  large: {{path: {tiny['large']}}}\n  base: {{path: {tiny['base']}}}\n"
         f"  tuned: {{path: {tiny['tuned']}}}\n"
     )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "NANOCOMMANDER_HOST": f"127.0.0.1:{port}",

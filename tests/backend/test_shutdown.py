@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,14 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import tiny_models
+from helpers import free_port
 
 NO_EOS = {str(tiny_models.EOS): -100, str(tiny_models.IM_END): -100}  # keep the streams going
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _recipe(folder: Path, tiny, name: str) -> Path:
@@ -73,7 +67,7 @@ def _slow_upload(url: str, out: dict) -> None:
 
 @pytest.mark.slow
 def test_sigterm_ends_every_stream_with_its_error_object_and_exits_quickly(tmp_path, tiny):
-    port, store = _port(), tmp_path / "store"
+    port, store = free_port(), tmp_path / "store"
     recipes = [str(_recipe(tmp_path, tiny, n)) for n in ("ollama-m", "openai-m", "kobold-m")]
     env = {**os.environ, "NANOCOMMANDER_HOST": f"127.0.0.1:{port}", "NANOCOMMANDER_MODELS": str(store)}
     env.pop("NANOCOMMANDER_API_KEY", None)

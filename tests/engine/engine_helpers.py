@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from helpers import recipe_yaml
+
 from nanocommander.engine.request.options import merge_sampling
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
@@ -11,10 +13,8 @@ GREEDY = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
 
 
 def recipe_over(tiny, *, large="large", base="base", tuned="tuned", adapter=False, alpha=1.0, extra=""):
-    tuned_part = f"{{adapter: {tiny['lora']}}}" if adapter else f"{{path: {tiny[tuned]}}}"
-    text = (
-        f"name: t\nmembers:\n  large: {{path: {tiny[large]}}}\n  base: {{path: {tiny[base]}}}\n"
-        f"  tuned: {tuned_part}\nalpha: {alpha}\n{extra}"
+    text = recipe_yaml(
+        tiny, "t", large=large, base=base, tuned=tuned, adapter=adapter, alpha=alpha, extra=extra
     )
     return Recipe.parse(text, check_files=True)
 

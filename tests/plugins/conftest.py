@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import socket
 import threading
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 def backend_create_app():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import socket
 import sys
 import threading
 import types
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from helpers import free_port
 
 FUNCTION_FILE = Path(__file__).parents[2] / "plugins" / "open_webui" / "nanocommander_function.py"
 
@@ -39,12 +39,6 @@ def load(function_id: str = "nanocommander") -> types.ModuleType:
     module.__dict__["__file__"] = str(FUNCTION_FILE)
     exec(compile(content, str(FUNCTION_FILE), "exec"), module.__dict__)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def first_class(module) -> str:
