@@ -19,6 +19,7 @@ from nanocommander.backend import accesslog, shutdown
 from nanocommander.backend import guard as checks
 from nanocommander.backend.app import MANAGER, SETTINGS
 from nanocommander.backend.config import Settings
+from nanocommander.backend.generations import GENERATIONS, Generations
 from nanocommander.backend.kobold import api as kobold_api
 from nanocommander.backend.kobold import routes as kobold_routes
 from nanocommander.backend.manager import Catalog, ModelManager
@@ -156,6 +157,7 @@ def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.A
     app = web.Application(middlewares=[accesslog.access_log, guard], client_max_size=settings.max_body)
     app[SETTINGS] = settings
     app[MANAGER] = ModelManager(settings, Catalog(recipes or []))
+    app[GENERATIONS] = Generations()  # Kobold and OpenAI completions register theirs by genkey
     app.cleanup_ctx.append(_lifecycle)
     shutdown.setup(app)
     ollama_routes.setup_routes(app)

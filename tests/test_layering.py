@@ -71,3 +71,16 @@ def test_engine_imports_neither_backend_nor_registry():
     for _, path in [s for s in sources() if s[0] == "engine"]:
         for name in imports(path):
             assert not name.startswith(("nanocommander.backend", "nanocommander.registry")), (path, name)
+
+
+def test_protocol_folders_do_not_import_each_others_routes():
+    """Each protocol's routes stand alone: what two protocols share lives in backend/ (prepare, generations)."""
+    protocols = ("ollama", "openai", "kobold")
+    wrong = []
+    for proto in protocols:
+        for path in (ROOT / "backend" / proto).rglob("*.py"):
+            for name in imports(path):
+                for other in protocols:
+                    if other != proto and name.startswith(f"nanocommander.backend.{other}.routes"):
+                        wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(sorted(set(wrong)))

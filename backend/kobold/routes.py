@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from nanocommander.backend.app import MANAGER, read_json
+from nanocommander.backend.generations import GENERATIONS, Generation, Generations
 from nanocommander.backend.kobold.api import context_limit, fit_context, kobold_options, lenient
 from nanocommander.backend.manager import Loaded
 from nanocommander.backend.prepare import prepare
@@ -28,26 +27,10 @@ from nanocommander.engine.request.types import Chunk, DoneReason
 from nanocommander.errors import InvalidRequest, ModelNotFound
 
 KCPP_VERSION = "1.76"  # unlocks stop sequences, token counting, abort, SSE streaming, grammar
-KOBOLD_STATE = web.AppKey("kobold_state", dict)
 
 
-@dataclass
-class Generation:
-    genkey: str
-    text: str = ""
-    abort: asyncio.Event = field(default_factory=asyncio.Event)
-    done: bool = False
-
-
-@dataclass
-class Perf:
-    last: dict[str, Any] = field(default_factory=dict)
-    total_gens: int = 0
-    started: float = field(default_factory=time.time)
-
-
-def _state(app: web.Application) -> dict[str, Any]:
-    return app[KOBOLD_STATE]
+def _gens(request: web.Request) -> Generations:
+    return request.app[GENERATIONS]
 
 
 async def _loaded(request: web.Request) -> Loaded:
@@ -94,52 +77,13 @@ async def _run(request: web.Request, body: dict[str, Any]) -> tuple[Generation, 
         ignore_eos=any(body.get(k) for k in ("ban_eos_token", "use_default_badwordsids", "bypass_eos")),
         trim_stop=body.get("trim_stop", True) is not False,
     )
-    gen, chunks = start(request, loaded, req, body.get("genkey"))
+    gen, chunks = _gens(request).start(request.app[MANAGER], loaded, req, body.get("genkey"))
     return gen, chunks, loaded
 
 
 def finish_reason(chunk: Chunk | None) -> str:
     """KoboldCpp's finish reason: stop for an end token or a stop string; length at the limit or on abort."""
     return "stop" if chunk is not None and chunk.done_reason == DoneReason.STOP else "length"
-
-
-def start(
-    request: web.Request, loaded: Loaded, req: Any, genkey: Any
-) -> tuple[Generation, AsyncIterator[Chunk]]:
-    """Register a generation (for check/abort by genkey, or as the current one) and return its stream."""
-    gen = Generation(str(genkey or f"KCPP{uuid.uuid4().hex[:8]}"))
-    state = _state(request.app)
-    state["gens"][gen.genkey] = gen
-    state["current"] = gen
-    if len(state["gens"]) > 64:  # forget old finished generations
-        for key in [k for k, g in state["gens"].items() if g.done][:32]:
-            del state["gens"][key]
-    return gen, _tracked(request, gen, request.app[MANAGER].generate(loaded, req))
-
-
-async def _tracked(
-    request: web.Request, gen: Generation, chunks: AsyncIterator[Chunk]
-) -> AsyncIterator[Chunk]:
-    perf: Perf = _state(request.app)["perf"]
-    try:
-        async for chunk in chunks:
-            gen.text += chunk.text
-            yield chunk
-            if chunk.done and chunk.stats:
-                s = chunk.stats
-                perf.total_gens += 1
-                perf.last = {
-                    "last_process": s.prompt_eval_s,
-                    "last_eval": s.eval_s,
-                    "last_token_count": s.eval_count,
-                    "last_input_count": s.prompt_tokens,
-                    "stop_reason": 1 if chunk.done_reason == DoneReason.STOP else 0,
-                }
-            if gen.abort.is_set():
-                break
-    finally:
-        gen.done = True
-        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def generate(request: web.Request) -> web.Response:
@@ -183,9 +127,7 @@ def _genkey(body: dict[str, Any]) -> str | None:
 
 async def check(request: web.Request) -> web.Response:
     body = await read_json(request) if request.method == "POST" else {}
-    state = _state(request.app)
-    key = _genkey(body)
-    gen = state["gens"].get(key) if key else state.get("current")
+    gen = _gens(request).find(_genkey(body))
     return web.json_response({"results": [{"text": gen.text if gen else ""}]})
 
 
@@ -194,9 +136,7 @@ async def abort(request: web.Request) -> web.Response:
         body = await read_json(request)
     except InvalidRequest:
         body = {}
-    state = _state(request.app)
-    key = _genkey(body)
-    gen = state["gens"].get(key) if key else state.get("current")
+    gen = _gens(request).find(_genkey(body))
     if gen is None or gen.done:
         return web.json_response({"success": "false", "done": "false"})
     gen.abort.set()
@@ -270,9 +210,7 @@ async def extra_version(request: web.Request) -> web.Response:
 
 
 async def perf(request: web.Request) -> web.Response:
-    state = _state(request.app)
-    p: Perf = state["perf"]
-    gen = state.get("current")
+    p, gen = _gens(request).perf, _gens(request).current
     busy = gen is not None and not gen.done
     return web.json_response(
         {
@@ -306,7 +244,6 @@ async def props(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    app[KOBOLD_STATE] = {"gens": {}, "current": None, "perf": Perf()}
     r = app.router
     for prefix in ("/api/v1", "/api/latest"):
         r.add_get(f"{prefix}/model", model)

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from nanocommander.backend import embed_api, tools
 from nanocommander.backend.app import MANAGER, read_json
+from nanocommander.backend.generations import GENERATIONS
 from nanocommander.backend.kobold import api as kobold_fields
-from nanocommander.backend.kobold import routes as kobold_routes
 from nanocommander.backend.ollama.api import composite_object
 from nanocommander.backend.openai import api as wire
 from nanocommander.backend.prepare import Chat, prepare
@@ -123,9 +123,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     cid, created = wire.new_id("cmpl")
 
     def run(r: GenerateRequest) -> AsyncIterator[Chunk]:
-        return kobold_routes.start(request, loaded, r, body.get("genkey"))[
-            1
-        ]  # so /api/extra/abort reaches it
+        # registered by genkey, so /api/extra/abort reaches it
+        return request.app[GENERATIONS].start(manager, loaded, r, body.get("genkey"))[1]
 
     if not stream:
         samples = []
