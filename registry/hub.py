@@ -36,7 +36,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from nanocommander.digest import hex_of
 from nanocommander.errors import RegistryError
-from nanocommander.registry.store import disk_error
+from nanocommander.registry.blobfiles import disk_error
 
 TRUE = ("1", "true", "yes", "on")
 QUANT = re.compile(r"(?i)(?:^|[-_.])((?:I?Q\d[A-Z0-9_]*|F16|BF16|F32))(?:[-_.]|$)")

@@ -13,24 +13,30 @@ Partial downloads live in `partial/` and survive until they complete.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nanocommander.digest import hex_of
 from nanocommander.errors import DigestMismatch, InvalidName, ModelNotFound, RegistryError
+from nanocommander.registry.blobfiles import (
+    BlobWriter,
+    Progress,
+    atomic_write,
+    copy_checked,
+    disk_error,
+    hash_file,
+)
 from nanocommander.registry.name import Name
 
 TEMP = re.compile(r"^\.(?:tmp|upload)-(\d+)-")  # temp files name their writer's pid
-CHUNK = 1 << 20
 MANIFEST_TYPE = "application/vnd.nanocommander.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.nanocommander.config.v1+json"
 RECIPE_TYPE = "application/vnd.nanocommander.recipe"
@@ -41,8 +47,6 @@ TEMPLATE_TYPE = "application/vnd.ollama.image.template"
 SYSTEM_TYPE = "application/vnd.ollama.image.system"
 LICENSE_TYPE = "application/vnd.ollama.image.license"
 MESSAGES_TYPE = "application/vnd.ollama.image.messages"
-
-Progress = Callable[[int], None]  # called with the bytes handled so far
 
 
 def models_dir() -> Path:
@@ -158,9 +162,10 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).exists()
 
-    def temp_path(self) -> Path:
+    def temp_path(self, kind: str = "tmp") -> Path:
+        """A new temp file name in blobs/, named after this process (see stale_temps and TEMP)."""
         self.blobs.mkdir(parents=True, exist_ok=True)
-        return self.blobs / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        return self.blobs / f".{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
     def add_bytes(self, data: bytes, media_type: str, *, name: str | None = None) -> Layer:
         """Store a small blob (recipe, params, template...) and describe it as a layer."""
@@ -222,6 +227,10 @@ class Store:
         dest = self.blob_path(f"sha256:{hexdigest}")
         os.replace(tmp, dest)
         return dest
+
+    def writer(self, digest: str) -> BlobWriter:
+        """A blob of a known digest written in pieces (an upload): see BlobWriter."""
+        return BlobWriter(self.temp_path("upload"), parse_digest(digest), self.adopt)
 
     def read_blob(self, digest: str) -> bytes:
         try:
@@ -362,53 +371,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def hash_file(path: Path, progress: Progress | None = None) -> str:
-    h, done = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done)
-    return h.hexdigest()
-
-
-def copy_checked(src: Path, dest: Path, hexdigest: str) -> None:
-    """Copy src to dest, re-hashing on the way so a file changed meanwhile is caught."""
-    h = hashlib.sha256()
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        while chunk := fin.read(CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    if h.hexdigest() != hexdigest:
-        raise DigestMismatch(str(src), hexdigest, h.hexdigest())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a unique temp file next to `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise disk_error(exc, f"writing {path.name}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def disk_error(exc: OSError, what: str) -> RegistryError:
-    """A clear RegistryError for an OSError, with a hint for the common disk-full case."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RegistryError(
-            f"disk full while {what}: free some space and run the command again "
-            "(nothing was registered; a partial download resumes next time)"
-        )
-    return RegistryError(f"{what} failed: {exc.strerror or exc}")

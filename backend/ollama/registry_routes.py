@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.digest import hex_of
 from nanocommander.engine.request.options import clean_options
 from nanocommander.engine.request.recipe import Recipe, Source
-from nanocommander.errors import DigestMismatch, InvalidRequest
+from nanocommander.errors import InvalidRequest
 from nanocommander.registry import Name, Registry
 from nanocommander.registry.family import member_recipe
 
@@ -216,10 +213,9 @@ async def delete(request: web.Request) -> web.Response:
 
 
 def _blob_path(digest: str) -> Path:
-    hexdigest = hex_of(digest)
-    if hexdigest is None:
+    if hex_of(digest) is None:
         raise InvalidRequest(f"invalid digest {digest!r}; expected sha256:<64 hex>")
-    return _registry().store.root / "blobs" / f"sha256-{hexdigest}"
+    return _registry().store.blob_path(digest)
 
 
 async def blob_head(request: web.Request) -> web.Response:
@@ -230,22 +226,11 @@ async def blob_head(request: web.Request) -> web.Response:
 
 
 async def blob_post(request: web.Request) -> web.Response:
-    path = _blob_path(request.match_info["digest"])
-    expected = path.name.removeprefix("sha256-")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".upload-{os.getpid()}-")  # see Store.stale_temps
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for data in request.content.iter_chunked(1 << 20):
-                h.update(data)
-                out.write(data)
-        if h.hexdigest() != expected:
-            raise DigestMismatch("upload", expected, h.hexdigest())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _blob_path(request.match_info["digest"])  # a malformed digest is a 400 before any byte is read
+    with _registry().store.writer(request.match_info["digest"]) as blob:
+        async for data in request.content.iter_chunked(1 << 20):
+            blob.write(data)
+        blob.commit()
     return web.Response(status=201)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -125,6 +126,8 @@ def test_blobs_then_create_from_files(hub_setup, tiny):
     assert missing.status_code == 404
     wrong = httpx.post(f"{live.url}/api/blobs/sha256:{'0' * 64}", content=data)
     assert wrong.status_code == 400 and "digest mismatch" in wrong.json()["error"]
+    blobs = Path(os.environ["NANOCOMMANDER_MODELS"]) / "blobs"
+    assert not [p.name for p in blobs.iterdir() if p.name.startswith(".")]  # a failed upload leaves nothing
     assert httpx.post(f"{live.url}/api/blobs/sha256:xyz", content=b"x").status_code == 400
     assert httpx.post(f"{live.url}/api/blobs/{digest}", content=data).status_code == 201
     assert httpx.head(f"{live.url}/api/blobs/{digest}").status_code == 200
