@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from nanocommander.engine.decode.plain_view import choose
+from nanocommander.engine.decode.softmax import log_softmax
 from nanocommander.engine.decode.steering import GateState, large_opens, overrides, rejects
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
@@ -260,10 +261,7 @@ class _Position:
 def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
     """log_softmax over the sampleable ids (padding ids and non-finite values get -inf)."""
     z = np.where(np.isfinite(z), z, -np.inf)
-    if mask is not None:
-        z = np.where(mask, -np.inf, z)
-    m = z[np.isfinite(z)].max()
-    return z - m - np.log(np.exp(z - m).sum())
+    return log_softmax(z if mask is None else np.where(mask, -np.inf, z))
 
 
 def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.ndarray, bool]:

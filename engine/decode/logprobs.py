@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from nanocommander.engine.decode.softmax import log_softmax, sampleable
 from nanocommander.engine.request.types import GenerateRequest, TokenLogprob
 from nanocommander.errors import InvalidRequest
 
@@ -26,15 +27,6 @@ def token_text(piece: bytes) -> str:
         return piece.decode("utf-8")
     except UnicodeDecodeError:
         return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
-
-
-def log_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """log_softmax(logits / temperature) in float64; temperature <= 0 means the raw logits."""
-    x = logits.astype(np.float64)
-    if temperature > 0:
-        x /= temperature
-    top = np.max(x)
-    return x - (top + np.log(np.sum(np.exp(x - top))))
 
 
 def entry(
@@ -67,9 +59,7 @@ class LogprobReader:
         """`fused`: the distribution `token` was sampled from; `rows`: each member's logits there."""
         logits = fused
         if self.role != "composite":
-            logits = np.array(rows[self.role][: self.n_vocab], dtype=np.float32)
-            if self.mask is not None:
-                logits[self.mask] = -np.inf
+            logits = sampleable(rows[self.role], self.n_vocab, self.mask, np.float32)
         self._held.append(entry(logits, token, self.k, self.temperature, self._piece))
 
     def take(self) -> list[TokenLogprob] | None:

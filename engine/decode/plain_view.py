@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nanocommander.engine.decode.softmax import sampleable, top_probability
 from nanocommander.engine.text.stream import ends_sentence
 
 PLAIN = "plain"  # the role whose Holds the large member serves in its second sequence per slot
@@ -60,17 +61,10 @@ class PlainView:
         return self.kept + self.sentence
 
 
-def _sampleable(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> np.ndarray:
-    z = np.array(row[:n_vocab], dtype=np.float32)
-    if mask is not None:
-        z[mask] = -np.inf
-    return z
-
-
 def needed(styled: np.ndarray, n_vocab: int, mask: np.ndarray | None, beta: float) -> bool:
     """Whether any token besides the styled reading's top one is plausible (top-1 <= 1 / (1 + beta))."""
-    z = _sampleable(styled, n_vocab, mask)
-    return float(np.exp(z - z.max()).sum()) >= 1.0 + beta
+    z = sampleable(styled, n_vocab, mask, np.float32)
+    return 1.0 / top_probability(z) >= 1.0 + beta
 
 
 def choose(
@@ -78,8 +72,8 @@ def choose(
 ) -> np.ndarray:
     """The large model's logits for this step: the plain reading's (the styled one's where `plain` is
     None), kept only over the tokens the styled reading gives >= beta x its top probability."""
-    z = _sampleable(styled, n_vocab, mask)
-    out = z if plain is None else _sampleable(plain, n_vocab, mask)
+    z = sampleable(styled, n_vocab, mask, np.float32)
+    out = z if plain is None else sampleable(plain, n_vocab, mask, np.float32)
     if beta > 0.0:
         out[z < z.max() + np.float32(np.log(beta))] = -np.inf
     return out
@@ -95,7 +89,7 @@ def respaced(
 ) -> np.ndarray:
     """The plain reading's logits at a junction: its `top` tokens, each word given the space that
     separates it from the styled text before it (where the vocabulary has that token); the rest -inf."""
-    z = _sampleable(plain, n_vocab, mask)
+    z = sampleable(plain, n_vocab, mask, np.float32)
     out = np.full_like(z, -np.inf)
     best = np.argpartition(-z, top)[:top] if top < len(z) else np.arange(len(z))
     for t in best[np.argsort(-z[best])]:  # the top few only: a junction comes once per left-out sentence

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from nanocommander.engine.decode.generation import Generation, Logits, Steps
+from nanocommander.engine.decode.softmax import sampleable, top_probability
 
 Fuse = Callable[[Logits, int], np.ndarray]
 DRAFT_TOP = 64  # a tuned draft is drawn from its top tokens only (q must just be known exactly)
@@ -156,13 +157,11 @@ def _propose(gen: Generation, row: np.ndarray, rng: np.random.Generator) -> tupl
 
     -1 when the tuned model is too unsure for a draft to be worth verifying.
     """
-    z = row[: gen.plan.n_vocab].astype(np.float64)
-    if gen.plan.mask is not None:
-        z[gen.plan.mask] = -np.inf
+    z = sampleable(row, gen.plan.n_vocab, gen.plan.mask)
     opts = gen.sampler.opts
     if gen.sampler.greedy:
         best = int(np.argmax(z))
-        conf = 1.0 / np.exp(z - z[best]).sum()
+        conf = top_probability(z)
         return (best, None) if conf >= P_MIN else (-1, None)
     top = DRAFT_TOP if not 0 < opts.top_k < DRAFT_TOP else opts.top_k
     idx = np.argpartition(-z, top)[:top]

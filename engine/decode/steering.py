@@ -25,6 +25,7 @@ import numpy as np
 
 from nanocommander.engine.decode.generation import Generation, Logits, Need, Steps
 from nanocommander.engine.decode.plain_view import PLAIN, PlainView, choose, needed, respaced
+from nanocommander.engine.decode.softmax import sampleable
 from nanocommander.engine.decode.speculative import Fuse
 from nanocommander.engine.request.decode_options import Steer
 from nanocommander.engine.text.stream import ends_sentence
@@ -59,13 +60,6 @@ def proxy(gen: Generation, fuse_row: Fuse | None = None) -> Steps:
             return
 
 
-def _masked(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> np.ndarray:
-    z = row[:n_vocab].astype(np.float64)
-    if mask is not None:
-        z[mask] = -np.inf
-    return z
-
-
 def _top(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> int:
     """The favourite sampleable token of one member's logits (no float64 copy: a hot path)."""
     z = row[:n_vocab]
@@ -74,7 +68,7 @@ def _top(row: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> int:
 
 def large_stats(large: np.ndarray, n_vocab: int, mask: np.ndarray | None) -> tuple[float, float]:
     """The large model's top-1 probability and entropy (nats) over the sampleable ids."""
-    z = _masked(large, n_vocab, mask)
+    z = sampleable(large, n_vocab, mask)
     z -= z.max()
     e = np.exp(z)
     s = e.sum()

@@ -22,6 +22,7 @@ from nanocommander.engine.decode.fusion import fuse
 from nanocommander.engine.decode.generation import Generation, Logits, Need, Plan, Steps
 from nanocommander.engine.decode.logprobs import reader as logprob_reader
 from nanocommander.engine.decode.logprobs import special_piece
+from nanocommander.engine.decode.softmax import log_softmax
 from nanocommander.engine.decode.strategies import strategy_for
 from nanocommander.engine.llama.member import Hold, LoadedModel, Member
 from nanocommander.engine.llama.sampler import Sampler
@@ -362,9 +363,7 @@ class Composite:
                 base = logits["base"][k] if "base" in logits else None
                 tuned = logits["tuned"][k] if "tuned" in logits else None
                 fused = fuse(logits[plan.roles[0]][k], base, tuned, plan.alpha, plan.n_vocab, None, row)
-                f = fused.astype(np.float64)
-                f -= f.max()
-                out[k] = f[ids[first + k]] - np.log(np.exp(f).sum())
+                out[k] = log_softmax(fused)[ids[first + k]]
         return out
 
     # -- description -----------------------------------------------------------------------
