@@ -1,4 +1,4 @@
-"""Loaded models: load on first use, keep alive for a while, one queue per model.
+"""Loaded models: load on first use, keep alive for a while; each core's scheduler queues its requests.
 
 Composites that share member files share the loaded weights through one ModelPool.
 Composites of one adapter family (same large and base, a LoRA as tuned: engine/runtime/family.py)
@@ -30,7 +30,7 @@ from nanocommander.engine.runtime.core import member_path
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
 from nanocommander.engine.runtime.memory import free_memory
 from nanocommander.engine.runtime.pool import ModelPool
-from nanocommander.errors import InsufficientMemory, ServerBusy
+from nanocommander.errors import InsufficientMemory
 from nanocommander.registry import Registry, estimate_memory, resolve
 from nanocommander.registry.name import canonical
 
@@ -67,9 +67,7 @@ def _member_files(recipe: Recipe) -> set[Path]:
 class Loaded:
     name: str
     composite: Composite
-    slots: asyncio.Semaphore
-    waiting: int = 0
-    active: int = 0
+    active: int = 0  # requests in `generate`, waiting for a slot (in the scheduler) or streaming
     keep_alive: float = 300.0
     expires_at: float = field(default_factory=lambda: time.time() + 300)
     last_used: float = field(default_factory=time.time)
@@ -135,8 +133,7 @@ class ModelManager:
                 loaded = None
             if loaded is None:
                 comp = await self._load(recipe)
-                # as many requests at once as the composite has slots; the rest wait here (MAX_QUEUE)
-                loaded = Loaded(key, comp, asyncio.Semaphore(comp.n_parallel))
+                loaded = Loaded(key, comp)
                 self.loaded[key] = loaded
         self.touch(loaded, keep_alive)
         self.last_used_name = key
@@ -147,7 +144,11 @@ class ModelManager:
         if fkey is None:
             await asyncio.to_thread(self.check_memory, recipe)
             return await asyncio.to_thread(
-                Composite.load, recipe, self.pool, n_parallel=self.settings.num_parallel
+                Composite.load,
+                recipe,
+                self.pool,
+                n_parallel=self.settings.num_parallel,
+                max_queue=self.settings.max_queue,
             )
         async with self._locks.setdefault(("family", fkey), asyncio.Lock()):
             family = self.families.get(fkey)
@@ -162,6 +163,7 @@ class ModelManager:
                     self.pool,
                     capacity=self.settings.family_slots,
                     n_parallel=self.settings.num_parallel,
+                    max_queue=self.settings.max_queue,
                 )
                 self.families[fkey] = family
             else:  # a new member costs its adapter
@@ -199,7 +201,7 @@ class ModelManager:
         loaded = self.loaded.get(key)
         if loaded is None:
             return False
-        if not force and (loaded.active or loaded.waiting):
+        if not force and loaded.active:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
@@ -238,14 +240,8 @@ class ModelManager:
         return loaded.embedder
 
     async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
-        """Queue for the model, then stream; leaving early cancels the generation within one token."""
-        if loaded.waiting >= self.settings.max_queue:
-            raise ServerBusy("server busy, please try again; the model's queue is full")
-        loaded.waiting += 1
-        try:
-            await loaded.slots.acquire()
-        finally:
-            loaded.waiting -= 1
+        """Stream a generation (its scheduler queues it for a slot, or refuses it when the queue is
+        full); leaving early cancels the generation within one token."""
         loaded.active += 1
         alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
         accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
@@ -256,9 +252,8 @@ class ModelManager:
                 yield chunk
         finally:
             loaded.active -= 1
-            loaded.slots.release()
             self.touch(loaded, loaded.keep_alive)
-            if loaded.keep_alive == 0 and loaded.active == 0 and loaded.waiting == 0:
+            if loaded.keep_alive == 0 and loaded.active == 0:
                 await self.unload(loaded.name)
 
     async def _reap(self) -> None:
@@ -266,7 +261,7 @@ class ModelManager:
             await asyncio.sleep(1.0)
             now = time.time()
             for name, loaded in list(self.loaded.items()):
-                if loaded.active == 0 and loaded.waiting == 0 and loaded.expires_at <= now:
+                if loaded.active == 0 and loaded.expires_at <= now:
                     await self.unload(name)
 
     def default_name(self) -> str | None:

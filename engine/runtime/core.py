@@ -59,6 +59,7 @@ class Core:
         load_s: float = 0.0,
         concurrent: bool = True,
         workers: int = 3,
+        max_queue: int | None = None,
     ):
         self.members, self.pool, self.load_s, self.concurrent = members, pool, load_s, concurrent
         self._acquired = list(acquired)  # released to the pool once each on close
@@ -70,7 +71,7 @@ class Core:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member")
         self._members_lock = threading.Lock()  # one batch at a time on the member contexts
         chunk = min(m.n_batch for m in members.values())
-        self.scheduler = Scheduler(self, self.n_parallel, chunk)
+        self.scheduler = Scheduler(self, self.n_parallel, chunk, max_queue)
         self.closed = False
 
     @classmethod
@@ -84,13 +85,15 @@ class Core:
         n_parallel: int | None = None,
         views: bool | None = None,
         workers: int = 3,
+        max_queue: int | None = None,
     ) -> Core:
         """Load `recipe`'s three members (sharing weights through `pool`) and check their vocabularies.
 
         Each member context holds `slots` sequences of `n_ctx` tokens (recipe `num_parallel`, else
         `n_parallel`, else 4): its KV cache is slots * n_ctx tokens (see `Member`). The large member
         holds a second sequence per slot for the plain reading (`views`; default: whether the
-        recipe's steer uses `plain`). `workers` threads run members concurrently.
+        recipe's steer uses `plain`). `workers` threads run members concurrently; past `max_queue` requests
+        waiting for a slot, the scheduler refuses one more (ServerBusy).
         """
         t0 = time.perf_counter()
         pool = pool or ModelPool()
@@ -134,7 +137,15 @@ class Core:
                     n_seq=slots * (per_slot if role == "large" else 1),
                 )
             load_s = time.perf_counter() - t0
-            return cls(members, pool, acquired, load_s=load_s, concurrent=concurrent, workers=workers)
+            return cls(
+                members,
+                pool,
+                acquired,
+                load_s=load_s,
+                concurrent=concurrent,
+                workers=workers,
+                max_queue=max_queue,
+            )
         except BaseException:
             for member in members.values():
                 member.close()

@@ -1,7 +1,8 @@
 """Continuous batching: one scheduler thread per composite serves the Needs of many requests at once.
 
 Every member context holds `n_seq` sequences, the slots. A request waits in `pending` until a slot
-is free, then takes the free slot whose cache shares the most of its prompt (prefix reuse per slot).
+is free (admission is decided here alone: past `max_queue` waiting, one more is refused with
+ServerBusy, a 503), then takes the free slot whose cache shares the most of its prompt (prefix reuse per slot).
 Each round gathers the Need of every active request, groups the Holds by member, and serves each
 member's Holds in one batch (`Core.hold_many`, members concurrently); each strategy is then
 sent its logits and the chunks it committed go to its consumer. A long prompt is evaluated a chunk
@@ -27,7 +28,7 @@ from nanocommander.engine.decode.generation import Generation, Logits, Need, Ste
 from nanocommander.engine.decode.plain_view import PLAIN
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.types import DoneReason
-from nanocommander.errors import ModelLoadError
+from nanocommander.errors import ModelLoadError, ServerBusy
 
 if TYPE_CHECKING:
     from nanocommander.engine.runtime.core import Core
@@ -69,8 +70,9 @@ class Ticket:
 class Scheduler:
     """Admits tickets into slots and runs rounds on one thread (started on first use)."""
 
-    def __init__(self, core: Core, n_seq: int, chunk: int):
+    def __init__(self, core: Core, n_seq: int, chunk: int, max_queue: int | None = None):
         self.comp, self.n_seq = core, n_seq
+        self.max_queue = max_queue  # requests allowed to wait for a slot; one more is refused (503)
         self.chunk = max(1, chunk)  # new prompt tokens per member per round
         self._cv = threading.Condition()
         self._pending: deque[Ticket] = deque()
@@ -90,6 +92,11 @@ class Scheduler:
                 for ticket in tickets:
                     self._close(ticket)
                 raise ModelLoadError("model was unloaded")
+            waiting = len(self._pending) + len(tickets) - self._slots.count(None)
+            if self.max_queue is not None and waiting > self.max_queue:
+                for ticket in tickets:
+                    self._close(ticket)
+                raise ServerBusy("server busy, please try again; the model's queue is full")
             self._pending.extend(tickets)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
@@ -116,6 +123,11 @@ class Scheduler:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    def waiting(self) -> int:
+        """Requests queued for a slot (for tests and /api/ps)."""
+        with self._cv:
+            return max(0, len(self._pending) - self._slots.count(None))
 
     def active(self) -> list[int]:
         """Slots in use (for tests and /api/ps)."""

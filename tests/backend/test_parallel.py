@@ -43,7 +43,7 @@ def test_two_slots_run_together_a_third_waits_a_fourth_is_refused(two_slots):
             ps = (await (await s.get(f"{url}/api/ps")).json())["models"][0]
             third = asyncio.ensure_future(s.post(f"{url}/api/generate", json=LONG))
             await asyncio.sleep(0.5)
-            waiting = two_slots.app[MANAGER].loaded["tiny:latest"].waiting
+            waiting = two_slots.app[MANAGER].loaded["tiny:latest"].composite.scheduler.waiting()
             fourth = await s.post(f"{url}/api/generate", json=LONG)
             refused = fourth.status
             first.close()  # a slot frees: the waiting request starts at once
