@@ -250,22 +250,8 @@ class Composite:
         The request runs in the scheduler, batched with any others in flight, one round ahead of
         this iterator at most: setting `cancel` or closing the iterator stops it within one token.
         """
-        gen, steps = self.start(req)
-        inbox: queue.SimpleQueue[Item] = queue.SimpleQueue()
-        ticket = self._ticket(gen, steps, inbox.put, max_ahead=1)
-        ticket.external = cancel
-        self.scheduler.submit(ticket)
-        try:
-            while True:
-                item = inbox.get()
-                self.scheduler.took(ticket)
-                if isinstance(item, BaseException):
-                    raise item
-                yield from item
-                if item and item[-1].done:
-                    return
-        finally:
-            self.scheduler.cancel(ticket)
+        for _, chunks in self._relay([self.start(req)], max_ahead=1, cancel=cancel):
+            yield from chunks
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
         """`generate` for asyncio callers; leaving the loop early cancels the request within a round."""
@@ -298,29 +284,45 @@ class Composite:
             for gen, _ in started:
                 gen.sampler.close()
             raise
+        out: list[list[Chunk]] = [[] for _ in reqs]
+        for i, chunks in self._relay(started, max_ahead=1 << 30):
+            out[i].extend(chunks)
+        return out
+
+    def _relay(
+        self,
+        started: Sequence[tuple[Generation, Steps]],
+        max_ahead: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[tuple[int, list[Chunk]]]:
+        """The blocking relay loop: submit the requests together, hand on each delivery as
+        (request index, chunks) until every request is done, then raise the first error any had.
+        Leaving early (or `cancel`) cancels them all within a round. `stream` is its asyncio twin."""
         inbox: queue.SimpleQueue[tuple[int, Item]] = queue.SimpleQueue()
         tickets = [
-            self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead=1 << 30)
+            self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead=max_ahead)
             for i, (gen, steps) in enumerate(started)
         ]
+        for ticket in tickets:
+            ticket.external = cancel
         self.scheduler.submit(*tickets)
-        out: list[list[Chunk]] = [[] for _ in reqs]
         errors: list[BaseException] = []
         left = len(tickets)
         try:
             while left:
                 i, item = inbox.get()
+                self.scheduler.took(tickets[i])
                 if isinstance(item, BaseException):
                     errors.append(item)
-                else:
-                    out[i].extend(item)
-                left -= isinstance(item, BaseException) or bool(item and item[-1].done)
+                    left -= 1
+                    continue
+                yield i, item
+                left -= bool(item and item[-1].done)
         finally:
             for ticket in tickets:
                 self.scheduler.cancel(ticket)
         if errors:
             raise errors[0]
-        return out
 
     def bind(self, seq: int) -> None:
         """A request of this composite got slot `seq` (the scheduler's thread, before its first Need):
