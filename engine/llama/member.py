@@ -101,6 +101,14 @@ class LoadedModel:
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)]
 
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def is_pad(self, token: int) -> bool:
+        """Unused or [PAD...] ids: padding a vocabulary to a round size, never to be sampled."""
+        attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+        return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_UNUSED) or self.token_text(token).startswith("[PAD")
+
     def close(self) -> None:
         self._adapters.clear()  # llama.cpp frees adapters together with their model
         self.model.close()
