@@ -47,6 +47,28 @@ def member_path(spec: MemberSpec) -> Path:
     return Path(src.path)
 
 
+def _context(
+    recipe: Recipe, role: str, model: LoadedModel, load: LoadOptions, want_ctx: int, per_slot: int
+) -> Member:
+    """`role`'s context: `load.num_parallel` slots of n_ctx tokens (capped at the model's training
+    context); the large one holds `per_slot` sequences per slot (the plain reading)."""
+    spec = recipe.member(role)
+    train_ctx = model.model.n_ctx_train() or want_ctx
+    adapter = spec.adapter.path if spec.is_adapter and spec.adapter else None
+    if spec.is_adapter and adapter is None:
+        raise ModelLoadError("the tuned adapter is not a local file yet; run `nanocommander pull` first")
+    return Member(
+        role,
+        model,
+        n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
+        threads=spec.threads or load.num_thread,
+        adapter=adapter,
+        adapter_scale=spec.adapter_scale,
+        n_batch=load.num_batch,
+        n_seq=load.num_parallel * (per_slot if role == "large" else 1),
+    )
+
+
 class Core:
     """Three member contexts (the tuned one may be an adapter on base's weights) ready to serve Holds."""
 
@@ -114,28 +136,9 @@ class Core:
                 models["tuned"] = pool.acquire(member_path(tuned), tuned.gpu_layers, placement(tuned))
                 acquired.append(models["tuned"])
             load = LoadOptions.from_parameters(recipe.parameters, n_parallel)
-            want_ctx = n_ctx or load.num_ctx
-            threads, n_batch, slots = load.num_thread, load.num_batch, load.num_parallel
             per_slot = large_sequences(recipe.steer) if views is None else 1 + bool(views)
             for role in ROLES:
-                spec = recipe.member(role)
-                model = models[role]
-                train_ctx = model.model.n_ctx_train() or want_ctx
-                adapter = spec.adapter.path if spec.is_adapter and spec.adapter else None
-                if spec.is_adapter and adapter is None:
-                    raise ModelLoadError(
-                        "the tuned adapter is not a local file yet; run `nanocommander pull` first"
-                    )
-                members[role] = Member(
-                    role,
-                    model,
-                    n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
-                    threads=spec.threads or threads,
-                    adapter=adapter,
-                    adapter_scale=spec.adapter_scale,
-                    n_batch=n_batch,
-                    n_seq=slots * (per_slot if role == "large" else 1),
-                )
+                members[role] = _context(recipe, role, models[role], load, n_ctx or load.num_ctx, per_slot)
             load_s = time.perf_counter() - t0
             return cls(
                 members,
