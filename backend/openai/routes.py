@@ -175,7 +175,10 @@ async def _sse(request: web.Request, items: AsyncIterator[Any]) -> web.StreamRes
 
 def _model_object(name: str, recipe: Any, created: float) -> dict[str, Any]:
     described = describe(recipe)
-    return wire.model_object(name, created, composite_object(described["alpha"], described["members"]))
+    out = wire.model_object(name, created, composite_object(described["alpha"], described["members"]))
+    if "error" in described:  # an unreadable member: listed and flagged, as /api/tags does
+        out["error"] = described["error"]
+    return out
 
 
 async def models(request: web.Request) -> web.Response:
