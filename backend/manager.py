@@ -267,15 +267,20 @@ class ModelManager:
                 )
         return loaded.embedder
 
-    async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
+    async def generate(
+        self, loaded: Loaded, req: GenerateRequest, load_s: float = 0.0
+    ) -> AsyncIterator[Chunk]:
         """Stream a generation (its scheduler queues it for a slot, or refuses it when the queue is
-        full); leaving early cancels the generation within one token."""
+        full); leaving early cancels the generation within one token. `load_s`, the time this request
+        spent in `get` (the load, on the request that loaded the model; ~0 when warm, as Ollama
+        reports it), goes into the final chunk's stats."""
         loaded.active += 1
         alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
         accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
             async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
                 if chunk.stats is not None:
+                    chunk.stats.load_s = load_s
                     accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk
         finally:
