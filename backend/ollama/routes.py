@@ -82,7 +82,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         n_calls = 0
-        async for chunk, calls in tools.split(manager.generate(loaded, req, load_s), plan.family):
+        async for chunk, calls in tools.split(manager.generate(loaded, req, load_s), plan):
             yield wire.chat_item(call.model, chunk, calls, first_call=n_calls)
             n_calls += len(calls)
 

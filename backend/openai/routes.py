@@ -55,7 +55,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not stream:
         choices = []
         for r in reqs:
-            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan.family)]
+            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan)]
             choices.append(([c for c, _ in pairs], [call for _, cs in pairs for call in cs]))
         (chunks, calls), *more = choices
         return web.json_response(wire.chat_completion(cid, created, name, chunks, calls, more=more))
@@ -64,7 +64,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         finals = []
         for index, r in enumerate(reqs):
             first, n_calls = True, 0
-            async for chunk, calls in tools.split(manager.generate(loaded, r), plan.family):
+            async for chunk, calls in tools.split(manager.generate(loaded, r), plan):
                 for item in wire.chat_chunks(
                     cid,
                     created,
