@@ -11,7 +11,7 @@ never blocks on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,9 +30,12 @@ from nanocommander.engine.runtime.core import member_path
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
 from nanocommander.engine.runtime.memory import free_memory
 from nanocommander.engine.runtime.pool import ModelPool
-from nanocommander.errors import InsufficientMemory
+from nanocommander.errors import InsufficientMemory, ModelLoadError, NanoCommanderError, warn_once
+from nanocommander.gguf_file import read_gguf
 from nanocommander.registry import Registry, estimate_memory, resolve
 from nanocommander.registry.name import canonical
+
+log = logging.getLogger("nanocommander.models")
 
 
 def memory_estimate(
@@ -61,6 +64,23 @@ def _member_files(recipe: Recipe) -> set[Path]:
             if src is not None and src.path is not None:
                 out.add(Path(src.path).resolve())
     return out
+
+
+def check_headers(recipe: Recipe) -> None:
+    """Read every member's GGUF header first: a cut or foreign file gets the header reader's reason
+    (truncated, no magic) instead of llama.cpp's bare "failed to load"."""
+    for path in _member_files(recipe):
+        if path.is_file():
+            read_gguf(path)
+
+
+def blame(recipe: Recipe, exc: Exception) -> str:
+    """The error prefixed by the member whose file it names, so a user knows which file to replace."""
+    for spec in recipe.members:
+        for src in (spec.source, spec.adapter):
+            if src is not None and src.path is not None and str(src.path) in str(exc):
+                return f"member {spec.role}: {exc}"
+    return str(exc)
 
 
 @dataclass
@@ -98,8 +118,10 @@ class Catalog:
         for entry in stored:
             key = canonical(entry.name.display())
             if key not in self.recipes:
-                with contextlib.suppress(Exception):
+                try:
                     out.append((key, self.lookup(key)[1], entry.modified_at.timestamp()))
+                except Exception as exc:  # a broken entry leaves the list; say why (`verify` tells more)
+                    warn_once(log, f"model {key!r} is left out of the list: {exc}")
         return out
 
 
@@ -132,7 +154,13 @@ class ModelManager:
                 rpc.strand(self.loaded.pop(key).composite)
                 loaded = None
             if loaded is None:
-                comp = await self._load(recipe)
+                try:
+                    await asyncio.to_thread(check_headers, recipe)
+                    comp = await self._load(recipe)
+                except (ModelLoadError, OSError, ValueError) as exc:
+                    if isinstance(exc, NanoCommanderError) and not isinstance(exc, ModelLoadError):
+                        raise  # a refusal with its own status (context, vocabulary, memory)
+                    raise ModelLoadError(f"model {key!r} cannot be loaded: {blame(recipe, exc)}") from exc
                 loaded = Loaded(key, comp)
                 self.loaded[key] = loaded
         self.touch(loaded, keep_alive)
@@ -239,15 +267,20 @@ class ModelManager:
                 )
         return loaded.embedder
 
-    async def generate(self, loaded: Loaded, req: GenerateRequest) -> AsyncIterator[Chunk]:
+    async def generate(
+        self, loaded: Loaded, req: GenerateRequest, load_s: float = 0.0
+    ) -> AsyncIterator[Chunk]:
         """Stream a generation (its scheduler queues it for a slot, or refuses it when the queue is
-        full); leaving early cancels the generation within one token."""
+        full); leaving early cancels the generation within one token. `load_s`, the time this request
+        spent in `get` (the load, on the request that loaded the model; ~0 when warm, as Ollama
+        reports it), goes into the final chunk's stats."""
         loaded.active += 1
         alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
         accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
             async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
                 if chunk.stats is not None:
+                    chunk.stats.load_s = load_s
                     accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
                 yield chunk
         finally:

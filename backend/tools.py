@@ -15,7 +15,15 @@ from typing import Any
 
 from nanocommander.engine.decode.logprobs import MAX_TOP
 from nanocommander.engine.request.types import Chunk, GenerateRequest
-from nanocommander.engine.text.toolcalls import Family, ToolCall, ToolCallParser, choice, family, grammar
+from nanocommander.engine.text.toolcalls import (
+    BARE,
+    Family,
+    ToolCall,
+    ToolCallParser,
+    choice,
+    family,
+    grammar,
+)
 from nanocommander.errors import InvalidRequest
 
 MAX_N = 16  # samples per OpenAI request
@@ -23,8 +31,9 @@ MAX_N = 16  # samples per OpenAI request
 
 @dataclass(frozen=True)
 class ToolPlan:
-    family: Family | None = None  # None: no parsing (no tools, tool_choice none, unknown syntax)
+    family: Family | None = None  # None: no parsing (no tools, or tool_choice none)
     grammar: str | None = None  # forces a call (tool_choice required or a named function)
+    names: frozenset[str] = frozenset()  # the offered tools: marker-less JSON must name one to be a call
 
     def apply(self, req: GenerateRequest) -> GenerateRequest:
         if self.family is None:
@@ -46,6 +55,7 @@ def plan(
     forced = choice(tool_choice, tools)
     if not tools or tool_choice == "none":
         return ToolPlan()
+    names = frozenset(_names(tools))
     fam = family(template, tool_parser)
     if fam is None:
         if forced:
@@ -53,19 +63,22 @@ def plan(
                 "cannot tell this model's tool-call syntax from its chat template; "
                 "set `tool_parser: hermes|llama3|mistral` in the recipe"
             )
-        return ToolPlan()
-    return ToolPlan(fam, grammar(fam, tools, forced, parallel=parallel) if forced else None)
+        return ToolPlan(BARE, names=names)  # still catch replies that are only JSON calls
+    return ToolPlan(fam, grammar(fam, tools, forced, parallel=parallel) if forced else None, names)
 
 
-async def split(
-    chunks: AsyncIterator[Chunk], fam: Family | None
-) -> AsyncIterator[tuple[Chunk, list[ToolCall]]]:
+def _names(tools: Sequence[dict[str, Any]]) -> list[str]:
+    fns = (t.get("function") if isinstance(t, dict) else None for t in tools)
+    return [fn["name"] for fn in fns if isinstance(fn, dict) and isinstance(fn.get("name"), str)]
+
+
+async def split(chunks: AsyncIterator[Chunk], plan: ToolPlan) -> AsyncIterator[tuple[Chunk, list[ToolCall]]]:
     """Each chunk with its text reduced to content, and the tool calls completed with it."""
-    if fam is None:
+    if plan.family is None:
         async for chunk in chunks:
             yield chunk, []
         return
-    parser = ToolCallParser(fam)
+    parser = ToolCallParser(plan.family, plan.names)
     async for chunk in chunks:
         text, calls = parser.push(chunk.text)
         if chunk.done:

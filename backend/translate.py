@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
 from nanocommander.engine.request.recipe import Recipe
+from nanocommander.errors import warn_once
 from nanocommander.gguf_file import read_gguf
+
+log = logging.getLogger("nanocommander.models")
 
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:
@@ -38,10 +42,18 @@ def describe(recipe: Recipe) -> dict[str, Any]:
         entry: dict[str, Any] = {"source": spec.to_dict()}
         path = src.path if src is not None else None
         if path is not None and Path(path).is_file():
-            entry.update(gguf_facts(path))
+            try:
+                entry.update(gguf_facts(path))
+            except (ValueError, OSError) as exc:  # one bad file flags its model, never hides the others
+                entry["error"] = str(exc)
         if spec.is_adapter:
             entry["adapter"] = str(path) if path else None
         members[spec.role] = entry
     size = sum(m.get("size", 0) for m in members.values())
     digest = hashlib.sha256(recipe.dump().encode()).hexdigest()
-    return {"alpha": recipe.alpha, "members": members, "size": size, "digest": digest}
+    out = {"alpha": recipe.alpha, "members": members, "size": size, "digest": digest}
+    bad = [f"member {role}: {m['error']}" for role, m in members.items() if "error" in m]
+    if bad:
+        out["error"] = "; ".join(bad)
+        warn_once(log, f"model {recipe.name!r} cannot be loaded: {out['error']}")
+    return out

@@ -7,6 +7,23 @@ their message text) onto their own status codes and error envelopes.
 
 from __future__ import annotations
 
+import logging
+import threading
+
+_WARNED: set[str] = set()  # reasons already logged (clients poll the model lists every few seconds)
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_once(log: logging.Logger, message: str) -> None:
+    """Log a problem that a listing skips or flags once per process, not on every poll."""
+    with _WARNED_LOCK:
+        if message in _WARNED:
+            return
+        if len(_WARNED) > 1000:
+            _WARNED.clear()
+        _WARNED.add(message)
+    log.warning("%s", message)
+
 
 class NanoCommanderError(Exception):
     """Base of every error NanoCommander raises on purpose."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -87,18 +88,79 @@ class RemoteFile:
         return hex_of(self.etag, bare=True)
 
 
-def hub_error(exc: BaseException, what: str) -> RegistryError:
-    """A RegistryError that says what failed and why, for any huggingface_hub or network error."""
+ANOTHER_RECIPE = (
+    "the recipe may be out of date: pull another one with `nanocommander pull OTHER.yaml` "
+    "(members with hf:/file: or local path:) or `nanocommander pull hf.co/USER/REPO:Q4_K_M`"
+)
 
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The connection and timeout errors of the HTTP clients huggingface_hub may use, and the OS's."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module in ("httpx2", "httpx", "requests"):
+        try:
+            lib = __import__(module)
+        except ImportError:
+            continue
+        for name in ("ConnectError", "TimeoutException", "ConnectTimeout", "ConnectionError", "Timeout"):
+            cls = getattr(lib, name, None) or getattr(getattr(lib, "exceptions", None), name, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                found.append(cls)
+    return tuple(found)
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why the Hub could not be reached at all (refused, no DNS, timed out), or None for any other error."""
+    kinds, seen = _transport_errors(), set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds):
+            reason = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the client wrote
+            return reason[:160]
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def hub_error(
+    exc: BaseException,
+    what: str,
+    *,
+    repo: str | None = None,
+    file: str | None = None,
+    revision: str | None = None,
+) -> RegistryError:
+    """A one-line RegistryError that says what failed and why, for any huggingface_hub or network error.
+
+    A repository, revision or file the Hub does not have (its 404s) names them and suggests another
+    recipe; no network at all says so, with the offline switch, instead of a client's traceback text."""
+
+    at = f" at revision {revision}" if revision and revision != "main" else ""
+    target = f"{file} in {repo}" if repo and file else repo or what
     if isinstance(exc, GatedRepoError):
         return RegistryError(f"{what}: the repo is gated; accept its terms on the Hub and set HF_TOKEN")
     if isinstance(exc, RepositoryNotFoundError):
+        if repo:
+            return RegistryError(
+                f"{what}: repository not found on the Hub: {repo} (private repos need HF_TOKEN); {ANOTHER_RECIPE}"
+            )
         return RegistryError(f"{what}: repository not found (private repos need HF_TOKEN)")
     if isinstance(exc, RevisionNotFoundError):
+        if repo:
+            return RegistryError(
+                f"{what}: revision not found on the Hub: {revision} of {repo}; {ANOTHER_RECIPE}"
+            )
         return RegistryError(f"{what}: revision not found")
     if isinstance(exc, EntryNotFoundError):
+        if repo:
+            return RegistryError(f"{what}: file not found on the Hub: {target}{at}; {ANOTHER_RECIPE}")
         return RegistryError(f"{what}: file not found in the repo")
-    return RegistryError(f"{what} failed: {type(exc).__name__}: {exc}")
+    if (reason := unreachable(exc)) is not None:
+        endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        return RegistryError(
+            f"no network: cannot reach the Hub at {endpoint} for {target} ({reason}); "
+            "connect, or set HF_HUB_OFFLINE=1 to use files already in the Hugging Face cache"
+        )
+    return RegistryError(f"{what} failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
 
 def repo_files(settings: HubSettings, repo: str, revision: str | None) -> tuple[list[str], str]:
@@ -107,7 +169,7 @@ def repo_files(settings: HubSettings, repo: str, revision: str | None) -> tuple[
     try:
         info = settings.api().model_info(repo, revision=revision)
     except Exception as exc:  # noqa: BLE001 - every client error becomes one RegistryError
-        raise hub_error(exc, f"listing {repo}") from exc
+        raise hub_error(exc, f"listing {repo}", repo=repo, revision=revision) from exc
     return [s.rfilename for s in info.siblings or []], str(info.sha)
 
 
@@ -147,7 +209,9 @@ def remote_file(settings: HubSettings, repo: str, filename: str, revision: str |
     try:
         meta = get_hf_file_metadata(url, token=settings.token, endpoint=settings.endpoint)
     except Exception as exc:  # noqa: BLE001
-        raise hub_error(exc, f"looking up {repo}/{filename}") from exc
+        raise hub_error(
+            exc, f"looking up {repo}/{filename}", repo=repo, file=filename, revision=revision
+        ) from exc
     if not meta.commit_hash or not meta.etag:
         raise RegistryError(f"the Hub gave no commit or ETag for {repo}/{filename}")
     return RemoteFile(repo, filename, meta.commit_hash, meta.etag, meta.size, meta.location)
@@ -177,7 +241,9 @@ def download_text(settings: HubSettings, repo: str, filename: str, revision: str
         )
         return Path(path).read_text(encoding="utf-8")
     except Exception as exc:  # noqa: BLE001
-        raise hub_error(exc, f"downloading {repo}/{filename}") from exc
+        raise hub_error(
+            exc, f"downloading {repo}/{filename}", repo=repo, file=filename, revision=revision
+        ) from exc
 
 
 class Cancelled(Exception):

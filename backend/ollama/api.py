@@ -328,6 +328,7 @@ def tag_entry(name: str, described: Mapping[str, Any], modified: float) -> dict[
         "digest": described["digest"],
         "details": details(described["members"]),
         "composite": composite_object(described["alpha"], described["members"]),
+        **({"error": described["error"]} if "error" in described else {}),  # listed, flagged (unreadable)
     }
 
 

@@ -42,7 +42,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if call.lifecycle:
         return await _lifecycle(request, call.model, call.keep_alive, chat=False)
     manager = request.app[MANAGER]
+    t0 = time.perf_counter()
     loaded = await manager.get(call.model, call.keep_alive)
+    load_s = time.perf_counter() - t0  # the load, on the reply that loaded the model; ~0 when warm
     comp = loaded.composite
     # raw: the prompt as it is; else one user turn through the chat template, as Ollama wraps it
     prompt = (
@@ -61,7 +63,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         out: list[int] = []
-        async for chunk in manager.generate(loaded, req):
+        async for chunk in manager.generate(loaded, req, load_s):
             out += chunk.token_ids
             yield wire.generate_item(call.model, chunk, None if call.raw else ids + out)
 
@@ -73,12 +75,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not call.messages:
         return await _lifecycle(request, call.model, call.keep_alive, chat=True)
     manager = request.app[MANAGER]
+    t0 = time.perf_counter()
     loaded = await manager.get(call.model, call.keep_alive)
+    load_s = time.perf_counter() - t0  # the load, on the reply that loaded the model; ~0 when warm
     req, plan = await _chat_request(loaded, call)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         n_calls = 0
-        async for chunk, calls in tools.split(manager.generate(loaded, req), plan.family):
+        async for chunk, calls in tools.split(manager.generate(loaded, req, load_s), plan):
             yield wire.chat_item(call.model, chunk, calls, first_call=n_calls)
             n_calls += len(calls)
 

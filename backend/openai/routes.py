@@ -55,7 +55,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not stream:
         choices = []
         for r in reqs:
-            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan.family)]
+            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan)]
             choices.append(([c for c, _ in pairs], [call for _, cs in pairs for call in cs]))
         (chunks, calls), *more = choices
         return web.json_response(wire.chat_completion(cid, created, name, chunks, calls, more=more))
@@ -64,7 +64,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         finals = []
         for index, r in enumerate(reqs):
             first, n_calls = True, 0
-            async for chunk, calls in tools.split(manager.generate(loaded, r), plan.family):
+            async for chunk, calls in tools.split(manager.generate(loaded, r), plan):
                 for item in wire.chat_chunks(
                     cid,
                     created,
@@ -175,7 +175,10 @@ async def _sse(request: web.Request, items: AsyncIterator[Any]) -> web.StreamRes
 
 def _model_object(name: str, recipe: Any, created: float) -> dict[str, Any]:
     described = describe(recipe)
-    return wire.model_object(name, created, composite_object(described["alpha"], described["members"]))
+    out = wire.model_object(name, created, composite_object(described["alpha"], described["members"]))
+    if "error" in described:  # an unreadable member: listed and flagged, as /api/tags does
+        out["error"] = described["error"]
+    return out
 
 
 async def models(request: web.Request) -> web.Response:

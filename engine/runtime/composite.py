@@ -215,7 +215,7 @@ class Composite:
         """Check a request and set up its Generation and strategy (raises before any work is done)."""
         if self.closed:
             raise ModelLoadError("model was unloaded")
-        stats = Stats(load_s=self.load_s)
+        stats = Stats()  # load_s stays 0: the server adds what this request waited for a load
         plan = self.plan(req)
         tokens = self._prompt_ids(req)
         if not tokens:

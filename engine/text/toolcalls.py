@@ -10,6 +10,11 @@ Models trained for tools write calls in their chat template's own syntax:
   `[TOOL_CALLS]name[ARGS]{...}`; `[TOOL_CALLS]` is a control token, so the request asks the
   engine to render it as text (`special_text`).
 
+Whatever the family, a reply that is nothing but JSON calls (`{"name": ..., "arguments": {...}}`,
+a list of them, or one in a ```json fence), with no marker, is parsed as calls too (small models
+drop the tags; Ollama falls back to the same), but only when every name is a tool that was
+offered: ordinary JSON content stays content. With no family known, `BARE` parses only these.
+
 The family is read from the text of the chat template that renders the chat (a recipe's
 `tool_parser` names it when that fails). `ToolCallParser` splits streamed text into content
 and calls without knowing any wire format; protocols turn `ToolCall`s into their shapes.
@@ -88,6 +93,64 @@ def _json_values(text: str) -> list[Any]:
         out.append(value)
 
 
+_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\r?\n")
+_FENCE_OPENING = re.compile(r"```[A-Za-z]*[ \t]*\r?")
+BARE_STARTS = ("{", "[", "```")  # how a reply that is only JSON calls can begin
+
+
+def _bare_calls(text: str, names: frozenset[str] | None) -> list[dict[str, Any]]:
+    """The calls a marker-less reply holds; ValueError unless it is only calls of offered tools."""
+    body = text.strip()
+    if fence := _FENCE.match(body):
+        body = body[fence.end() :].rstrip().removesuffix("```")
+    values = _json_values(body)
+    flat = [item for v in values for item in (v if isinstance(v, list) else [v])]
+    if not flat or not all(isinstance(v, dict) and ("arguments" in v or "parameters" in v) for v in flat):
+        raise ValueError("not a tool call")
+    calls = [_object(v, ("arguments", "parameters")) for v in flat]
+    if names is not None and any(c["name"] not in names for c in calls):
+        raise ValueError("not an offered tool")
+    return calls
+
+
+def _bare_verdict(text: str, names: frozenset[str] | None) -> bool | None:
+    """Mid-stream: True while `text` reads as calls so far, False once it cannot be one, None: wait."""
+    if text.startswith("`"):
+        fence = _FENCE.match(text)
+        if fence is None:
+            return None if _FENCE_OPENING.fullmatch(text) or "```".startswith(text) else False
+        text = text[fence.end() :].lstrip()
+    if not text:
+        return None
+    if text[0] not in "{[":
+        return False
+    end = _first_value_end(text)
+    if end < 0:
+        return None
+    try:
+        _bare_calls(text[:end], names)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_value_end(text: str) -> int:
+    """Where the JSON object or array opening `text` closes (brackets outside strings); -1: not yet."""
+    depth, in_string, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
 def _hermes_body(body: str) -> list[dict[str, Any]]:
     return [_object(v, ("arguments", "parameters")) for v in _json_values(body)]
 
@@ -120,7 +183,6 @@ def _mistral_body(body: str) -> list[dict[str, Any]]:
 class Family:
     name: str
     starts: tuple[str, ...]  # markers that open calls anywhere in the reply
-    bare: tuple[str, ...]  # texts that open calls only at the very start of the reply (part of the body)
     end: str | None  # the marker closing one call; None: the calls run to the end of the reply
     body: Callable[[str], list[dict[str, Any]]]
     special_text: tuple[str, ...] = ()  # control tokens the engine must render for the parser to see them
@@ -128,12 +190,11 @@ class Family:
 
 
 FAMILIES = {
-    "hermes": Family("hermes", ("<tool_call>",), (), "</tool_call>", _hermes_body),
-    "llama3": Family(
-        "llama3", ("<|python_tag|>",), ("{",), None, _llama3_body, ("<|python_tag|>",), "parameters"
-    ),
-    "mistral": Family("mistral", ("[TOOL_CALLS]",), ('[{"',), None, _mistral_body, ("[TOOL_CALLS]",)),
+    "hermes": Family("hermes", ("<tool_call>",), "</tool_call>", _hermes_body),
+    "llama3": Family("llama3", ("<|python_tag|>",), None, _llama3_body, ("<|python_tag|>",), "parameters"),
+    "mistral": Family("mistral", ("[TOOL_CALLS]",), None, _mistral_body, ("[TOOL_CALLS]",)),
 }
+BARE = Family("json", (), None, _hermes_body)  # no syntax known: only marker-less JSON calls parse
 
 
 def family(template: str | None, override: str | None = None) -> Family | None:
@@ -151,9 +212,12 @@ class ToolCallParser:
 
     Text that could still turn into a call (a partial marker, a reply that starts like a
     call) is held back; a body that does not parse is given back as content, unchanged.
+    `names` are the offered tools: a marker-less reply is calls only when it names them
+    (None: any name, for callers that check names themselves).
     """
 
     family: Family
+    names: frozenset[str] | None = None
     calls: list[ToolCall] = field(default_factory=list)
     _pending: str = ""
     _marker: str | None = None  # inside a call body that this marker opened ("" for a bare start)
@@ -181,14 +245,16 @@ class ToolCallParser:
     def _scan_text(self, out: list[str], final: bool) -> bool:
         """Outside a call: emit text up to a marker; True when a body was entered."""
         fam, text = self.family, self._pending
-        if self._at_start and fam.bare:
+        if self._at_start:
             stripped = text.lstrip()
-            for bare in fam.bare:
-                if stripped.startswith(bare):
-                    self._pending, self._marker, self._at_start = stripped, "", False
-                    return True
-            if not final and (not stripped or any(b.startswith(stripped) for b in fam.bare)):
-                return False  # could still become a bare start
+            opening = (*fam.starts, *BARE_STARTS)
+            if not final and (
+                not stripped or any(len(stripped) < len(m) and m.startswith(stripped) for m in opening)
+            ):
+                return False  # could still become a marker or a bare start ("[" of "[TOOL_CALLS]")
+            if stripped.startswith(BARE_STARTS) and not stripped.startswith(fam.starts):
+                self._pending, self._marker, self._at_start = stripped, "", False
+                return True
         hits = [(text.find(m), m) for m in fam.starts]
         hits = [(i, m) for i, m in hits if i >= 0]
         if hits:
@@ -207,6 +273,8 @@ class ToolCallParser:
     def _scan_body(self, out: list[str], new: list[ToolCall], final: bool) -> bool:
         """Inside a call: parse it once closed (or at the end); True to go on scanning."""
         fam, marker = self.family, self._marker or ""
+        if not marker:
+            return self._scan_bare(out, new, final)
         if fam.end is not None:
             i = self._pending.find(fam.end)
             if i < 0 and not final:
@@ -227,6 +295,22 @@ class ToolCallParser:
             out.append(marker + body + closing)
         self._pending, self._marker = rest, None
         return bool(rest)
+
+    def _scan_bare(self, out: list[str], new: list[ToolCall], final: bool) -> bool:
+        """A reply that began like JSON: calls at its end if it is only calls; content as soon as it
+        cannot be (its first value closed and is no offered call), so ordinary JSON still streams."""
+        if not final:
+            if _bare_verdict(self._pending, self.names) is False:
+                out.append(self._pending)
+                self._pending, self._marker = "", None
+            return False
+        try:
+            parsed = _bare_calls(self._pending, self.names)
+            new += [ToolCall(c["name"], c["arguments"], c["id"] or _new_id(self.family.name)) for c in parsed]
+        except (ValueError, TypeError):
+            out.append(self._pending)
+        self._pending, self._marker = "", None
+        return False
 
 
 def _partial_suffix(text: str, markers: Sequence[str]) -> int:

@@ -34,6 +34,14 @@ def live(start_server, tmp_path_factory):
             check_files=True,
         )
     )
+    recipes.append(  # a template with no tool syntax and no tool_parser: only bare JSON calls parse
+        Recipe.parse(
+            f"name: chatml-plain\nmembers:\n  large: {{path: {models['large']}}}\n"
+            f"  base: {{path: {models['base']}}}\n  tuned: {{path: {models['tuned']}}}\n"
+            "parameters: {temperature: 0, num_predict: 200}\n",
+            check_files=True,
+        )
+    )
     return start_server(recipes, max_body=1 << 20, keep_alive=300, max_queue=16)
 
 
@@ -171,3 +179,91 @@ def test_bad_tool_choice_is_a_clear_400(oa, live):
         json={"model": "tools-hermes", "messages": ASK, "tools": tf.TOOLS, "tool_choice": "always"},
     )
     assert r.status_code == 400 and "tool_choice" in r.json()["error"]
+
+
+# A scripted reply: a JSON schema of constants makes the random model write exactly one bare call,
+# `{"name": "get_weather", "arguments": {"city": "Paris"}}` (whitespace aside), with no markers.
+SCRIPTED = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"const": "Paris"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "arguments"],
+    "additionalProperties": False,
+}
+BARE_MODELS = ("tools-hermes", "tools-mistral", "chatml-plain")
+
+
+def _openai_bare(oa, model: str, offered, stream: bool):
+    kw = dict(
+        model=model,
+        messages=ASK,
+        temperature=0,
+        max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": SCRIPTED}},
+    )
+    if offered is not None:
+        kw["tools"] = offered
+    if not stream:
+        choice = oa.chat.completions.create(**kw).choices[0]
+        return choice.message.content or "", calls_of(choice.message), choice.finish_reason
+    content, parts, finish = "", {}, None
+    for chunk in oa.chat.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            finish = c.finish_reason or finish
+            content += c.delta.content or ""
+            for d in c.delta.tool_calls or ():
+                part = parts.setdefault(d.index, {"name": "", "arguments": ""})
+                part["name"] += d.function.name or ""
+                part["arguments"] += d.function.arguments or ""
+    return content, [(p["name"], json.loads(p["arguments"])) for p in parts.values()], finish
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", BARE_MODELS)
+def test_openai_bare_json_call_parses_for_an_offered_name(oa, model, stream):
+    content, calls, finish = _openai_bare(oa, model, tf.TOOLS, stream)
+    assert calls == [("get_weather", {"city": "Paris"})] and content == "" and finish == "tool_calls"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_bare_json_stays_content_unless_the_name_was_offered(oa, stream):
+    content, calls, finish = _openai_bare(oa, "tools-hermes", [tf.CLOCK], stream)  # get_weather not offered
+    assert calls == [] and finish == "stop" and json.loads(content)["name"] == "get_weather"
+    content, calls, finish = _openai_bare(oa, "chatml-plain", None, stream)  # no tools at all
+    assert calls == [] and finish == "stop" and json.loads(content)["arguments"] == {"city": "Paris"}
+
+
+def _ollama_bare(live, model: str, offered, stream: bool) -> tuple[str, list]:
+    body = {"model": model, "messages": ASK, "format": SCRIPTED, "stream": stream}
+    if offered is not None:
+        body["tools"] = offered
+    r = httpx.post(f"{live.url}/api/chat", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    lines = [json.loads(x) for x in r.text.splitlines() if x.strip()]
+    content = "".join(line["message"]["content"] for line in lines)
+    calls = [c["function"] for line in lines for c in line["message"].get("tool_calls", ())]
+    return content, calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", BARE_MODELS)
+def test_ollama_bare_json_call_parses_for_an_offered_name(live, model, stream):
+    content, calls = _ollama_bare(live, model, tf.TOOLS, stream)
+    assert content == "" and [(c["name"], c["arguments"]) for c in calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ollama_bare_json_stays_content_unless_the_name_was_offered(live, stream):
+    content, calls = _ollama_bare(live, "tools-mistral", [tf.CLOCK], stream)
+    assert calls == [] and json.loads(content)["name"] == "get_weather"
+    content, calls = _ollama_bare(live, "chatml-plain", None, stream)
+    assert calls == [] and json.loads(content)["name"] == "get_weather"

@@ -30,13 +30,13 @@ def test_detect_unknown_and_override():
     assert tc.family(tiny_models.CHATML_TEMPLATE, "mistral").name == "mistral"
 
 
-def parse_all_splits(family: str, text: str) -> set[tuple[str, str]]:
+def parse_all_splits(family: str, text: str, names: frozenset[str] | None = None) -> set[tuple[str, str]]:
     """Parse `text` fed whole, char by char and split at every point; return the distinct results."""
-    fam = tc.FAMILIES[family]
+    fam = tc.BARE if family == "json" else tc.FAMILIES[family]
     feeds = [[text], list(text)] + [[text[:i], text[i:]] for i in range(1, len(text))]
     results = set()
     for feed in feeds:
-        parser = tc.ToolCallParser(fam)
+        parser = tc.ToolCallParser(fam, names)
         content = "".join(parser.push(piece)[0] for piece in feed)
         content += parser.finish()[0]
         calls = json.dumps([[c.name, c.arguments] for c in parser.calls])
@@ -89,6 +89,49 @@ CASES = [
 @pytest.mark.parametrize("family,text,content,calls", CASES)
 def test_parser_gives_the_same_split_however_the_text_is_streamed(family, text, content, calls):
     assert parse_all_splits(family, text) == {(content, calls_json(*calls))}
+
+
+OFFERED = frozenset({"get_weather", "get_time"})
+BARE_CALL = json.dumps(CALL)
+BARE_CASES = [
+    # (model output, content, calls): what a model writes without its family's markers
+    (BARE_CALL, "", (CALL,)),
+    ("\n  " + BARE_CALL + "\n", "", (CALL,)),
+    (json.dumps({"name": "get_weather", "parameters": {"city": "Paris"}}), "", (CALL,)),
+    (json.dumps([CALL, TIME]), "", (CALL, TIME)),
+    (BARE_CALL + "\n" + json.dumps(TIME), "", (CALL, TIME)),
+    ("```json\n" + BARE_CALL + "\n```", "", (CALL,)),
+    ("```\n" + BARE_CALL + "\n```\n", "", (CALL,)),
+    # stays content: a name that was not offered, JSON that is no call, text around a call, code
+    (json.dumps({"name": "launch", "arguments": {}}), json.dumps({"name": "launch", "arguments": {}}), ()),
+    ('{"name": "get_weather"}', '{"name": "get_weather"}', ()),  # no arguments: a record, not a call
+    ('{"answer": 42}', '{"answer": 42}', ()),
+    ('{"answer": "a } in a string"} and more', '{"answer": "a } in a string"} and more', ()),
+    (BARE_CALL + " should work.", BARE_CALL + " should work.", ()),
+    ("```python\nprint(1)\n```", "```python\nprint(1)\n```", ()),
+    ("[1, 2] is a list", "[1, 2] is a list", ()),
+    ("Here: " + BARE_CALL, "Here: " + BARE_CALL, ()),  # only a reply that *is* JSON calls
+]
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama3", "mistral", "json"])
+@pytest.mark.parametrize("text,content,calls", BARE_CASES)
+def test_bare_json_calls_parse_only_for_offered_names(family, text, content, calls):
+    assert parse_all_splits(family, text, OFFERED) == {(content, calls_json(*calls))}
+
+
+def test_bare_json_content_streams_once_it_cannot_be_a_call():
+    parser = tc.ToolCallParser(tc.FAMILIES["hermes"], OFFERED)
+    assert parser.push('{"answer": ') == ("", [])  # could still be a call: held
+    assert parser.push("42}") == ('{"answer": 42}', [])  # closed, and no call: given back at once
+    assert parser.push(" more") == (" more", [])
+    fenced = tc.ToolCallParser(tc.BARE, OFFERED)
+    assert fenced.push("```py") == ("", [])
+    assert fenced.push("thon\nx = 1\n") == ("```python\nx = 1\n", [])
+    held = tc.ToolCallParser(tc.FAMILIES["hermes"], OFFERED)
+    assert held.push(BARE_CALL) == ("", [])  # a whole call: held to the end (more may follow)
+    content, calls = held.finish()
+    assert content == "" and [c.name for c in calls] == ["get_weather"] and calls[0].id.startswith("call_")
 
 
 def test_parser_streams_content_before_a_call_and_each_call_when_it_closes():
