@@ -41,7 +41,8 @@ def wants(text: str, strength: float = 10.0) -> Script:
     def script(tokens: Sequence[int]) -> np.ndarray:
         z = np.zeros(N_VOCAB, dtype=np.float32)
         written = 0
-        for k in range(min(len(target), len(tokens)), 0, -1):  # the longest tail of tokens that is a prefix of target
+        # the longest tail of tokens that is a prefix of target: what has been written so far
+        for k in range(min(len(target), len(tokens)), 0, -1):
             if list(tokens[-k:]) == target[:k]:
                 written = k
                 break
@@ -162,7 +163,12 @@ class FakeMember:
 
 
 def fake_composite(
-    large: Script, base: Script | None = None, tuned: Script | None = None, *, recipe: str = "", n_seq: int = 4
+    large: Script,
+    base: Script | None = None,
+    tuned: Script | None = None,
+    *,
+    recipe: str = "",
+    n_seq: int = 4,
 ) -> Composite:
     """A composite over three fake members (base and tuned default to large's script).
 
