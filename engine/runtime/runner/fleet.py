@@ -15,8 +15,7 @@ from typing import Any
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.runtime.family import family_key
 from nanocommander.engine.runtime.runner import wire
-from nanocommander.engine.runtime.runner.proxy import RemoteComposite, Runner
-from nanocommander.errors import RunnerLost
+from nanocommander.engine.runtime.runner.proxy import GONE, RemoteComposite, Runner
 
 
 class Fleet:
@@ -75,7 +74,7 @@ class Fleet:
             if runner.lost is None:
                 try:
                     left = runner.call(wire.CLOSE, comp.vid)
-                except RunnerLost:
+                except GONE:
                     left = 0
             if left == 0:
                 runner.stop()

@@ -29,16 +29,19 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from nanocommander.engine.llama import log as llamalog
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.engine.runtime.runner import wire
-from nanocommander.errors import RunnerLost
+from nanocommander.errors import RpcServerLost, RunnerLost
 
 DEFAULT_TIMEOUT = 120.0  # s without progress while decoding before a runner counts as hung
 TAIL_LINES = 20
+RPC_LOST = "lost the connection to RPC server"  # engine/llama/rpc/devices.py prints it, then exits
 STOP_WAIT = 10.0  # s a stopping runner gets to close its models before it is killed
 
 log = logging.getLogger("nanocommander.runner")
+GONE = (OSError, RunnerLost, RpcServerLost)  # what sending to, or asking, a dead runner raises
 
 
 def hang_timeout() -> float:
@@ -57,6 +60,7 @@ class Runner:
         self.names: dict[int, str] = {}  # view id -> the model name its errors use
         self.family = RemoteFamily(self)
         self.lost: str | None = None  # why it is gone (None while it serves)
+        self.error: type[RunnerLost] | type[RpcServerLost] = RunnerLost  # what its requests end with
         self.exit_code: int | None = None
         self._ids = itertools.count(1)
         self._calls: dict[int, Future] = {}
@@ -68,8 +72,11 @@ class Runner:
     def start(self) -> Runner:
         mine, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "nanocommander.engine.runtime.runner", str(theirs.fileno())]
+        self.verbose = llamalog.verbose()
+        env = {**os.environ, **({"NANOCOMMANDER_DEBUG": "1"} if self.verbose else {})}
         self.proc = subprocess.Popen(
             cmd,
+            env=env,
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -89,7 +96,7 @@ class Runner:
 
     def send(self, msg: tuple) -> None:
         if self.lost is not None:
-            raise RunnerLost(self._message(self.label))
+            raise self.error(self._message(self.label))
         with self._send_lock:
             self.conn.send(msg)
 
@@ -100,11 +107,11 @@ class Runner:
         self._calls[rid] = fut
         try:
             self.send((kind, rid, *parts))
-        except (OSError, RunnerLost):
+        except GONE:
             self._calls.pop(rid, None)
-            raise RunnerLost(self._message(self.label)) from None
+            raise self.error(self._message(self.label)) from None
         if self.lost is not None and not fut.done():  # it died between the check and the send
-            fut.set_exception(RunnerLost(self._message(self.label)))
+            fut.set_exception(self.error(self._message(self.label)))
         return fut.result()
 
     def open(self, vid: int, name: str, recipe: Recipe, options: dict[str, Any]) -> dict[str, Any]:
@@ -118,9 +125,9 @@ class Runner:
         self._streams[rid] = (vid, put)
         try:
             self.send((wire.GEN, rid, vid, req))
-        except (OSError, RunnerLost):
+        except GONE:
             self._streams.pop(rid, None)
-            raise RunnerLost(self._message(self.names.get(vid, self.label))) from None
+            raise self.error(self._message(self.names.get(vid, self.label))) from None
         return rid
 
     def _end(self, rid: int, finished: bool) -> None:
@@ -128,13 +135,13 @@ class Runner:
         if not finished and self.lost is None:
             try:
                 self.send((wire.CANCEL, rid))
-            except (OSError, RunnerLost):
+            except GONE:
                 pass
 
     def _credit(self, rid: int, n: int) -> None:
         try:
             self.send((wire.CREDIT, rid, n))
-        except (OSError, RunnerLost):
+        except GONE:
             pass  # the stream's reader hears why next
 
     async def stream(self, vid: int, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -220,7 +227,8 @@ class Runner:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip()
             self.tail.append(line)
-            log.debug("runner %d: %s", self.pid, line)
+            if self.verbose:  # --verbose / NANOCOMMANDER_DEBUG: llama.cpp's log, as in one process
+                sys.stderr.write(f"runner {self.pid}: {line}\n")
 
     def _read(self) -> None:
         while True:
@@ -269,6 +277,9 @@ class Runner:
         else:
             why = f"exited with code {code}"
         self.lost = f"its runner (pid {self.pid}) {why}"
+        rpc = next((line for line in self.tail if RPC_LOST in line), None)
+        if rpc is not None:  # the engine's abort handler named the lost RPC server (503, as in-process)
+            self.error, self.lost = RpcServerLost, rpc.split(": ", 1)[-1] + f"; {self.lost}"
         if not self._stopping or code != 0:
             log.warning(
                 "runner %d (%s) %s; its last output:\n%s",
@@ -279,9 +290,9 @@ class Runner:
             )
         for rid, fut in list(self._calls.items()):
             self._calls.pop(rid, None)
-            fut.set_exception(RunnerLost(self._message(self.label)))
+            fut.set_exception(self.error(self._message(self.label)))
         for _, (vid, put) in list(self._streams.items()):
-            put(RunnerLost(self._message(self.names.get(vid, self.label))))
+            put(self.error(self._message(self.names.get(vid, self.label))))
 
     def _message(self, name: str) -> str:
         why = self.lost or "its runner is stopping"
@@ -316,7 +327,7 @@ class RemoteScheduler:
     def active(self) -> list[int]:
         try:
             return list(range(self.comp.runner.call(wire.CALL, self.comp.vid, "active", (), {})))
-        except RunnerLost:
+        except GONE:
             return []
 
 
