@@ -243,6 +243,7 @@ class Runner:
             if kind == wire.BEAT:
                 if rid != self._rounds:
                     self._rounds, self._progress = rid, time.monotonic()
+                self._watch()  # beats without progress: a runner alive but stuck
             elif kind == wire.CHUNK or (kind == wire.ERR and rid in self._streams):
                 self._progress = time.monotonic()
                 stream = self._streams.get(rid)
