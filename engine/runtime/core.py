@@ -24,6 +24,7 @@ import numpy as np
 
 from nanocommander.engine.decode.generation import Logits, Need, Steps
 from nanocommander.engine.decode.plain_view import PLAIN
+from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
 from nanocommander.engine.llama.member import Hold, LoadedModel, Member
 from nanocommander.engine.llama.rpc.devices import placement
 from nanocommander.engine.llama.vocab import shared_vocab
@@ -67,6 +68,17 @@ def _context(
         n_batch=load.num_batch,
         n_seq=load.num_parallel * (per_slot if role == "large" else 1),
     )
+
+
+def embedder_for(recipe: Recipe, pool: ModelPool) -> Embedder:
+    """The recipe's embedding context: its `embedding` GGUF, else the large member with the large
+    member's own placement, so the pool shares its weights (and RPC servers)."""
+    src = recipe.embedding
+    path = src.path if src is not None else member_path(recipe.large)
+    n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
+    threads = recipe.parameters.get("num_thread")
+    where = {} if src is not None else {"gpu_layers": recipe.large.gpu_layers, "rpc": placement(recipe.large)}
+    return Embedder(pool, path, n_ctx=n_ctx, threads=threads, **where)  # type: ignore[arg-type]
 
 
 class Core:
