@@ -165,6 +165,8 @@ class Served:
             return self._embedder(vid, view).embed(*args, **kwargs)
         if method == "active":
             return len(view.scheduler.active())
+        if method == "waiting":
+            return view.scheduler.waiting()
         return getattr(view, method)(*args, **kwargs)
 
     def _embedder(self, vid: int, view: Composite) -> Any:

@@ -320,7 +320,7 @@ class RemoteTemplate:
 
 
 class RemoteScheduler:
-    """What /api/ps asks a composite's scheduler: the slots in use."""
+    """What /api/ps (and a test) asks a composite's scheduler: the slots in use, the requests waiting."""
 
     def __init__(self, comp: RemoteComposite):
         self.comp = comp
@@ -330,6 +330,12 @@ class RemoteScheduler:
             return list(range(self.comp.runner.call(wire.CALL, self.comp.vid, "active", (), {})))
         except GONE:
             return []
+
+    def waiting(self) -> int:
+        try:
+            return int(self.comp.runner.call(wire.CALL, self.comp.vid, "waiting", (), {}))
+        except GONE:
+            return 0
 
 
 class RemoteFamily:

@@ -36,6 +36,7 @@ CALLS = frozenset(
         "embed",
         "family_info",
         "active",
+        "waiting",
         "score",
     }
 )
