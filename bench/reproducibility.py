@@ -9,9 +9,10 @@ with the first (the whole prompt in one llama_decode):
   1 thread   the whole prompt again with one thread instead of two;
   decode x4  8 greedy steps after the prompt, alone (one token per decode) and teacher-forced beside
              three other sequences decoding in the same llama_decode (what batched decoding does).
-Prints the largest |logit difference| of each against the reference, the prompt speed (whole prompt,
-tokens/s) and the decode speed (single sequence, tokens/s). Each run is one measurement on a shared
-machine: compare speeds within a run only.
+Prints the largest |logit difference| of each against the reference, and the prompt speed (whole
+prompt) and decode speed (one sequence) with one thread, in tokens per CPU-second of this process: on
+a shared machine wall-clock speeds swing with the load, two spinning threads most of all. Compare
+speeds within a run only.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ class Run:
         self.ctx.close()
 
 
-def prompt_entries(seq: int, toks: list[int], start: int = 0, every: bool = False) -> list[tuple[int, int, int, bool]]:
+def prompt_entries(
+    seq: int, toks: list[int], start: int = 0, every: bool = False
+) -> list[tuple[int, int, int, bool]]:
     return [(seq, p, toks[p], every or p == len(toks) - 1) for p in range(start, len(toks))]
 
 
@@ -143,21 +146,14 @@ def measure(model: _internals.LlamaModel, s: Setting, prompt: list[int], others:
         run.clear()
         run.decode(prompt_entries(0, prompt[:16]))  # warm-up (page in the weights)
         run.clear()
-        t = time.perf_counter()
-        run.decode(prompt_entries(0, prompt))
-        t_prompt = time.perf_counter() - t
-        run.clear()
         ref = run.decode(prompt_entries(0, prompt, every=True))
         # greedy decode alone, one token per step
-        toks, alone, t_dec = list(prompt), [], 0.0
+        toks, alone = list(prompt), []
         nxt = int(np.argmax(ref[-1]))
         for _ in range(steps):
             toks.append(nxt)
-            t = time.perf_counter()
-            row = run.decode([(0, len(toks) - 1, nxt, True)])[0]
-            t_dec += time.perf_counter() - t
-            alone.append(row)
-            nxt = int(np.argmax(row))
+            alone.append(run.decode([(0, len(toks) - 1, nxt, True)])[0])
+            nxt = int(np.argmax(alone[-1]))
         # a prefix, then the last TAIL prompt tokens one at a time (a warm cache, +1 token each)
         run.clear()
         cut = len(prompt) - TAIL
@@ -178,15 +174,22 @@ def measure(model: _internals.LlamaModel, s: Setting, prompt: list[int], others:
                 sq.append(toks[len(prompt) + i] if q == 0 else sq[-1])
                 step.append((q, len(sq) - 1, sq[-1], True))
             dec.append(run.decode(step)[0])
-        # one thread
+        # one thread: the same prompt and decode steps again, timed in CPU seconds of this process
+        # (a shared machine's load distorts wall-clock speeds, and spinning threads most of all)
         run.clear()
         run.threads_to(1)
-        one = run.decode(prompt_entries(0, prompt, every=True))
+        t = time.process_time()
+        one = run.decode(prompt_entries(0, prompt))
+        t_prompt = time.process_time() - t
+        t = time.process_time()
+        for i in range(steps):
+            one += run.decode([(0, len(prompt) + i, toks[len(prompt) + i], True)])
+        t_dec = time.process_time() - t
         return {
             "prefix+1": diff(pre, ref[cut:]),
             "batch of 4": diff(bat, ref),
             "decode x4": diff(dec, alone),
-            "1 thread": diff(one, ref),
+            "1 thread": diff(one, [ref[-1], *alone]),
             "prompt tok/s": len(prompt) / t_prompt,
             "decode tok/s": steps / t_dec,
             "ref": ref,

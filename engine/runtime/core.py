@@ -65,6 +65,7 @@ class Core:
         self.n_ctx = min(m.n_ctx for m in members.values())  # per sequence
         self.n_parallel = min(m.n_seq for m in members.values())  # slots
         self.views = members["large"].n_seq >= 2 * self.n_parallel  # a plain reading per slot
+        self.deterministic = all(m.deterministic for m in members.values())  # engine/llama/determinism.py
         self.vocab = shared_vocab({role: m.model for role, m in members.items()})
         self._spaced: dict[int, int | None] = {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member")
@@ -132,6 +133,7 @@ class Core:
                     adapter_scale=spec.adapter_scale,
                     n_batch=n_batch,
                     n_seq=slots * (per_slot if role == "large" else 1),
+                    deterministic=bool(load.deterministic),
                 )
             load_s = time.perf_counter() - t0
             return cls(members, pool, acquired, load_s=load_s, concurrent=concurrent, workers=workers)
