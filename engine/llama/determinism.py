@@ -6,7 +6,9 @@ dot), the repacked K-quant/Q4_0 layouts multiply rows in groups of four and the 
 one, and flash attention tiles its queries above a batch size and splits the KV cache across threads
 for one query over 512 cells. So the same position gets other logits when its prompt was read whole
 (warm cache or not), beside other sequences, or as a drafted token (bench/reproducibility.py: up to
-0.6 on Qwen2.5-Coder Q4_K_M). One ubatch of one token and attention without flash attention make
+0.6 on Qwen2.5-Coder Q4_K_M). One token per llama_decode call (a ubatch of one: llama.cpp otherwise
+puts one token of each sequence into a ubatch whatever n_ubatch says, and a LoRA's F32 product of two
+rows takes tinyBLAS) and attention without flash attention make
 every product one row and every attention one query, computed by the same kernels whatever else is
 in the llama_decode call and whatever the thread count: then prefix reuse, batching, speculation
 and adapter families give bit-identical logits, at the price of reading prompts one token a pass.
@@ -45,7 +47,7 @@ def describe(on: bool) -> dict[str, object]:
     """For show and ps: whether the mode is on, what it does and what it costs."""
     out: dict[str, object] = {"enabled": on}
     if on:
-        out["how"] = "one token per llama.cpp ubatch, flash attention off"
+        out["how"] = "one token per llama_decode call, flash attention off"
         out["cost"] = COST
     else:
         out["note"] = (

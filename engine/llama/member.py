@@ -265,8 +265,12 @@ class Member:
                     row = len(rows)
                     rows.append((i, pos - first_logit))
                 entries.append((req.seq, pos, tokens[pos], row))
-        for start in range(0, len(entries), self.n_batch):
-            chunk = entries[start : start + self.n_batch]
+        # the reproducible mode decodes one token a call: llama.cpp groups one token of each sequence
+        # into a ubatch whatever n_ubatch says, and a LoRA's F32 product of two rows or more takes
+        # another kernel than one row (determinism.py)
+        step = 1 if self.deterministic else self.n_batch
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
             self._decode(chunk)
             for j, (_, _, _, row) in enumerate(chunk):
                 if row >= 0:
