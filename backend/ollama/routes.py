@@ -18,7 +18,9 @@ from nanocommander.backend.ollama import registry_routes
 from nanocommander.backend.prepare import Chat, prepare
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe
+from nanocommander.engine.llama import determinism
 from nanocommander.engine.llama.embed import finish
+from nanocommander.engine.request.options import LoadOptions
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.memory import estimate_family
 from nanocommander.registry import estimate_memory
@@ -154,7 +156,13 @@ async def show(request: web.Request) -> web.Response:
             "model_info": {k: v for k, v in model_info.items() if v is not None},
             "capabilities": wire.capabilities(template),
             "modified_at": wire.now_iso(),
-            "composite": {**wire.composite_object(recipe.alpha, members), "memory": memory},
+            "composite": {
+                **wire.composite_object(recipe.alpha, members),
+                "memory": memory,
+                "deterministic": determinism.describe(
+                    bool(LoadOptions.from_parameters(recipe.parameters).deterministic)
+                ),
+            },
         }
     )
 
@@ -196,6 +204,7 @@ async def ps(request: web.Request) -> web.Response:
             entry["composite"] = {
                 "num_parallel": comp.n_parallel,
                 "active": len(comp.scheduler.active()),
+                "deterministic": determinism.describe(comp.core.deterministic),
                 "kv_cache": memory
                 and {
                     "formula": memory["kv_formula"],

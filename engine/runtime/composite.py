@@ -24,6 +24,7 @@ from nanocommander.engine.decode.logprobs import reader as logprob_reader
 from nanocommander.engine.decode.logprobs import special_piece
 from nanocommander.engine.decode.softmax import log_softmax
 from nanocommander.engine.decode.strategies import strategy_for
+from nanocommander.engine.llama import determinism
 from nanocommander.engine.llama.member import Hold, LoadedModel, Member
 from nanocommander.engine.llama.sampler import Sampler
 from nanocommander.engine.llama.vocab import SharedVocab
@@ -390,4 +391,5 @@ class Composite:
             "n_ctx": self.n_ctx,
             "n_vocab": self.vocab.n_vocab,
             "members": members,
+            "deterministic": determinism.describe(self.core.deterministic),
         }

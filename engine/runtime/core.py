@@ -67,6 +67,7 @@ def _context(
         adapter_scale=spec.adapter_scale,
         n_batch=load.num_batch,
         n_seq=load.num_parallel * (per_slot if role == "large" else 1),
+        deterministic=bool(load.deterministic),
     )
 
 
@@ -100,6 +101,7 @@ class Core:
         self.n_ctx = min(m.n_ctx for m in members.values())  # per sequence
         self.n_parallel = min(m.n_seq for m in members.values())  # slots
         self.views = members["large"].n_seq >= 2 * self.n_parallel  # a plain reading per slot
+        self.deterministic = all(m.deterministic for m in members.values())  # engine/llama/determinism.py
         self.vocab = shared_vocab({role: m.model for role, m in members.items()})
         self._spaced: dict[int, int | None] = {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member")
