@@ -256,27 +256,36 @@ class Composite:
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
         """`generate` for asyncio callers; leaving the loop early cancels the request within a round."""
+        async for _, chunk in self.stream_many([req]):
+            yield chunk
+
+    async def stream_many(self, reqs: Sequence[GenerateRequest]) -> AsyncIterator[tuple[int, Chunk]]:
+        """Requests admitted together, so they run as one batch (as slots allow): (request index,
+        chunk) as they come; `_relay`'s asyncio twin. An error ends them all; so does leaving early."""
         loop = asyncio.get_running_loop()
-        gen, steps = await asyncio.to_thread(self.start, req)  # tokenizing a long prompt takes a while
-        inbox: asyncio.Queue[Item] = asyncio.Queue()
-        ticket = self._ticket(gen, steps, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
-        self.scheduler.submit(ticket)
+        started = await asyncio.to_thread(self._start_all, reqs)  # tokenizing long prompts takes a while
+        inbox: asyncio.Queue[tuple[int, Item]] = asyncio.Queue()
+        tickets = [
+            self._ticket(gen, steps, lambda item, i=i: loop.call_soon_threadsafe(inbox.put_nowait, (i, item)))
+            for i, (gen, steps) in enumerate(started)
+        ]
+        self.scheduler.submit(*tickets)
+        left = len(tickets)
         try:
-            while True:
-                item = await inbox.get()
-                self.scheduler.took(ticket)
+            while left:
+                i, item = await inbox.get()
+                self.scheduler.took(tickets[i])
                 if isinstance(item, BaseException):
                     raise item
                 for chunk in item:
-                    yield chunk
-                if item and item[-1].done:
-                    return
+                    yield i, chunk
+                left -= bool(item and item[-1].done)
         finally:
-            self.scheduler.cancel(ticket)
+            for ticket in tickets:
+                self.scheduler.cancel(ticket)
 
-    def generate_batch(self, reqs: Sequence[GenerateRequest]) -> list[list[Chunk]]:
-        """Run requests together (admitted at once, as many in flight as there are slots) and return
-        each one's chunks; for evaluation, benchmarks and tests. An error is raised once all end."""
+    def _start_all(self, reqs: Sequence[GenerateRequest]) -> list[tuple[Generation, Steps]]:
+        """`start` every request, or none: one refused closes the samplers of those already set up."""
         started: list[tuple[Generation, Steps]] = []
         try:
             for req in reqs:
@@ -285,8 +294,13 @@ class Composite:
             for gen, _ in started:
                 gen.sampler.close()
             raise
+        return started
+
+    def generate_batch(self, reqs: Sequence[GenerateRequest]) -> list[list[Chunk]]:
+        """Run requests together (admitted at once, as many in flight as there are slots) and return
+        each one's chunks; for evaluation, benchmarks and tests. An error is raised once all end."""
         out: list[list[Chunk]] = [[] for _ in reqs]
-        for i, chunks in self._relay(started, max_ahead=1 << 30):
+        for i, chunks in self._relay(self._start_all(reqs), max_ahead=1 << 30):
             out[i].extend(chunks)
         return out
 
