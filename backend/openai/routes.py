@@ -22,7 +22,7 @@ from nanocommander.backend.kobold import api as kobold_fields
 from nanocommander.backend.ollama.api import composite_object
 from nanocommander.backend.openai import api as wire
 from nanocommander.backend.prepare import Chat, prepare
-from nanocommander.backend.streaming import sse, stream_response
+from nanocommander.backend.streaming import merged, sse, stream_response
 from nanocommander.backend.translate import describe
 from nanocommander.engine.llama.embed import finish
 from nanocommander.engine.request.types import Chunk, GenerateRequest
@@ -52,35 +52,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     reqs = tools.samples(plan.apply(req), body.get("n"))
     cid, created = wire.new_id("chatcmpl")
+    # n samples run together, so the scheduler batches them (streaming.merged)
+    samples = [tools.split(manager.generate(loaded, r), plan) for r in reqs]
     if not stream:
-        choices = []
-        for r in reqs:
-            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan)]
-            choices.append(([c for c, _ in pairs], [call for _, cs in pairs for call in cs]))
+        pairs: list[list[tuple[Chunk, list]]] = [[] for _ in reqs]
+        async for index, pair in merged(samples):
+            pairs[index].append(pair)
+        choices = [([c for c, _ in ps], [call for _, cs in ps for call in cs]) for ps in pairs]
         (chunks, calls), *more = choices
         return web.json_response(wire.chat_completion(cid, created, name, chunks, calls, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         finals = []
-        for index, r in enumerate(reqs):
-            first, n_calls = True, 0
-            async for chunk, calls in tools.split(manager.generate(loaded, r), plan):
-                for item in wire.chat_chunks(
-                    cid,
-                    created,
-                    name,
-                    chunk,
-                    first=first,
-                    with_usage=False,
-                    index=index,
-                    calls=calls,
-                    first_call=n_calls,
-                    had_calls=n_calls > 0,
-                ):
-                    yield item
-                first, n_calls = False, n_calls + len(calls)
-                if chunk.done:
-                    finals.append(chunk.stats)
+        first, n_calls = [True] * len(reqs), [0] * len(reqs)
+        async for index, (chunk, calls) in merged(samples):
+            for item in wire.chat_chunks(
+                cid,
+                created,
+                name,
+                chunk,
+                first=first[index],
+                with_usage=False,
+                index=index,
+                calls=calls,
+                first_call=n_calls[index],
+                had_calls=n_calls[index] > 0,
+            ):
+                yield item
+            first[index], n_calls[index] = False, n_calls[index] + len(calls)
+            if chunk.done:
+                finals.append(chunk.stats)
         if with_usage:
             yield wire.usage_chunk(cid, created, name, finals)
 
@@ -126,23 +127,24 @@ async def completions(request: web.Request) -> web.StreamResponse:
         # registered by genkey, so /api/extra/abort reaches it
         return request.app[GENERATIONS].start(manager, loaded, r, body.get("genkey"))[1]
 
+    samples = [run(r) for r in reqs]  # together, so the scheduler batches them (streaming.merged)
     if not stream:
-        samples = []
-        for r in reqs:
-            samples.append([c async for c in run(r)])
-        first, *more = samples
+        chunks: list[list[Chunk]] = [[] for _ in reqs]
+        async for index, chunk in merged(samples):
+            chunks[index].append(chunk)
+        first, *more = chunks
         return web.json_response(wire.completion(cid, created, name, first, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        for index, r in enumerate(reqs):
-            offset = 0
-            async for chunk in run(r):
-                last = with_usage and index == len(reqs) - 1
-                for item in wire.completion_chunks(
-                    cid, created, name, chunk, with_usage=last, index=index, offset=offset
-                ):
-                    yield item
-                offset += len(chunk.text)
+        offsets, left = [0] * len(reqs), len(reqs)
+        async for index, chunk in merged(samples):
+            left -= chunk.done
+            last = with_usage and chunk.done and left == 0  # usage once, with the last to finish
+            for item in wire.completion_chunks(
+                cid, created, name, chunk, with_usage=last, index=index, offset=offsets[index]
+            ):
+                yield item
+            offsets[index] += len(chunk.text)
 
     return await _sse(request, items())
 
