@@ -121,6 +121,7 @@ class FakeMember:
         self.adapter_path: Path | None = None
         self.adapter_scale = 1.0
         self.threads = 1
+        self.deterministic = False
 
     @property
     def tokens(self) -> list[int]:

@@ -204,7 +204,9 @@ async def ps(request: web.Request) -> web.Response:
             entry["composite"] = {
                 "num_parallel": comp.n_parallel,
                 "active": len(comp.scheduler.active()),
-                "deterministic": determinism.describe(comp.core.deterministic),
+                "deterministic": determinism.describe(
+                    bool(LoadOptions.from_parameters(comp.recipe.parameters).deterministic)
+                ),
                 "kv_cache": memory
                 and {
                     "formula": memory["kv_formula"],
