@@ -274,15 +274,27 @@ class ModelManager:
         full); leaving early cancels the generation within one token. `load_s`, the time this request
         spent in `get` (the load, on the request that loaded the model; ~0 when warm, as Ollama
         reports it), goes into the final chunk's stats."""
+        async for _, chunk in self.generate_many(loaded, [req], load_s):
+            yield chunk
+
+    async def generate_many(
+        self, loaded: Loaded, reqs: list[GenerateRequest], load_s: float = 0.0
+    ) -> AsyncIterator[tuple[int, Chunk]]:
+        """`generate` for requests that run as one batch (OpenAI's `n` samples): (index, chunk) as
+        they come, in one admission, so they share rounds instead of running one after another."""
         loaded.active += 1
-        alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
-        accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
+        first = reqs[0]
+        alpha = loaded.composite.recipe.alpha if first.alpha is None else first.alpha
+        accesslog.note(model=loaded.name, alpha=alpha, member=first.member)
+        tokens = [0, 0]
         try:
-            async for chunk in rpc.guard(loaded.composite, loaded.composite.stream(req)):
+            async for i, chunk in rpc.guard(loaded.composite, loaded.composite.stream_many(reqs)):
                 if chunk.stats is not None:
                     chunk.stats.load_s = load_s
-                    accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
-                yield chunk
+                    tokens[0] += chunk.stats.prompt_tokens
+                    tokens[1] += chunk.stats.eval_count
+                    accesslog.note(tokens=tuple(tokens))
+                yield i, chunk
         finally:
             loaded.active -= 1
             self.touch(loaded, loaded.keep_alive)

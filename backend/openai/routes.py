@@ -25,7 +25,7 @@ from nanocommander.backend.prepare import Chat, prepare
 from nanocommander.backend.streaming import sse, stream_response
 from nanocommander.backend.translate import describe
 from nanocommander.engine.llama.embed import finish
-from nanocommander.engine.request.types import Chunk, GenerateRequest
+from nanocommander.engine.request.types import Chunk
 from nanocommander.errors import InvalidRequest
 
 
@@ -52,35 +52,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     reqs = tools.samples(plan.apply(req), body.get("n"))
     cid, created = wire.new_id("chatcmpl")
+    splitters = [tools.Splitter(plan) for _ in reqs]  # the `n` samples run as one batch, interleaved
     if not stream:
-        choices = []
-        for r in reqs:
-            pairs = [p async for p in tools.split(manager.generate(loaded, r), plan)]
-            choices.append(([c for c, _ in pairs], [call for _, cs in pairs for call in cs]))
+        choices: list[tuple[list[Chunk], list[Any]]] = [([], []) for _ in reqs]
+        async for index, raw in manager.generate_many(loaded, reqs):
+            chunk, calls = splitters[index].feed(raw)
+            choices[index][0].append(chunk)
+            choices[index][1].extend(calls)
         (chunks, calls), *more = choices
         return web.json_response(wire.chat_completion(cid, created, name, chunks, calls, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        finals = []
-        for index, r in enumerate(reqs):
-            first, n_calls = True, 0
-            async for chunk, calls in tools.split(manager.generate(loaded, r), plan):
-                for item in wire.chat_chunks(
-                    cid,
-                    created,
-                    name,
-                    chunk,
-                    first=first,
-                    with_usage=False,
-                    index=index,
-                    calls=calls,
-                    first_call=n_calls,
-                    had_calls=n_calls > 0,
-                ):
-                    yield item
-                first, n_calls = False, n_calls + len(calls)
-                if chunk.done:
-                    finals.append(chunk.stats)
+        finals, first, n_calls = [], [True] * len(reqs), [0] * len(reqs)
+        async for index, raw in manager.generate_many(loaded, reqs):
+            chunk, calls = splitters[index].feed(raw)
+            for item in wire.chat_chunks(
+                cid,
+                created,
+                name,
+                chunk,
+                first=first[index],
+                with_usage=False,
+                index=index,
+                calls=calls,
+                first_call=n_calls[index],
+                had_calls=n_calls[index] > 0,
+            ):
+                yield item
+            first[index], n_calls[index] = False, n_calls[index] + len(calls)
+            if chunk.done:
+                finals.append(chunk.stats)
         if with_usage:
             yield wire.usage_chunk(cid, created, name, finals)
 
@@ -122,27 +123,30 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reqs = tools.samples(req, body.get("n"))
     cid, created = wire.new_id("cmpl")
 
-    def run(r: GenerateRequest) -> AsyncIterator[Chunk]:
-        # registered by genkey, so /api/extra/abort reaches it
-        return request.app[GENERATIONS].start(manager, loaded, r, body.get("genkey"))[1]
+    def run() -> AsyncIterator[tuple[int, Chunk]]:
+        # the `n` samples as one batch, registered by genkey, so /api/extra/abort reaches them
+        return request.app[GENERATIONS].start_many(manager, loaded, reqs, body.get("genkey"))[1]
 
     if not stream:
-        samples = []
-        for r in reqs:
-            samples.append([c async for c in run(r)])
+        samples: list[list[Chunk]] = [[] for _ in reqs]
+        async for index, chunk in run():
+            samples[index].append(chunk)
         first, *more = samples
         return web.json_response(wire.completion(cid, created, name, first, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        for index, r in enumerate(reqs):
-            offset = 0
-            async for chunk in run(r):
-                last = with_usage and index == len(reqs) - 1
-                for item in wire.completion_chunks(
-                    cid, created, name, chunk, with_usage=last, index=index, offset=offset
-                ):
-                    yield item
-                offset += len(chunk.text)
+        offsets, finals = [0] * len(reqs), []
+        async for index, chunk in run():
+            for item in wire.completion_chunks(
+                cid, created, name, chunk, with_usage=False, index=index, offset=offsets[index]
+            ):
+                yield item
+            offsets[index] += len(chunk.text)
+            if chunk.done:
+                finals.append(chunk.stats)
+        if with_usage:  # one usage object for all the samples, after the last
+            base = {"id": cid, "object": "text_completion", "created": created, "model": name}
+            yield {**base, "choices": [], "usage": wire.usage(*(finals or [None]))}
 
     return await _sse(request, items())
 
