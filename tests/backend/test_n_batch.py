@@ -3,6 +3,8 @@ scheduler rounds, with the same replies as running them one at a time."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from openai import OpenAI
 
@@ -77,3 +79,18 @@ def test_completions_n3_run_as_one_batch(oa, live):
             streamed[c.index] += c.text
         usage = chunk.usage or usage
     assert streamed == texts and usage.completion_tokens == out.usage.completion_tokens
+
+
+def test_the_chat_is_rendered_once_off_the_event_loop_for_all_samples(oa, live, monkeypatch):
+    comp = live.app[MANAGER].loaded["batch:latest"].composite
+    threads: list[int] = []
+    real = comp.chat_tokens
+
+    def counted(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comp, "chat_tokens", counted)
+    out = oa.chat.completions.create(model="batch", messages=ASK, temperature=0, max_tokens=4, n=3)
+    assert len(out.choices) == 3
+    assert len(threads) == 1 and threads[0] != live.thread.ident  # once, and not on the server's loop
