@@ -87,6 +87,9 @@ class Settings:
     family_slots: int = 3  # tuned contexts per adapter family (engine/runtime/family.py)
     default_model: str | None = None
     recipes: list[str] = field(default_factory=list)
+    # each loaded composite (or adapter family) in a runner process of its own (engine/runtime/runner);
+    # NANOCOMMANDER_RUNNERS=0 serves them in the server's own process
+    runners: bool = field(default_factory=lambda: os.environ.get("NANOCOMMANDER_RUNNERS", "1") != "0")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -51,30 +51,19 @@ class Generations:
         self, manager: ModelManager, loaded: Loaded, req: GenerateRequest, genkey: Any
     ) -> tuple[Generation, AsyncIterator[Chunk]]:
         """Register a generation (for check/abort by genkey, or as the current one) and return its stream."""
-        gen, pairs = self.start_many(manager, loaded, [req], genkey)
-        return gen, _chunks(pairs)
-
-    def start_many(
-        self, manager: ModelManager, loaded: Loaded, reqs: list[GenerateRequest], genkey: Any
-    ) -> tuple[Generation, AsyncIterator[tuple[int, Chunk]]]:
-        """`start` for `n` samples run as one batch: (sample index, chunk); one genkey aborts them all,
-        and a check shows the first sample's text."""
         gen = Generation(str(genkey or f"KCPP{uuid.uuid4().hex[:8]}"))
         self.by_key[gen.genkey] = gen
         self.current = gen
         if len(self.by_key) > KEEP:
             for key in [k for k, g in self.by_key.items() if g.done][: KEEP // 2]:
                 del self.by_key[key]
-        return gen, self._tracked(gen, manager.generate_many(loaded, reqs))
+        return gen, self._tracked(gen, manager.generate(loaded, req))
 
-    async def _tracked(
-        self, gen: Generation, pairs: AsyncIterator[tuple[int, Chunk]]
-    ) -> AsyncIterator[tuple[int, Chunk]]:
+    async def _tracked(self, gen: Generation, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         try:
-            async for index, chunk in pairs:
-                if index == 0:
-                    gen.text += chunk.text
-                yield index, chunk
+            async for chunk in chunks:
+                gen.text += chunk.text
+                yield chunk
                 if chunk.done and chunk.stats:
                     s = chunk.stats
                     self.perf.total_gens += 1
@@ -89,15 +78,7 @@ class Generations:
                     break
         finally:
             gen.done = True
-            await pairs.aclose()  # type: ignore[attr-defined]
-
-
-async def _chunks(pairs: AsyncIterator[tuple[int, Chunk]]) -> AsyncIterator[Chunk]:
-    try:
-        async for _, chunk in pairs:
-            yield chunk
-    finally:
-        await pairs.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()  # type: ignore[attr-defined]
 
 
 GENERATIONS = web.AppKey("generations", Generations)

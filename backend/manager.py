@@ -21,15 +21,16 @@ from typing import Any
 from nanocommander import units
 from nanocommander.backend import accesslog
 from nanocommander.backend.config import Settings
-from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
 from nanocommander.engine.llama.rpc import devices as rpc
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
-from nanocommander.engine.runtime.core import member_path
+from nanocommander.engine.runtime.core import embedder_for
 from nanocommander.engine.runtime.family import Family, FamilyComposite, family_key
 from nanocommander.engine.runtime.memory import free_memory
 from nanocommander.engine.runtime.pool import ModelPool
+from nanocommander.engine.runtime.runner.fleet import Fleet
+from nanocommander.engine.runtime.runner.proxy import RemoteComposite
 from nanocommander.errors import InsufficientMemory, ModelLoadError, NanoCommanderError, warn_once
 from nanocommander.gguf_file import read_gguf
 from nanocommander.registry import Registry, estimate_memory, resolve
@@ -86,7 +87,7 @@ def blame(recipe: Recipe, exc: Exception) -> str:
 @dataclass
 class Loaded:
     name: str
-    composite: Composite
+    composite: Composite | RemoteComposite
     active: int = 0  # requests in `generate`, waiting for a slot (in the scheduler) or streaming
     keep_alive: float = 300.0
     expires_at: float = field(default_factory=lambda: time.time() + 300)
@@ -129,6 +130,7 @@ class ModelManager:
     def __init__(self, settings: Settings, catalog: Catalog):
         self.settings, self.catalog = settings, catalog
         self.pool = ModelPool()
+        self.fleet = Fleet() if settings.runners else None  # None: models load in this process
         self.loaded: dict[str, Loaded] = {}
         self.families: dict[tuple, Family] = {}
         self._locks: dict[Any, asyncio.Lock] = {}
@@ -142,6 +144,9 @@ class ModelManager:
     async def stop(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        if self.fleet is not None:  # every runner at once, each closing its models first
+            self.loaded.clear()
+            await asyncio.to_thread(self.fleet.stop)
         for name in list(self.loaded):
             await self.unload(name, force=True)
 
@@ -150,13 +155,19 @@ class ModelManager:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             loaded = self.loaded.get(key)
+            if loaded is not None and isinstance(loaded.composite, RemoteComposite) and loaded.composite.lost:
+                del self.loaded[key]  # its runner died: load it again
+                await asyncio.to_thread(self.fleet.close, loaded.composite)  # type: ignore[union-attr]
+                loaded = None
             if loaded is not None and rpc.is_lost(loaded.composite):  # its RPC server went away: reload
                 rpc.strand(self.loaded.pop(key).composite)
                 loaded = None
             if loaded is None:
                 try:
                     await asyncio.to_thread(check_headers, recipe)
-                    comp = await self._load(recipe)
+                    comp = await (
+                        self._load(recipe) if self.fleet is None else self._load_runner(key, recipe)
+                    )
                 except (ModelLoadError, OSError, ValueError) as exc:
                     if isinstance(exc, NanoCommanderError) and not isinstance(exc, ModelLoadError):
                         raise  # a refusal with its own status (context, vocabulary, memory)
@@ -198,6 +209,24 @@ class ModelManager:
                 await asyncio.to_thread(self.check_adapter_memory, family, recipe)
             return await asyncio.to_thread(family.view, recipe)
 
+    async def _load_runner(self, key: str, recipe: Recipe) -> RemoteComposite:
+        """Load `recipe` in a runner of its own, or in its adapter family's runner."""
+        assert self.fleet is not None
+        family = self.settings.family_slots if family_key(recipe) is not None else None
+        if family is not None and self.fleet.running(recipe):  # a new member costs its adapter
+            path = Path(recipe.tuned.adapter.path)  # type: ignore[union-attr,arg-type]
+            await asyncio.to_thread(lambda: self._refuse_beyond(path.stat().st_size, free_memory()))
+        else:
+            await asyncio.to_thread(self.check_memory, recipe, family or 1)
+        return await asyncio.to_thread(
+            self.fleet.open,
+            recipe,
+            key,
+            n_parallel=self.settings.num_parallel,
+            family=family,
+            max_queue=self.settings.max_queue,
+        )
+
     def touch(self, loaded: Loaded, keep_alive: float | None) -> None:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
         loaded.keep_alive = ka
@@ -206,9 +235,10 @@ class ModelManager:
 
     def check_memory(self, recipe: Recipe, tuned_contexts: int = 1) -> None:
         """Refuse a model whose estimate exceeds free memory (weights already in the pool are free)."""
-        needed, free = memory_estimate(
-            recipe, set(self.pool.loaded()), self.settings.num_parallel, tuned_contexts
-        )
+        loaded = set(self.pool.loaded())
+        if self.fleet is not None:  # runners mmap their weights: files loaded already cost no more
+            loaded |= {p for l in self.loaded.values() for p in _member_files(l.composite.recipe)}  # noqa: E741
+        needed, free = memory_estimate(recipe, loaded, self.settings.num_parallel, tuned_contexts)
         self._refuse_beyond(needed, free)
 
     def check_adapter_memory(self, family: Family, recipe: Recipe) -> None:
@@ -233,6 +263,9 @@ class ModelManager:
             loaded.keep_alive, loaded.expires_at = 0, time.time()
             return True
         del self.loaded[key]
+        if isinstance(loaded.composite, RemoteComposite):  # the runner stops with its last model
+            await asyncio.to_thread(self.fleet.close, loaded.composite)  # type: ignore[union-attr]
+            return True
         if loaded.embedder is not None:
             await asyncio.to_thread(rpc.close_or_strand, loaded.embedder)
         comp = loaded.composite
@@ -246,25 +279,14 @@ class ModelManager:
         return True
 
     async def embedder(self, loaded: Loaded) -> Any:
-        """The model's embedding context: the recipe's `embedding` GGUF, else the large member."""
-
+        """The model's embedding context: the recipe's `embedding` GGUF, else the large member (in a
+        runner: the runner makes it, and the composite's `embed` goes to it)."""
+        if isinstance(loaded.composite, RemoteComposite):
+            return loaded.composite
         async with self._locks.setdefault(loaded.name, asyncio.Lock()):
             if loaded.embedder is None:
-                recipe = loaded.composite.recipe
-                src = recipe.embedding
-                path = src.path if src is not None else member_path(recipe.large)
-                n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
-                threads = recipe.parameters.get("num_thread")
-                pool = loaded.composite.pool
-                # the large member's own placement, so the pool shares its weights (and RPC servers)
-                where = (
-                    {}
-                    if src is not None
-                    else {"gpu_layers": recipe.large.gpu_layers, "rpc": rpc.placement(recipe.large)}
-                )
-                loaded.embedder = await asyncio.to_thread(
-                    Embedder, pool, path, n_ctx=n_ctx, threads=threads, **where
-                )
+                comp = loaded.composite
+                loaded.embedder = await asyncio.to_thread(embedder_for, comp.recipe, comp.pool)
         return loaded.embedder
 
     async def generate(
@@ -274,27 +296,18 @@ class ModelManager:
         full); leaving early cancels the generation within one token. `load_s`, the time this request
         spent in `get` (the load, on the request that loaded the model; ~0 when warm, as Ollama
         reports it), goes into the final chunk's stats."""
-        async for _, chunk in self.generate_many(loaded, [req], load_s):
-            yield chunk
-
-    async def generate_many(
-        self, loaded: Loaded, reqs: list[GenerateRequest], load_s: float = 0.0
-    ) -> AsyncIterator[tuple[int, Chunk]]:
-        """`generate` for requests that run as one batch (OpenAI's `n` samples): (index, chunk) as
-        they come, in one admission, so they share rounds instead of running one after another."""
         loaded.active += 1
-        first = reqs[0]
-        alpha = loaded.composite.recipe.alpha if first.alpha is None else first.alpha
-        accesslog.note(model=loaded.name, alpha=alpha, member=first.member)
-        tokens = [0, 0]
+        alpha = loaded.composite.recipe.alpha if req.alpha is None else req.alpha
+        accesslog.note(model=loaded.name, alpha=alpha, member=req.member)
         try:
-            async for i, chunk in rpc.guard(loaded.composite, loaded.composite.stream_many(reqs)):
+            stream = loaded.composite.stream(req)
+            if not isinstance(loaded.composite, RemoteComposite):
+                stream = rpc.guard(loaded.composite, stream)
+            async for chunk in stream:
                 if chunk.stats is not None:
                     chunk.stats.load_s = load_s
-                    tokens[0] += chunk.stats.prompt_tokens
-                    tokens[1] += chunk.stats.eval_count
-                    accesslog.note(tokens=tuple(tokens))
-                yield i, chunk
+                    accesslog.note(tokens=(chunk.stats.prompt_tokens, chunk.stats.eval_count))
+                yield chunk
         finally:
             loaded.active -= 1
             self.touch(loaded, loaded.keep_alive)
@@ -306,7 +319,8 @@ class ModelManager:
             await asyncio.sleep(1.0)
             now = time.time()
             for name, loaded in list(self.loaded.items()):
-                if loaded.active == 0 and loaded.expires_at <= now:
+                lost = isinstance(loaded.composite, RemoteComposite) and loaded.composite.lost
+                if loaded.active == 0 and (lost or loaded.expires_at <= now):
                     await self.unload(name)
 
     def default_name(self) -> str | None:
@@ -321,10 +335,10 @@ class ModelManager:
     def ps(self) -> list[dict[str, Any]]:
         return [{"name": l.name, "loaded": l, "info": l.composite.info()} for l in self.loaded.values()]  # noqa: E741
 
-    def units(self) -> list[tuple[list[Loaded], Family | None]]:
+    def units(self) -> list[tuple[list[Loaded], Any]]:
         """Loaded names grouped by what is loaded: one group per adapter family, one per other composite."""
         groups: dict[int, tuple[list[Loaded], Family | None]] = {}
         for loaded in self.loaded.values():
-            family = loaded.composite.family if isinstance(loaded.composite, FamilyComposite) else None
+            family = getattr(loaded.composite, "family", None)  # a Family, a RemoteFamily or None
             groups.setdefault(id(family or loaded), ([], family))[0].append(loaded)
         return list(groups.values())

@@ -75,3 +75,49 @@ def ndjson(item: dict[str, Any]) -> bytes:
 
 def sse(item: Any) -> bytes:
     return f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode()
+
+
+async def merged(streams: list[AsyncIterator[Any]], ahead: int = 8) -> AsyncIterator[tuple[int, Any]]:
+    """Run several streams at once and yield (stream index, item) as items come.
+
+    OpenAI's `n` samples go through this: running together, the scheduler batches them in the
+    same rounds instead of one after another. Each stream may run `ahead` items before its
+    reader, so a slow client still pauses the generation; the first error ends them all, and
+    leaving early closes every stream (which cancels its generation).
+    """
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue(
+        maxsize=ahead * len(streams)
+    )
+
+    async def pump(i: int, stream: AsyncIterator[Any]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((i, item, None, False))
+            await queue.put((i, None, None, True))
+        except Exception as exc:  # delivered to the reader, who raises it
+            await queue.put((i, None, exc, True))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    left = len(tasks)
+    try:
+        while left:
+            i, item, error, done = await queue.get()
+            if error is not None:
+                raise error
+            if done:
+                left -= 1
+                continue
+            yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for stream in streams:
+            with contextlib.suppress(BaseException):
+                await stream.aclose()  # type: ignore[attr-defined]

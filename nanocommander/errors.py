@@ -110,3 +110,10 @@ class ReferenceNotFound(RegistryError, LookupError):
 
 class AdapterMismatch(NanoCommanderError, ValueError):
     """A LoRA adapter does not fit the base it is meant for (architecture, tensor names or shapes)."""
+
+
+class RunnerLost(NanoCommanderError, RuntimeError):
+    """A model's runner process died or stopped answering; the model is loaded again on its next request.
+
+    Not a ConnectionError: the streaming layer reads those as the client having left.
+    """

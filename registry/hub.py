@@ -269,6 +269,8 @@ def fetch_to_partial(
 
     Raises:
         RegistryError: the transfer failed; `partial` keeps what arrived so the next call resumes.
+    Long on purpose: one resumable HTTP download with its retry, range and progress handling in one place,
+    so every exit path closes the partial file the same way.
     """
     settings.require_online(f"{remote.repo}/{remote.filename}")
     try:

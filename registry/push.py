@@ -48,7 +48,11 @@ def recipe_filename(dest: Name) -> str:
 
 
 def push(registry: Registry, source: Name, dest: Name, emit, *, private: bool = False) -> None:
-    """Upload `source` to `dest` (hf.co/user/repo[:tag]), emitting Ollama-style push events."""
+    """Upload `source` to `dest` (hf.co/user/repo[:tag]), emitting Ollama-style push events.
+
+    Long on purpose: the Ollama-style event sequence of one upload, step by step, in the order a client sees
+    it.
+    """
 
     emit({"status": "retrieving manifest"})
     canonical, manifest = registry.store.read_manifest(source)

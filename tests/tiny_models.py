@@ -209,6 +209,27 @@ def _finish(w: gguf.GGUFWriter) -> None:
     w.close()
 
 
+# Wide enough (a multiple of 256) for llama.cpp's K-quants: Q4_K/Q6_K blocks span 256 weights.
+KQUANT = Shape(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512)
+FTYPE_Q4_K_M = 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M: Q4_K with Q6_K for some tensors, as the real downloads
+
+
+def write_kquant(path: Path, *, seed: int, shape: Shape = KQUANT, ftype: int = FTYPE_Q4_K_M) -> Path:
+    """A tiny model quantized by llama.cpp's own quantizer (gguf-py cannot write K-quants): real
+    Q4_K/Q6_K tensors, so the batch-dependent CPU kernels of the models users run are exercised."""
+    import ctypes
+
+    import llama_cpp
+
+    src = write_model(path.with_suffix(".f32.gguf"), seed=seed, shape=shape)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(path).encode(), ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src} (ftype {ftype})")
+    src.unlink()
+    return path
+
+
 LARGE = Shape(n_embd=128, n_layer=3, n_head=4, n_head_kv=2, n_ff=256)
 SMALL = Shape()
 

@@ -175,7 +175,11 @@ def evaluate(model, examples: list[Encoded], cfg: TrainConfig, device: str) -> f
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run the whole tune: data, model, loop, export and self-check."""
+    """Run the whole tune: data, model, loop, export and self-check.
+
+    Long on purpose: the training loop reads top to bottom as the recipe in docs/adapters.md (data, model,
+    loop, export, self-check); its pieces share the model and optimizer state.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 

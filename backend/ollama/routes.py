@@ -18,7 +18,9 @@ from nanocommander.backend.ollama import registry_routes
 from nanocommander.backend.prepare import Chat, prepare
 from nanocommander.backend.streaming import ndjson, stream_response
 from nanocommander.backend.translate import describe
+from nanocommander.engine.llama import determinism
 from nanocommander.engine.llama.embed import finish
+from nanocommander.engine.request.options import LoadOptions
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.memory import estimate_family
 from nanocommander.registry import estimate_memory
@@ -154,7 +156,13 @@ async def show(request: web.Request) -> web.Response:
             "model_info": {k: v for k, v in model_info.items() if v is not None},
             "capabilities": wire.capabilities(template),
             "modified_at": wire.now_iso(),
-            "composite": {**wire.composite_object(recipe.alpha, members), "memory": memory},
+            "composite": {
+                **wire.composite_object(recipe.alpha, members),
+                "memory": memory,
+                "deterministic": determinism.describe(
+                    bool(LoadOptions.from_parameters(recipe.parameters).deterministic)
+                ),
+            },
         }
     )
 
@@ -185,15 +193,18 @@ async def ps(request: web.Request) -> web.Response:
             extra = None
             if family is not None:
                 extra = family.info({m.composite: m.name for m in group})
-                extra["memory"] = _family_memory(family, extra["adapters"], comp.n_parallel)
+                contexts = len(extra["tuned_contexts"])
+                extra["memory"] = _family_memory(comp.recipe, extra["adapters"], contexts, comp.n_parallel)
                 if extra["memory"] is not None:
                     described = {**described, "size": extra["memory"]["total"]}
             expires = max(m.expires_at for m in group)
             entry = wire.ps_entry(latest.name, described, expires, comp.n_ctx, extra)
+            entry.update(_runner_facts(comp))
             memory = _memory(comp.recipe, comp.n_parallel)  # num_ctx of KV per slot
             entry["composite"] = {
                 "num_parallel": comp.n_parallel,
                 "active": len(comp.scheduler.active()),
+                "deterministic": determinism.describe(comp.core.deterministic),
                 "kv_cache": memory
                 and {
                     "formula": memory["kv_formula"],
@@ -206,18 +217,24 @@ async def ps(request: web.Request) -> web.Response:
     return web.json_response({"models": await asyncio.to_thread(listing)})
 
 
-def _family_memory(family: Any, adapters: list[str], num_parallel: int) -> dict[str, Any] | None:
+def _family_memory(
+    recipe: Any, adapters: list[str], contexts: int, num_parallel: int
+) -> dict[str, Any] | None:
     """Shared large and base weights and contexts + the adapters loaded + the tuned contexts."""
     try:
-        views = list(family.views)
-        if not views:
-            return None
         paths = [Path(a) for a in adapters]
-        return estimate_family(
-            views[0].recipe, paths, len(family.contexts), num_parallel=num_parallel
-        ).to_dict()
+        return estimate_family(recipe, paths, contexts, num_parallel=num_parallel).to_dict()
     except (ValueError, OSError):  # a header that does not read
         return None
+
+
+def _runner_facts(comp: Any) -> dict[str, Any]:
+    """`runner_pid` (None: served in the server's process) and the runner's resident memory and uptime."""
+    runner = getattr(comp, "runner", None)
+    if runner is None:
+        return {"runner_pid": None}
+    uptime = round(time.time() - runner.started_at, 1)
+    return {"runner_pid": runner.pid, "runner": {"pid": runner.pid, "rss": runner.rss(), "uptime_s": uptime}}
 
 
 async def embed(request: web.Request) -> web.Response:

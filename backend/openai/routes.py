@@ -22,10 +22,10 @@ from nanocommander.backend.kobold import api as kobold_fields
 from nanocommander.backend.ollama.api import composite_object
 from nanocommander.backend.openai import api as wire
 from nanocommander.backend.prepare import Chat, prepare
-from nanocommander.backend.streaming import sse, stream_response
+from nanocommander.backend.streaming import merged, sse, stream_response
 from nanocommander.backend.translate import describe
 from nanocommander.engine.llama.embed import finish
-from nanocommander.engine.request.types import Chunk
+from nanocommander.engine.request.types import Chunk, GenerateRequest
 from nanocommander.errors import InvalidRequest
 
 
@@ -52,20 +52,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     reqs = tools.samples(plan.apply(req), body.get("n"))
     cid, created = wire.new_id("chatcmpl")
-    splitters = [tools.Splitter(plan) for _ in reqs]  # the `n` samples run as one batch, interleaved
+    # n samples run together, so the scheduler batches them (streaming.merged)
+    samples = [tools.split(manager.generate(loaded, r), plan) for r in reqs]
     if not stream:
-        choices: list[tuple[list[Chunk], list[Any]]] = [([], []) for _ in reqs]
-        async for index, raw in manager.generate_many(loaded, reqs):
-            chunk, calls = splitters[index].feed(raw)
-            choices[index][0].append(chunk)
-            choices[index][1].extend(calls)
+        pairs: list[list[tuple[Chunk, list]]] = [[] for _ in reqs]
+        async for index, pair in merged(samples):
+            pairs[index].append(pair)
+        choices = [([c for c, _ in ps], [call for _, cs in ps for call in cs]) for ps in pairs]
         (chunks, calls), *more = choices
         return web.json_response(wire.chat_completion(cid, created, name, chunks, calls, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        finals, first, n_calls = [], [True] * len(reqs), [0] * len(reqs)
-        async for index, raw in manager.generate_many(loaded, reqs):
-            chunk, calls = splitters[index].feed(raw)
+        finals = []
+        first, n_calls = [True] * len(reqs), [0] * len(reqs)
+        async for index, (chunk, calls) in merged(samples):
             for item in wire.chat_chunks(
                 cid,
                 created,
@@ -123,20 +123,21 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reqs = tools.samples(req, body.get("n"))
     cid, created = wire.new_id("cmpl")
 
-    def run() -> AsyncIterator[tuple[int, Chunk]]:
-        # the `n` samples as one batch, registered by genkey, so /api/extra/abort reaches them
-        return request.app[GENERATIONS].start_many(manager, loaded, reqs, body.get("genkey"))[1]
+    def run(r: GenerateRequest) -> AsyncIterator[Chunk]:
+        # registered by genkey, so /api/extra/abort reaches it
+        return request.app[GENERATIONS].start(manager, loaded, r, body.get("genkey"))[1]
 
+    samples = [run(r) for r in reqs]  # together, so the scheduler batches them (streaming.merged)
     if not stream:
-        samples: list[list[Chunk]] = [[] for _ in reqs]
-        async for index, chunk in run():
-            samples[index].append(chunk)
-        first, *more = samples
+        chunks: list[list[Chunk]] = [[] for _ in reqs]
+        async for index, chunk in merged(samples):
+            chunks[index].append(chunk)
+        first, *more = chunks
         return web.json_response(wire.completion(cid, created, name, first, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         offsets, finals = [0] * len(reqs), []
-        async for index, chunk in run():
+        async for index, chunk in merged(samples):
             for item in wire.completion_chunks(
                 cid, created, name, chunk, with_usage=False, index=index, offset=offsets[index]
             ):
@@ -144,7 +145,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             offsets[index] += len(chunk.text)
             if chunk.done:
                 finals.append(chunk.stats)
-        if with_usage:  # one usage object for all the samples, after the last
+        if with_usage:  # once, after the last sample, counting every sample's completion tokens
             base = {"id": cid, "object": "text_completion", "created": created, "model": name}
             yield {**base, "choices": [], "usage": wire.usage(*(finals or [None]))}
 

@@ -34,3 +34,8 @@ def install(verbose: bool | None = None) -> None:
         _state["verbose"] = verbose
     _state["verbose"] = _state["verbose"] or debug_env()
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def verbose() -> bool:
+    """Whether llama.cpp's log is shown (runners are started with the same setting)."""
+    return _state["verbose"] or debug_env()

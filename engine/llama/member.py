@@ -19,6 +19,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from nanocommander.engine.llama import determinism
 from nanocommander.engine.llama import log as llamalog
 from nanocommander.engine.llama.rpc.devices import Placement, RpcDevices
 from nanocommander.errors import ModelLoadError
@@ -101,6 +102,14 @@ class LoadedModel:
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)]
 
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def is_pad(self, token: int) -> bool:
+        """Unused or [PAD...] ids: padding a vocabulary to a round size, never to be sampled."""
+        attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+        return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_UNUSED) or self.token_text(token).startswith("[PAD")
+
     def close(self) -> None:
         self._adapters.clear()  # llama.cpp frees adapters together with their model
         self.model.close()
@@ -167,13 +176,17 @@ class Member:
         adapter_scale: float = 1.0,
         n_batch: int = 512,
         n_seq: int = 1,
+        deterministic: bool = False,
     ):
         self.role, self.model = role, model
+        self.deterministic = deterministic
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_seq
         params.n_batch = params.n_ubatch = min(n_batch, n_ctx * n_seq)
         params.n_seq_max = n_seq
         params.kv_unified = False
+        if deterministic:  # every position alone: its logits do not depend on the batch (determinism.py)
+            determinism.context_params(params)
         self.threads = threads or default_threads()
         self._share = 1
         params.n_threads = params.n_threads_batch = self.threads
@@ -252,8 +265,12 @@ class Member:
                     row = len(rows)
                     rows.append((i, pos - first_logit))
                 entries.append((req.seq, pos, tokens[pos], row))
-        for start in range(0, len(entries), self.n_batch):
-            chunk = entries[start : start + self.n_batch]
+        # the reproducible mode decodes one token a call: llama.cpp groups one token of each sequence
+        # into a ubatch whatever n_ubatch says, and a LoRA's F32 product of two rows or more takes
+        # another kernel than one row (determinism.py)
+        step = 1 if self.deterministic else self.n_batch
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
             self._decode(chunk)
             for j, (_, _, _, row) in enumerate(chunk):
                 if row >= 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import llama_cpp
 import numpy as np
 
 from nanocommander.errors import TokenizerMismatch
@@ -23,15 +22,11 @@ class SharedVocab:
     eog: frozenset[int]  # end-of-generation ids of any member
 
 
-def _is_pad(model, token: int) -> bool:
-    attr = llama_cpp.llama_vocab_get_attr(model.vocab, token)
-    return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_UNUSED) or model.token_text(token).startswith("[PAD")
-
-
 def shared_vocab(models: dict[str, object]) -> SharedVocab:
     """Check that members agree on token texts and return the shared range, pad mask and end tokens.
 
-    `models` maps a role (or file name) to a LoadedModel. Raises TokenizerMismatch naming the first
+    `models` maps a role (or file name) to a LoadedModel (or anything with its n_vocab, token_text,
+    is_eog and is_pad: tests/fake_member.py). Raises TokenizerMismatch naming the first
     differing id and both texts.
     """
     items = list(models.items())
@@ -50,7 +45,7 @@ def shared_vocab(models: dict[str, object]) -> SharedVocab:
     for name, model in items:
         # Tokens beyond the shared range must be padding, or some member could emit ids others lack.
         for tok in range(n_shared, model.n_vocab):
-            if not _is_pad(model, tok):
+            if not model.is_pad(tok):
                 raise TokenizerMismatch(
                     f"member '{name}' has {model.n_vocab} tokens but others have {n_shared}, and token {tok} "
                     f"({model.token_text(tok)!r}) is not padding"
@@ -63,8 +58,8 @@ def shared_vocab(models: dict[str, object]) -> SharedVocab:
             continue
         seen.add(id(model))
         for tok in range(n_shared):
-            if llama_cpp.llama_vocab_is_eog(model.vocab, tok):
+            if model.is_eog(tok):
                 eog.add(tok)
-            elif _is_pad(model, tok):
+            elif model.is_pad(tok):
                 mask[tok] = True
     return SharedVocab(n_shared, mask if mask.any() else None, frozenset(eog))

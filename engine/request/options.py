@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,14 @@ CONTROL_KEYS: dict[str, tuple[type, ...]] = {
 }
 
 
+DETERMINISTIC_ENV = "NANOCOMMANDER_DETERMINISTIC"
+
+
+def deterministic_env() -> bool:
+    """NANOCOMMANDER_DETERMINISTIC=1 turns the reproducible mode on where a recipe does not say."""
+    return os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """Settings fixed when a model loads (a change means a reload, so requests may not send them).
@@ -86,6 +95,7 @@ class LoadOptions:
     num_thread: int | None = None  # None: llama.cpp's default for this machine
     num_gpu: int | None = None  # layers on the GPU; members' gpu_layers take precedence
     num_parallel: int = 4  # sequences (slots) per member context, as Ollama's OLLAMA_NUM_PARALLEL
+    deterministic: bool | None = None  # the reproducible mode (engine/llama/determinism.py); None: env
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any], num_parallel: int | None = None) -> LoadOptions:
@@ -96,10 +106,15 @@ class LoadOptions:
         # 0 or null for a size means "the default" (clients send every field); num_gpu 0 means CPU
         sizes = ("num_ctx", "num_batch", "num_parallel", "num_thread")
         load = cls(**{k: v for k, v in given.items() if v is not None and (v or k not in sizes)})
-        return dataclasses.replace(load, num_parallel=max(1, int(load.num_parallel)))
+        deterministic = deterministic_env() if load.deterministic is None else bool(load.deterministic)
+        return dataclasses.replace(
+            load, num_parallel=max(1, int(load.num_parallel)), deterministic=deterministic
+        )
 
 
-LOAD_KEYS: dict[str, tuple[type, ...]] = {f.name: (int,) for f in dataclasses.fields(LoadOptions)}
+LOAD_KEYS: dict[str, tuple[type, ...]] = {
+    f.name: (bool,) if f.name == "deterministic" else (int,) for f in dataclasses.fields(LoadOptions)
+}
 
 # Options Ollama retired or llama.cpp lacks; accepted and ignored so old clients keep working.
 IGNORED_KEYS = frozenset(
@@ -144,7 +159,7 @@ def check_value(key: str, value: Any) -> Any:
     if key == "speculative":
         return parse_speculative(value)
     types = ALL_KEYS[key]
-    if isinstance(value, bool) or not isinstance(value, types):
+    if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
         names = "number" if float in types else " or ".join(sorted({t.__name__ for t in types}))
         raise InvalidRequest(f'option "{key}" must be of type {names}')
     if float in types:

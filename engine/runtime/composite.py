@@ -4,8 +4,8 @@ Generation is layered: a strategy (engine/decode/strategies.py) decides which me
 which tokens and commits sampled tokens to a `Generation` (engine/decode/generation.py); the
 composite's scheduler (engine/runtime/scheduler.py) serves the Needs of all requests in flight, one
 batch per member per round, each request in its own sequence (slot) of every member context.
-`generate` (blocking) and `stream`/`stream_many` (asyncio) hand requests to the scheduler and relay
-their chunks. The engine sees token ids and text only; it knows nothing of any wire protocol.
+`generate` (blocking) and `stream` (asyncio) hand a request to the scheduler and relay its
+chunks. The engine sees token ids and text only; it knows nothing of any wire protocol.
 """
 
 from __future__ import annotations
@@ -24,10 +24,16 @@ from nanocommander.engine.decode.logprobs import reader as logprob_reader
 from nanocommander.engine.decode.logprobs import special_piece
 from nanocommander.engine.decode.softmax import log_softmax
 from nanocommander.engine.decode.strategies import strategy_for
+from nanocommander.engine.llama import determinism
 from nanocommander.engine.llama.member import Hold, LoadedModel, Member
 from nanocommander.engine.llama.sampler import Sampler
 from nanocommander.engine.llama.vocab import SharedVocab
-from nanocommander.engine.request.decode_options import DEFAULT_SPECULATION, OFF, Speculation, Steer
+from nanocommander.engine.request.decode_options import (
+    DEFAULT_SPECULATION,
+    OFF,
+    Speculation,
+    Steer,
+)
 from nanocommander.engine.request.recipe import ROLES, Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest, Stats
 from nanocommander.engine.runtime.core import Core
@@ -291,7 +297,8 @@ class Composite:
         return started
 
     def generate_batch(self, reqs: Sequence[GenerateRequest]) -> list[list[Chunk]]:
-        """Each request's chunks, run together (`stream_many`, blocking); an error is raised once all end."""
+        """Run requests together (admitted at once, as many in flight as there are slots) and return
+        each one's chunks; for evaluation, benchmarks and tests. An error is raised once all end."""
         out: list[list[Chunk]] = [[] for _ in reqs]
         for i, chunks in self._relay(self._start_all(reqs), max_ahead=1 << 30):
             out[i].extend(chunks)
@@ -305,12 +312,14 @@ class Composite:
     ) -> Iterator[tuple[int, list[Chunk]]]:
         """The blocking relay loop: submit the requests together, hand on each delivery as
         (request index, chunks) until every request is done, then raise the first error any had.
-        Leaving early (or `cancel`) cancels them all within a round. `stream_many` is its asyncio twin."""
+        Leaving early (or `cancel`) cancels them all within a round. `stream` is its asyncio twin."""
         inbox: queue.SimpleQueue[tuple[int, Item]] = queue.SimpleQueue()
         tickets = [
-            self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead, cancel)
+            self._ticket(gen, steps, lambda item, i=i: inbox.put((i, item)), max_ahead=max_ahead)
             for i, (gen, steps) in enumerate(started)
         ]
+        for ticket in tickets:
+            ticket.external = cancel
         self.scheduler.submit(*tickets)
         errors: list[BaseException] = []
         left = len(tickets)
@@ -334,14 +343,14 @@ class Composite:
         """A request of this composite got slot `seq` (the scheduler's thread, before its first Need):
         nothing to do here; an adapter family's composite binds the slot to a tuned context."""
 
-    def _ticket(self, gen: Generation, steps: Steps, put, ahead: int = STREAM_AHEAD, ext=None) -> Ticket:
+    def _ticket(self, gen: Generation, steps: Steps, put, max_ahead: int = STREAM_AHEAD) -> Ticket:
         def begin(seq: int) -> Steps:
             gen.seq = seq  # the strategy has not run yet: its first Need is built for this slot
             if "tuned" in gen.plan.roles:
                 self.bind(seq)
             return steps
 
-        return Ticket(begin, put, gen.tokens, gen.plan.roles[0], gen=gen, max_ahead=ahead, external=ext)
+        return Ticket(begin, put, gen.tokens, gen.plan.roles[0], gen=gen, max_ahead=max_ahead)
 
     def _job(self, prompt: list[int], role: str, need: Callable[[int], Need]) -> Logits:
         def bound(seq: int) -> Need:
@@ -396,4 +405,5 @@ class Composite:
             "n_ctx": self.n_ctx,
             "n_vocab": self.vocab.n_vocab,
             "members": members,
+            "deterministic": determinism.describe(self.core.deterministic),
         }

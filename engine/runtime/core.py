@@ -24,6 +24,7 @@ import numpy as np
 
 from nanocommander.engine.decode.generation import Logits, Need, Steps
 from nanocommander.engine.decode.plain_view import PLAIN
+from nanocommander.engine.llama.embed import DEFAULT_EMBED_CTX, Embedder
 from nanocommander.engine.llama.member import Hold, LoadedModel, Member
 from nanocommander.engine.llama.rpc.devices import placement
 from nanocommander.engine.llama.vocab import shared_vocab
@@ -47,6 +48,40 @@ def member_path(spec: MemberSpec) -> Path:
     return Path(src.path)
 
 
+def _context(
+    recipe: Recipe, role: str, model: LoadedModel, load: LoadOptions, want_ctx: int, per_slot: int
+) -> Member:
+    """`role`'s context: `load.num_parallel` slots of n_ctx tokens (capped at the model's training
+    context); the large one holds `per_slot` sequences per slot (the plain reading)."""
+    spec = recipe.member(role)
+    train_ctx = model.model.n_ctx_train() or want_ctx
+    adapter = spec.adapter.path if spec.is_adapter and spec.adapter else None
+    if spec.is_adapter and adapter is None:
+        raise ModelLoadError("the tuned adapter is not a local file yet; run `nanocommander pull` first")
+    return Member(
+        role,
+        model,
+        n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
+        threads=spec.threads or load.num_thread,
+        adapter=adapter,
+        adapter_scale=spec.adapter_scale,
+        n_batch=load.num_batch,
+        n_seq=load.num_parallel * (per_slot if role == "large" else 1),
+        deterministic=bool(load.deterministic),
+    )
+
+
+def embedder_for(recipe: Recipe, pool: ModelPool) -> Embedder:
+    """The recipe's embedding context: its `embedding` GGUF, else the large member with the large
+    member's own placement, so the pool shares its weights (and RPC servers)."""
+    src = recipe.embedding
+    path = src.path if src is not None else member_path(recipe.large)
+    n_ctx = int(recipe.parameters.get("num_ctx") or DEFAULT_EMBED_CTX)
+    threads = recipe.parameters.get("num_thread")
+    where = {} if src is not None else {"gpu_layers": recipe.large.gpu_layers, "rpc": placement(recipe.large)}
+    return Embedder(pool, path, n_ctx=n_ctx, threads=threads, **where)  # type: ignore[arg-type]
+
+
 class Core:
     """Three member contexts (the tuned one may be an adapter on base's weights) ready to serve Holds."""
 
@@ -66,6 +101,7 @@ class Core:
         self.n_ctx = min(m.n_ctx for m in members.values())  # per sequence
         self.n_parallel = min(m.n_seq for m in members.values())  # slots
         self.views = members["large"].n_seq >= 2 * self.n_parallel  # a plain reading per slot
+        self.deterministic = all(m.deterministic for m in members.values())  # engine/llama/determinism.py
         self.vocab = shared_vocab({role: m.model for role, m in members.items()})
         self._spaced: dict[int, int | None] = {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member")
@@ -114,28 +150,9 @@ class Core:
                 models["tuned"] = pool.acquire(member_path(tuned), tuned.gpu_layers, placement(tuned))
                 acquired.append(models["tuned"])
             load = LoadOptions.from_parameters(recipe.parameters, n_parallel)
-            want_ctx = n_ctx or load.num_ctx
-            threads, n_batch, slots = load.num_thread, load.num_batch, load.num_parallel
             per_slot = large_sequences(recipe.steer) if views is None else 1 + bool(views)
             for role in ROLES:
-                spec = recipe.member(role)
-                model = models[role]
-                train_ctx = model.model.n_ctx_train() or want_ctx
-                adapter = spec.adapter.path if spec.is_adapter and spec.adapter else None
-                if spec.is_adapter and adapter is None:
-                    raise ModelLoadError(
-                        "the tuned adapter is not a local file yet; run `nanocommander pull` first"
-                    )
-                members[role] = Member(
-                    role,
-                    model,
-                    n_ctx=min(spec.n_ctx or want_ctx, train_ctx),
-                    threads=spec.threads or threads,
-                    adapter=adapter,
-                    adapter_scale=spec.adapter_scale,
-                    n_batch=n_batch,
-                    n_seq=slots * (per_slot if role == "large" else 1),
-                )
+                members[role] = _context(recipe, role, models[role], load, n_ctx or load.num_ctx, per_slot)
             load_s = time.perf_counter() - t0
             return cls(
                 members,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from nanocommander.engine.llama.member import Member
+from nanocommander.engine.request.options import LoadOptions
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.engine.runtime.core import Core
@@ -76,6 +77,7 @@ def family_key(recipe: Recipe) -> tuple | None:
         params.get("num_batch"),
         params.get("num_thread"),
         params.get("num_parallel"),
+        LoadOptions.from_parameters(params).deterministic,  # the mode shapes every context
     ]
     return tuple(parts)
 
@@ -246,6 +248,7 @@ class Family:
             threads=first.threads,
             n_batch=first.n_batch,
             n_seq=first.n_seq,
+            deterministic=first.deterministic,
         )
         tc = TunedContext(member, None)
         self.contexts.append(tc)

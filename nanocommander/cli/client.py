@@ -82,7 +82,7 @@ def table(rows: list[list[str]]) -> str:
 
 def ps(args: argparse.Namespace) -> int:
     models = call("GET", "/api/ps").get("models") or []
-    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "PID", "REPRODUCIBLE", "UNTIL"]]
     for m in models:
         gpu = m.get("size_vram", 0) / m["size"] if m.get("size") else 0
         processor = "100% CPU" if gpu == 0 else "100% GPU" if gpu >= 1 else f"{1 - gpu:.0%}/{gpu:.0%} CPU/GPU"
@@ -93,6 +93,8 @@ def ps(args: argparse.Namespace) -> int:
                 units.size(int(m.get("size", 0))),
                 processor,
                 str(m.get("context_length", "")),
+                str(m.get("runner_pid") or "-"),  # the model's runner process (- : in the server's own)
+                "yes" if ((m.get("composite") or {}).get("deterministic") or {}).get("enabled") else "no",
                 until(m.get("expires_at", "")),
             ]
         )

@@ -16,6 +16,8 @@ from typing import Any
 from tqdm import tqdm
 
 from nanocommander import units
+from nanocommander.engine.llama import determinism
+from nanocommander.engine.request.options import LoadOptions
 from nanocommander.errors import InvalidRequest
 from nanocommander.registry.api import Registry
 
@@ -184,6 +186,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("\n  Parameters")
         for k, v in d.recipe.parameters.items():
             print(f"    {k:<16}{list(v) if isinstance(v, tuple) else v}")
+    mode = determinism.describe(bool(LoadOptions.from_parameters(d.recipe.parameters).deterministic))
+    print(
+        f"\n  Reproducible\n    {'on (' + str(mode['how']) + '); costs: ' + str(mode['cost']) if mode['enabled'] else 'off: ' + str(mode['note'])}"
+    )
     if d.system:
         print(f"\n  System\n    {d.system.strip()[:300]}")
     if d.template:

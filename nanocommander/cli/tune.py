@@ -31,6 +31,7 @@ TRAIN_EXTRAS = ("torch", "transformers", "peft")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Long on purpose: it is the argparse declaration of `tune` and `eval`, one statement per flag."""
     p = sub.add_parser(
         "tune",
         help="LoRA fine-tune a small GGUF on chat data; writes a llama.cpp adapter",
@@ -126,6 +127,9 @@ def _require_extras() -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    """Long on purpose: one linear path from flags to a trained adapter (checks, family shortcut, config,
+    train, register); splitting it would scatter the flag checks.
+    """
     _require_extras()
 
     if args.family:

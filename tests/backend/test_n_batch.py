@@ -1,5 +1,6 @@
-"""OpenAI `n` samples run as one batch (issue 23, item 7): admitted together, served in the same
-scheduler rounds, with the same replies as running them one at a time."""
+"""OpenAI `n` samples (issue 23, item 7), beside tests/backend/test_n_batched.py: each seeded sample is
+the reply its seed gives alone (streamed and not), the chat is rendered once off the event loop, and
+streamed completions count every sample's tokens in their usage."""
 
 from __future__ import annotations
 
@@ -15,32 +16,12 @@ ASK = [{"role": "user", "content": "tell me"}]
 
 @pytest.fixture(scope="module")
 def live(recipe_of, start_server):
-    return start_server([recipe_of("batch")], keep_alive=300, num_parallel=4)
+    return start_server([recipe_of("batch")], keep_alive=300, num_parallel=4, runners=False)
 
 
 @pytest.fixture(scope="module")
 def oa(live):
     return OpenAI(base_url=f"{live.url}/v1", api_key="unused")
-
-
-def _scheduler(live):
-    return live.app[MANAGER].loaded["batch:latest"].composite.scheduler
-
-
-def test_n3_greedy_choices_are_one_batch_and_equal_n1(oa, live):
-    kw = dict(model="batch", messages=ASK, temperature=0, max_tokens=10)
-    alone = oa.chat.completions.create(**kw).choices[0].message.content
-    scheduler = _scheduler(live)
-    scheduler.widest = 0
-    out = oa.chat.completions.create(**kw, n=3)
-    assert [c.index for c in out.choices] == [0, 1, 2]
-    assert [c.message.content for c in out.choices] == [alone] * 3
-    assert scheduler.widest == 3  # the three samples shared rounds instead of running in turn
-    streamed = ["", "", ""]
-    for chunk in oa.chat.completions.create(**kw, n=3, stream=True):
-        for c in chunk.choices:
-            streamed[c.index] += c.delta.content or ""
-    assert streamed == [alone] * 3
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -64,20 +45,22 @@ def test_n3_seeded_sampling_is_reproducible_and_equals_each_seed_alone(oa, strea
     assert first == singles
 
 
-def test_completions_n3_run_as_one_batch(oa, live):
+def test_completions_n3_equal_each_seed_alone_and_stream_one_usage_for_all(oa, live):
     kw = dict(model="batch", prompt="a", max_tokens=8, temperature=1.0, seed=3)
-    scheduler = _scheduler(live)
-    scheduler.widest = 0
     out = oa.completions.create(**kw, n=3)
-    assert scheduler.widest == 3 and len(out.choices) == 3
+    assert len(out.choices) == 3
     texts = [c.text for c in sorted(out.choices, key=lambda c: c.index)]
     assert texts == [oa.completions.create(**{**kw, "seed": 3 + i}).choices[0].text for i in range(3)]
     streamed = ["", "", ""]
     usage = None
+    usages = []
     for chunk in oa.completions.create(**kw, n=3, stream=True, stream_options={"include_usage": True}):
         for c in chunk.choices:
             streamed[c.index] += c.text
-        usage = chunk.usage or usage
+        if chunk.usage:
+            usage = chunk.usage
+            usages.append(usage)
+    assert len(usages) == 1
     assert streamed == texts and usage.completion_tokens == out.usage.completion_tokens
 
 

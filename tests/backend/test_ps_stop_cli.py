@@ -31,6 +31,7 @@ def test_ps_lists_loaded_models_and_stop_unloads_them(live):
         "SIZE",
         "PROCESSOR",
         "CONTEXT",
+        "PID",
         "UNTIL",
     ]
     httpx.post(f"{live.url}/api/generate", json={"model": "pstiny", "keep_alive": "10m"}, timeout=60)
