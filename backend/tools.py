@@ -72,19 +72,28 @@ def _names(tools: Sequence[dict[str, Any]]) -> list[str]:
     return [fn["name"] for fn in fns if isinstance(fn, dict) and isinstance(fn.get("name"), str)]
 
 
+class Splitter:
+    """One reply's tool-call parser: each chunk with its text reduced to content, and the calls it
+    completed (an `n`-sample request keeps one per sample, their chunks interleaved)."""
+
+    def __init__(self, plan: ToolPlan):
+        self.parser = ToolCallParser(plan.family, plan.names) if plan.family is not None else None
+
+    def feed(self, chunk: Chunk) -> tuple[Chunk, list[ToolCall]]:
+        if self.parser is None:
+            return chunk, []
+        text, calls = self.parser.push(chunk.text)
+        if chunk.done:
+            tail, more = self.parser.finish()
+            text, calls = text + tail, calls + more
+        return dataclasses.replace(chunk, text=text), calls
+
+
 async def split(chunks: AsyncIterator[Chunk], plan: ToolPlan) -> AsyncIterator[tuple[Chunk, list[ToolCall]]]:
     """Each chunk with its text reduced to content, and the tool calls completed with it."""
-    if plan.family is None:
-        async for chunk in chunks:
-            yield chunk, []
-        return
-    parser = ToolCallParser(plan.family, plan.names)
+    splitter = Splitter(plan)
     async for chunk in chunks:
-        text, calls = parser.push(chunk.text)
-        if chunk.done:
-            tail, more = parser.finish()
-            text, calls = text + tail, calls + more
-        yield dataclasses.replace(chunk, text=text), calls
+        yield splitter.feed(chunk)
 
 
 def logprobs_request(

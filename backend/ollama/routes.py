@@ -204,9 +204,7 @@ async def ps(request: web.Request) -> web.Response:
             entry["composite"] = {
                 "num_parallel": comp.n_parallel,
                 "active": len(comp.scheduler.active()),
-                "deterministic": determinism.describe(
-                    bool(LoadOptions.from_parameters(comp.recipe.parameters).deterministic)
-                ),
+                "deterministic": determinism.describe(_deterministic(comp)),
                 "kv_cache": memory
                 and {
                     "formula": memory["kv_formula"],
@@ -217,6 +215,15 @@ async def ps(request: web.Request) -> web.Response:
         return sorted(models, key=lambda m: m["expires_at"], reverse=True)
 
     return web.json_response({"models": await asyncio.to_thread(listing)})
+
+
+def _deterministic(comp: Any) -> bool:
+    """Whether a loaded composite runs in reproducible mode; one in a runner process holds no core
+    here, so its recipe's setting (what the runner loaded it with) answers."""
+    core = getattr(comp, "core", None)
+    if core is not None:
+        return bool(core.deterministic)
+    return bool(LoadOptions.from_parameters(comp.recipe.parameters).deterministic)
 
 
 def _family_memory(

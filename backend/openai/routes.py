@@ -136,15 +136,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return web.json_response(wire.completion(cid, created, name, first, more=more))
 
     async def items() -> AsyncIterator[dict[str, Any]]:
-        offsets, left = [0] * len(reqs), len(reqs)
+        offsets, finals = [0] * len(reqs), []
         async for index, chunk in merged(samples):
-            left -= chunk.done
-            last = with_usage and chunk.done and left == 0  # usage once, with the last to finish
             for item in wire.completion_chunks(
-                cid, created, name, chunk, with_usage=last, index=index, offset=offsets[index]
+                cid, created, name, chunk, with_usage=False, index=index, offset=offsets[index]
             ):
                 yield item
             offsets[index] += len(chunk.text)
+            if chunk.done:
+                finals.append(chunk.stats)
+        if with_usage:  # once, after the last sample, counting every sample's completion tokens
+            base = {"id": cid, "object": "text_completion", "created": created, "model": name}
+            yield {**base, "choices": [], "usage": wire.usage(*(finals or [None]))}
 
     return await _sse(request, items())
 
