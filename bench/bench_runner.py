@@ -4,7 +4,7 @@
 
 Defaults: /work/models qwen2.5-coder-1.5b-instruct.gguf (large) and qwen2.5-coder-0.5b-instruct.gguf
 as base and tuned (alpha 1: speed is what is measured, so tuned = base is fine). The two are loaded
-at once and run in turns (in-process, runner, in-process, ...), so a shared machine's load hits both
+at once and run in turns (in-process, runner, runner, in-process, ...), so a shared machine's load hits both
 alike; each run is greedy with end tokens banned, so every run makes exactly --tokens tokens.
 
 Reports per side the median tokens/s over the whole stream as its consumer sees it (wall clock
@@ -112,9 +112,9 @@ def main() -> int:
         run(local, req)  # warm both: page cache, first-decode allocations
         run(remote, req)
         sides: dict[str, list[dict[str, float]]] = {"in-process": [], "runner": []}
-        for _ in range(args.reps):
-            sides["in-process"].append(run(local, req))
-            sides["runner"].append(run(remote, req))
+        for i in range(args.reps):  # turns, and which goes first alternates
+            for side, comp in ((("in-process", local), ("runner", remote)))[:: 1 if i % 2 == 0 else -1]:
+                sides[side].append(run(comp, req))
         rss = remote.runner.rss()
         last_chunk = list(remote.generate(req))[-2]  # a mid-stream chunk (text, token id, no stats)
     finally:
