@@ -39,8 +39,9 @@ def test_ps_lists_loaded_models_and_stop_unloads_them(live):
     listed = cli(live, "ps")
     header, row = listed.stdout.splitlines()
     assert row.startswith("pstiny:latest") and "100% CPU" in row and "minutes from now" in row
-    digest = httpx.get(f"{live.url}/api/ps").json()["models"][0]["digest"]
-    assert digest[:12] in row
+    entry = httpx.get(f"{live.url}/api/ps").json()["models"][0]
+    assert entry["digest"][:12] in row
+    assert entry["runner_pid"] is None or f" {entry['runner_pid']} " in row  # the model's runner process
 
     stopped = cli(live, "stop", "pstiny")
     assert stopped.returncode == 0 and stopped.stdout == ""

@@ -141,6 +141,20 @@ def test_a_runner_that_stops_answering_is_killed_and_the_model_reloads(live):
     assert short(live, "one") and pids(live)["one:latest"] != before
 
 
+def test_a_client_that_stops_reading_is_no_hang(live):
+    """A stream waiting for its consumer's credit is not a stuck runner, however long it waits."""
+    short(live, "one")
+    before = pids(live)["one:latest"]
+    body = {"model": "one", "prompt": "hello", "raw": True, "options": LONG}
+    with httpx.stream("POST", f"{live.url}/api/generate", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        head = [next(lines) for _ in range(3)]
+        time.sleep(5)  # beyond the module's 3 s runner timeout
+        rest = list(lines)
+    assert json.loads(head[0])["response"] is not None and "error" not in json.loads(rest[-1])
+    assert pids(live)["one:latest"] == before
+
+
 def test_ps_shows_each_runner_and_unload_stops_it(live):
     short(live, "two")
     entry = next(m for m in httpx.get(f"{live.url}/api/ps").json()["models"] if m["name"] == "two:latest")

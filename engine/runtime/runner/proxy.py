@@ -65,6 +65,9 @@ class Runner:
         self._ids = itertools.count(1)
         self._calls: dict[int, Future] = {}
         self._streams: dict[int, tuple[int, Callable[[Any], None]]] = {}  # rid -> (view id, put)
+        # rid -> chunks received (the reader's count) and credited back (the consumer's): each has one writer
+        self._got: dict[int, int] = {}
+        self._given: dict[int, int] = {}
         self._send_lock = threading.Lock()
         self._progress, self._rounds = time.monotonic(), -1
         self._stopping = self._hung = False
@@ -132,6 +135,8 @@ class Runner:
 
     def _end(self, rid: int, finished: bool) -> None:
         self._streams.pop(rid, None)
+        self._got.pop(rid, None)
+        self._given.pop(rid, None)
         if not finished and self.lost is None:
             try:
                 self.send((wire.CANCEL, rid))
@@ -139,6 +144,8 @@ class Runner:
                 pass
 
     def _credit(self, rid: int, n: int) -> None:
+        self._given[rid] = self._given.get(rid, 0) + n
+        self._progress = time.monotonic()  # a stream that waited for its consumer may run again
         try:
             self.send((wire.CREDIT, rid, n))
         except GONE:
@@ -216,12 +223,6 @@ class Runner:
             self.proc.wait()
         self._reader.join(5)
 
-    def kill(self) -> None:
-        try:
-            self.proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
     def _read_output(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
@@ -246,6 +247,7 @@ class Runner:
                 self._watch()  # beats without progress: a runner alive but stuck
             elif kind == wire.CHUNK or (kind == wire.ERR and rid in self._streams):
                 self._progress = time.monotonic()
+                self._got[rid] = self._got.get(rid, 0) + 1
                 stream = self._streams.get(rid)
                 if stream is not None:  # else: cancelled, and this was already on its way
                     stream[1](msg)
@@ -258,10 +260,13 @@ class Runner:
 
     def _watch(self) -> None:
         idle = time.monotonic() - self._progress
-        if self._streams and not self._hung and idle > self.timeout:
+        # a stream whose client stopped reading waits for credit: that is no hang of the runner
+        owed = [self._got.get(r, 0) - self._given.get(r, 0) for r in list(self._streams)]
+        decoding = any(n < wire.WINDOW for n in owed)
+        if decoding and not self._hung and idle > self.timeout:
             self._hung = True
             log.warning("runner %d (%s) made no progress for %.0f s; killing it", self.pid, self.label, idle)
-            self.kill()
+            self.proc.kill()  # SIGKILL; the reader then reads EOF and ends its streams
 
     def _gone(self) -> None:
         try:
