@@ -135,6 +135,7 @@ def install_webui(scratch: Path) -> Path:
 def run_webui(scratch: Path, nc_url: str, model: str, shots: bool) -> None:
     exe = install_webui(scratch)
     port = free_port()
+    shutil.rmtree(scratch / "webui-data", ignore_errors=True)  # it keeps the last run's connection URL
     env = {
         **os.environ,
         "DATA_DIR": str(scratch / "webui-data"),
@@ -211,6 +212,9 @@ def run_webui(scratch: Path, nc_url: str, model: str, shots: bool) -> None:
         )
         check("webui: kinds are filter + action", lambda: _kinds(base, auth))
         check("webui: user alpha valve set on the Filter", lambda: _set_alpha(base, auth, 0.5))
+        check(
+            "webui: compare num_predict 40 (valves merged)", lambda: _merge_valves(base, auth, num_predict=40)
+        )
         check("webui: version", lambda: http("GET", f"{base}/api/version")["version"])
         from webui_browser import drive  # bench/ is the script's folder
 
@@ -240,6 +244,13 @@ def _kinds(base: str, auth: dict[str, str]) -> str:
     if kinds.get("nanocommander") != "filter" or kinds.get("nanocommander_compare") != "action":
         raise AssertionError(kinds)
     return json.dumps(kinds)
+
+
+def _merge_valves(base: str, auth: dict[str, str], **changes: object) -> str:
+    url = f"{base}/api/v1/functions/id/nanocommander_compare/valves"
+    merged = {**(http("GET", url, headers=auth) or {}), **changes}
+    http("POST", f"{url}/update", merged, headers=auth)
+    return json.dumps(http("GET", url, headers=auth))
 
 
 def _set_alpha(base: str, auth: dict[str, str], alpha: float) -> str:
@@ -379,7 +390,7 @@ def main() -> int:
                 "st: install and run",
                 lambda: run_sillytavern(scratch, nc_url, kobold_url, model, not args.no_screenshots),
             )
-    passed = sum(ok for _, ok, _ in results)
+    passed = sum(r[1] for r in results)
     print(f"{passed} passed, {len(results) - passed} failed")
     return 0 if passed == len(results) else 1
 

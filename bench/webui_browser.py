@@ -23,7 +23,7 @@ CHROME_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1100,800",
+    "--window-size=1400,900",
 )
 
 

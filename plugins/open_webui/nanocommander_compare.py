@@ -124,6 +124,9 @@ class Valves(ServerValves):
         description="One sampling seed for all three compared replies, so they differ "
         "only by model; empty: random",
     )
+    num_predict: int | None = Field(
+        256, ge=1, description="Most tokens in each compared reply (three replies per click); empty: no limit"
+    )
     timeout: float = Field(300.0, gt=0, description="Seconds to wait for each reply in the comparison")
 
 
@@ -160,6 +163,8 @@ class Action(_Common):
                 }
                 if self.valves.seed is not None:
                     payload["options"]["seed"] = self.valves.seed
+                if self.valves.num_predict is not None:
+                    payload["options"]["num_predict"] = self.valves.num_predict
                 try:
                     async with session.post(url, json=payload) as response:
                         data = await response.json(content_type=None)

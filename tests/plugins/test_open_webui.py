@@ -75,6 +75,7 @@ def test_metadata_and_kinds_under_the_real_module_name():
     action, kind, module = load_function("nanocommander_compare")
     assert kind == "action" and re.fullmatch(r"function_nanocommander_compare_[0-9a-f]{32}", module.__name__)
     assert isinstance(action.valves, action.Valves) and action.valves.filter_id == "nanocommander"
+    assert action.valves.num_predict == 256  # three replies per click: bounded by default
     assert not hasattr(module, "Filter") and not hasattr(module, "Pipe")
     assert not hasattr(action, "UserValves")  # one alpha per user: the Filter's
 
