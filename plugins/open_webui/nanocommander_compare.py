@@ -16,7 +16,6 @@ description: A message button that shows the large model alone, the tuned model 
 # valves (the knob users already set); the Filter's id is an admin valve here.
 # Needs only pydantic (provided by Open WebUI) and aiohttp (a dependency of Open WebUI).
 
-import html
 import inspect
 import json
 import time
@@ -29,6 +28,7 @@ from pydantic import BaseModel, Field
 
 MEMBERS = ("large", "tuned", "composite")
 TABLE_HEADING = "### NanoCommander: side by side"
+MARKDOWN_SPECIALS = set("\\`*_[]<>|#~$")
 
 # --- shared: identical in nanocommander_filter.py and nanocommander_compare.py ---------------------
 
@@ -212,13 +212,16 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
 
 
 def side_by_side(replies: dict[str, str], alpha: float) -> str:
-    """A markdown table, one column per member."""
+    """A markdown table, one column per member.
+
+    Cells use backslash escapes, not HTML: 0.12's page shows `&#124;` and `<br>` in a table cell
+    literally (seen in the real run), and a bare `<` could open a tag.
+    """
 
     def cell(text: str) -> str:
-        text = "<br>".join(html.escape(text.strip() or "(empty)").replace("|", "&#124;").splitlines())
-        return "".join(
-            ch for ch in text if ch.isprintable() or ch == " "
-        )  # control bytes would break the row
+        text = " ".join(line.strip() for line in (text.strip() or "(empty)").splitlines() if line.strip())
+        text = "".join(ch for ch in text if ch.isprintable() or ch == " ")  # control bytes break the row
+        return "".join("\\" + ch if ch in MARKDOWN_SPECIALS else ch for ch in text)
 
     heads = {"large": "Large alone", "tuned": "Tuned (small)", "composite": f"Composite (alpha {alpha:g})"}
     return (
