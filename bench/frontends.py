@@ -7,14 +7,16 @@ SillyTavern from the npm registry (the `sillytavern` package; its GitHub reposit
 needed). Starts `nanocommander serve RECIPE` on a free port, starts each front end pointed at
 it, and drives them through their own HTTP APIs, printing one PASS/FAIL line per flow:
 
-* Open WebUI: sign up the admin, model list, a streamed and a non-streamed chat completion
-  through its OpenAI-compatible proxy, title generation, the NanoCommander function installed
-  (`nanocommander plugins install open-webui`) and its alpha valve changed.
+* Open WebUI (pinned, WEBUI_VERSION, default 0.12.4): sign up the admin, model list, a streamed and
+  a non-streamed chat completion through its proxy, title generation, an admin sk- key, the two
+  functions installed (`nanocommander plugins install open-webui --global`) with the right kinds,
+  the Filter's user alpha set; then headless Chromium (bench/webui_browser.py) picks the model,
+  chats and clicks the compare button until the three-column table is drawn.
 * SillyTavern: its backend's status/model call for KoboldCpp and for Ollama, a streamed and a
   non-streamed generation through its proxy, abort, token count, the extension's files served.
 
-Screenshots of each chat page (headless Chromium from Debian, `apt-get install chromium`) are
-written as small PNGs under bench/screenshots/. Every request goes to 127.0.0.1 only.
+Screenshots (headless Chromium and chromedriver from Debian, selenium) are written as PNGs under
+bench/screenshots/. Every request goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
