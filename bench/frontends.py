@@ -10,13 +10,12 @@ it, and drives them through their own HTTP APIs, printing one PASS/FAIL line per
 * Open WebUI (pinned, WEBUI_VERSION, default 0.12.4): sign up the admin, model list, a streamed and
   a non-streamed chat completion through its proxy, title generation, an admin sk- key, the two
   functions installed (`nanocommander plugins install open-webui --global`) with the right kinds,
-  the Filter's user alpha set; then headless Chromium (bench/webui_browser.py) picks the model,
-  chats and clicks the compare button until the three-column table is drawn.
+  the Filter's user alpha set; then headless Chromium (bench/webui_browser.py, selenium) picks the
+  model, chats and clicks the compare button until the three-column table is drawn.
 * SillyTavern: its backend's status/model call for KoboldCpp and for Ollama, a streamed and a
   non-streamed generation through its proxy, abort, token count, the extension's files served.
 
-Screenshots (headless Chromium and chromedriver from Debian, selenium) are written as PNGs under
-bench/screenshots/. Every request goes to 127.0.0.1 only.
+Screenshots go to bench/screenshots/. Every request goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
