@@ -3,9 +3,8 @@
     python bench/frontends.py RECIPE [--scratch DIR] [--only webui|sillytavern] [--no-screenshots]
 
 Installs into a scratch folder (default ./.frontends): Open WebUI from PyPI in its own venv,
-SillyTavern from the npm registry (the `sillytavern` package; its GitHub repository is not
-needed). Starts `nanocommander serve RECIPE` on a free port, starts each front end pointed at
-it, and drives them through their own HTTP APIs, printing one PASS/FAIL line per flow:
+SillyTavern from the npm registry (the `sillytavern` package). Starts `nanocommander serve RECIPE`
+on a free port and each front end pointed at it, and drives them, one PASS/FAIL line per flow:
 
 * Open WebUI (pinned, WEBUI_VERSION, default 0.12.4): sign up the admin, model list, a streamed and
   a non-streamed chat completion through its proxy, title generation, an admin sk- key, the two
