@@ -3,18 +3,18 @@
     python bench/frontends.py RECIPE [--scratch DIR] [--only webui|sillytavern] [--no-screenshots]
 
 Installs into a scratch folder (default ./.frontends): Open WebUI from PyPI in its own venv,
-SillyTavern from the npm registry (the `sillytavern` package; its GitHub repository is not
-needed). Starts `nanocommander serve RECIPE` on a free port, starts each front end pointed at
-it, and drives them through their own HTTP APIs, printing one PASS/FAIL line per flow:
+SillyTavern from the npm registry (the `sillytavern` package). Starts `nanocommander serve RECIPE`
+on a free port and each front end pointed at it, and drives them, one PASS/FAIL line per flow:
 
-* Open WebUI: sign up the admin, model list, a streamed and a non-streamed chat completion
-  through its OpenAI-compatible proxy, title generation, the NanoCommander function installed
-  (`nanocommander plugins install open-webui`) and its alpha valve changed.
+* Open WebUI (pinned, WEBUI_VERSION, default 0.12.4): sign up the admin, model list, a streamed and
+  a non-streamed chat completion through its proxy, title generation, an admin sk- key, the two
+  functions installed (`nanocommander plugins install open-webui --global`) with the right kinds,
+  the Filter's user alpha set; then headless Chromium (bench/webui_browser.py, selenium) picks the
+  model, chats and clicks the compare button until the three-column table is drawn.
 * SillyTavern: its backend's status/model call for KoboldCpp and for Ollama, a streamed and a
   non-streamed generation through its proxy, abort, token count, the extension's files served.
 
-Screenshots of each chat page (headless Chromium from Debian, `apt-get install chromium`) are
-written as small PNGs under bench/screenshots/. Every request goes to 127.0.0.1 only.
+Screenshots go to bench/screenshots/. Every request goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "bench" / "screenshots"
-results: list[tuple[str, bool, str]] = []
+WEBUI_VERSION = os.environ.get("WEBUI_VERSION", "0.12.4")  # the release the functions were proven on
+results: list[tuple[str, bool, str, float]] = []  # (step, passed, detail, seconds)
 
 
 def free_port() -> int:
@@ -65,14 +66,15 @@ def wait_http(url: str, seconds: float) -> None:
     raise TimeoutError(f"{url} did not answer within {seconds:.0f}s")
 
 
-def check(name: str, fn: Callable[[], object]) -> None:
+def check(name: str, fn: Callable[[], object]) -> bool:
+    start = time.monotonic()
     try:
-        detail = fn()
-        results.append((name, True, str(detail or "")[:120]))
+        detail, ok = str(fn() or "")[:160], True
     except Exception as exc:  # a failed flow is a result, not a crash
-        results.append((name, False, f"{type(exc).__name__}: {exc}"[:300]))
-    ok, detail = results[-1][1], results[-1][2]
-    print(f"{'PASS' if ok else 'FAIL'}  {name}  {detail}", flush=True)
+        detail, ok = f"{type(exc).__name__}: {exc}"[:300], False
+    results.append((name, ok, detail, time.monotonic() - start))
+    print(f"{'PASS' if ok else 'FAIL'}  {name}  ({results[-1][3]:.1f} s)  {detail}", flush=True)
+    return ok
 
 
 @contextlib.contextmanager
@@ -122,16 +124,18 @@ def screenshot(url: str, name: str) -> str:
 
 
 def install_webui(scratch: Path) -> Path:
-    venv = scratch / "webui-venv"
+    venv = scratch / "venv"
     if not (venv / "bin" / "open-webui").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "open-webui"], check=True)
+        pip = [str(venv / "bin" / "pip"), "install", "-q", f"open-webui=={WEBUI_VERSION}"]
+        subprocess.run(pip, check=True)
     return venv / "bin" / "open-webui"
 
 
 def run_webui(scratch: Path, nc_url: str, model: str, shots: bool) -> None:
     exe = install_webui(scratch)
     port = free_port()
+    shutil.rmtree(scratch / "webui-data", ignore_errors=True)  # it keeps the last run's connection URL
     env = {
         **os.environ,
         "DATA_DIR": str(scratch / "webui-data"),
@@ -140,6 +144,8 @@ def run_webui(scratch: Path, nc_url: str, model: str, shots: bool) -> None:
         "OPENAI_API_KEY": "unused",
         "WEBUI_SECRET_KEY": "bench",
         "ENABLE_SIGNUP": "true",
+        "WEBUI_AUTH": "true",
+        "ENABLE_API_KEYS": "true",  # else `plugins install --token sk-...` is refused (403)
         "OFFLINE_MODE": "true",
         "HF_HUB_OFFLINE": "1",
         "RAG_EMBEDDING_MODEL_AUTO_UPDATE": "false",
@@ -189,33 +195,30 @@ def run_webui(scratch: Path, nc_url: str, model: str, shots: bool) -> None:
                 headers=auth,
             ),
         )
-        token = auth.get("Authorization", "").removeprefix("Bearer ")
+        jwt = auth.get("Authorization", "").removeprefix("Bearer ")
+        key: dict[str, str] = {}
         check(
-            "webui: NanoCommander function installed",
+            "webui: admin API key (sk-...)",
             lambda: (
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "nanocommander",
-                        "plugins",
-                        "install",
-                        "open-webui",
-                        "--url",
-                        base,
-                        "--token",
-                        token,
-                    ],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                ).stdout
+                key.update(http("POST", f"{base}/api/v1/auths/api_key", {}, headers=auth))
+                or key["api_key"][:5]
             ),
         )
-        check("webui: alpha valve changed", lambda: _set_alpha(base, auth))
-        if shots:
-            check("webui: screenshot", lambda: screenshot(f"{base}/", "open-webui"))
+        install = [sys.executable, "-m", "nanocommander", "plugins", "install", "open-webui", "--url", base]
+        install += ["--token", key.get("api_key") or jwt, "--server-url", nc_url, "--global"]
+        check(
+            "webui: functions installed (plugins install --token sk-... --global)",
+            lambda: subprocess.run(install, check=True, capture_output=True, text=True, timeout=120).stdout,
+        )
+        check("webui: kinds are filter + action", lambda: _kinds(base, auth))
+        check("webui: user alpha valve set on the Filter", lambda: _set_alpha(base, auth, 0.5))
+        check(
+            "webui: compare num_predict 40 (valves merged)", lambda: _merge_valves(base, auth, num_predict=40)
+        )
+        check("webui: version", lambda: http("GET", f"{base}/api/version")["version"])
+        from webui_browser import drive  # bench/ is the script's folder
+
+        drive(check, base, jwt, model, 0.5, SHOTS if shots else None)
 
 
 def _has_model(listing, model: str) -> str:
@@ -236,12 +239,24 @@ def _sse_text(raw: bytes) -> str:
     return text
 
 
-def _set_alpha(base: str, auth: dict[str, str]) -> str:
-    functions = http("GET", f"{base}/api/v1/functions/", headers=auth)
-    fid = next(f["id"] for f in functions if "nanocommander" in f["id"])
-    valves = http("GET", f"{base}/api/v1/functions/id/{fid}/valves", headers=auth) or {}
-    http("POST", f"{base}/api/v1/functions/id/{fid}/valves/update", {**valves, "alpha": 0.5}, headers=auth)
-    return json.dumps(http("GET", f"{base}/api/v1/functions/id/{fid}/valves", headers=auth))
+def _kinds(base: str, auth: dict[str, str]) -> str:
+    kinds = {f["id"]: f["type"] for f in http("GET", f"{base}/api/v1/functions/", headers=auth)}
+    if kinds.get("nanocommander") != "filter" or kinds.get("nanocommander_compare") != "action":
+        raise AssertionError(kinds)
+    return json.dumps(kinds)
+
+
+def _merge_valves(base: str, auth: dict[str, str], **changes: object) -> str:
+    url = f"{base}/api/v1/functions/id/nanocommander_compare/valves"
+    merged = {**(http("GET", url, headers=auth) or {}), **changes}
+    http("POST", f"{url}/update", merged, headers=auth)
+    return json.dumps(http("GET", url, headers=auth))
+
+
+def _set_alpha(base: str, auth: dict[str, str], alpha: float) -> str:
+    url = f"{base}/api/v1/functions/id/nanocommander/valves/user"
+    http("POST", f"{url}/update", {"alpha": alpha}, headers=auth)
+    return json.dumps(http("GET", url, headers=auth))
 
 
 # -- SillyTavern ------------------------------------------------------------------------------
@@ -375,7 +390,7 @@ def main() -> int:
                 "st: install and run",
                 lambda: run_sillytavern(scratch, nc_url, kobold_url, model, not args.no_screenshots),
             )
-    passed = sum(ok for _, ok, _ in results)
+    passed = sum(r[1] for r in results)
     print(f"{passed} passed, {len(results) - passed} failed")
     return 0 if passed == len(results) else 1
 
