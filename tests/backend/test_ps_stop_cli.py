@@ -31,12 +31,14 @@ def test_ps_lists_loaded_models_and_stop_unloads_them(live):
         "SIZE",
         "PROCESSOR",
         "CONTEXT",
+        "REPRODUCIBLE",
         "UNTIL",
     ]
     httpx.post(f"{live.url}/api/generate", json={"model": "pstiny", "keep_alive": "10m"}, timeout=60)
     listed = cli(live, "ps")
     header, row = listed.stdout.splitlines()
     assert row.startswith("pstiny:latest") and "100% CPU" in row and "minutes from now" in row
+    assert row.split()[-5] == "no"  # REPRODUCIBLE, before UNTIL ("N minutes from now")
     digest = httpx.get(f"{live.url}/api/ps").json()["models"][0]["digest"]
     assert digest[:12] in row
 
