@@ -6,10 +6,9 @@ dot), the repacked K-quant/Q4_0 layouts multiply rows in groups of four and the 
 one, and flash attention tiles its queries above a batch size and splits the KV cache across threads
 for one query over 512 cells. So the same position gets other logits when its prompt was read whole
 (warm cache or not), beside other sequences, or as a drafted token (bench/reproducibility.py: up to
-0.6 on Qwen2.5-Coder Q4_K_M). One token per llama_decode call (a ubatch of one: llama.cpp otherwise
-puts one token of each sequence into a ubatch whatever n_ubatch says, and a LoRA's F32 product of two
-rows takes tinyBLAS) and attention without flash attention make
-every product one row and every attention one query, computed by the same kernels whatever else is
+0.6 on Qwen2.5-Coder Q4_K_M). One ubatch of one token, attention without flash attention and one sequence
+per llama_decode (llama.cpp puts a token of each sequence into one ubatch) make every product one row
+and every attention one query, computed by the same kernels whatever else is
 in the llama_decode call and whatever the thread count: then prefix reuse, batching, speculation
 and adapter families give bit-identical logits, at the price of reading prompts one token a pass.
 """
@@ -25,8 +24,8 @@ from nanocommander.engine.request.options import DETERMINISTIC_ENV as ENV
 # Measured by bench/reproducibility.py on this project's 2-core x86 CPU (AVX-512), no GPU:
 # Qwen2.5-Coder-1.5B-Instruct Q4_K_M and 0.5B Q4_K_M, an 81-token prompt.
 COST = (
-    "prompt reading about 3x slower (every token its own pass); one stream decodes at the same speed; "
-    "streams of one batch decode one after another (no batching gain)"
+    "prompt reading 0.30x (0.5B) to 0.46x (1.5B) the speed, every token its own pass; one stream decodes at "
+    "0.86-0.93x; streams of one batch decode one after another (no batching gain)"
 )
 
 
@@ -47,7 +46,7 @@ def describe(on: bool) -> dict[str, object]:
     """For show and ps: whether the mode is on, what it does and what it costs."""
     out: dict[str, object] = {"enabled": on}
     if on:
-        out["how"] = "one token per llama_decode call, flash attention off"
+        out["how"] = "one token per llama.cpp ubatch, flash attention off, one sequence per llama_decode"
         out["cost"] = COST
     else:
         out["note"] = (

@@ -265,12 +265,7 @@ class Member:
                     row = len(rows)
                     rows.append((i, pos - first_logit))
                 entries.append((req.seq, pos, tokens[pos], row))
-        # the reproducible mode decodes one token a call: llama.cpp groups one token of each sequence
-        # into a ubatch whatever n_ubatch says, and a LoRA's F32 product of two rows or more takes
-        # another kernel than one row (determinism.py)
-        step = 1 if self.deterministic else self.n_batch
-        for start in range(0, len(entries), step):
-            chunk = entries[start : start + step]
+        for chunk in self._chunks(entries):
             self._decode(chunk)
             for j, (_, _, _, row) in enumerate(chunk):
                 if row >= 0:
@@ -279,6 +274,20 @@ class Member:
                     outs[i][r] = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
         self.stats.evaluated += len(entries)
         return outs
+
+    def _chunks(self, entries: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int, int, int]]]:
+        """n_batch tokens per llama_decode; in the reproducible mode one sequence per call, since
+        llama.cpp puts one token of each sequence into a ubatch even when n_ubatch is 1 (an F32
+        LoRA then multiplies two rows at once, by other kernels: 1.4e-6 on the tiny Q4_K_M)."""
+        if not self.deterministic:
+            return [entries[i : i + self.n_batch] for i in range(0, len(entries), self.n_batch)]
+        out: list[list[tuple[int, int, int, int]]] = []
+        for e in entries:
+            if out and out[-1][0][0] == e[0] and len(out[-1]) < self.n_batch:
+                out[-1].append(e)
+            else:
+                out.append([e])
+        return out
 
     def kept(self, seq: int, tokens: Sequence[int], n_logits: int = 1) -> int:
         """How many of `tokens` a Hold on `seq` keeps from the cache (the rest is evaluated)."""

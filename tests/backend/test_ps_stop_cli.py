@@ -42,6 +42,7 @@ def test_ps_lists_loaded_models_and_stop_unloads_them(live):
     entry = httpx.get(f"{live.url}/api/ps").json()["models"][0]
     assert entry["digest"][:12] in row
     assert entry["runner_pid"] is None or f" {entry['runner_pid']} " in row  # the model's runner process
+    assert row.split()[-5] == "no"  # REPRODUCIBLE, before UNTIL ("N minutes from now")
 
     stopped = cli(live, "stop", "pstiny")
     assert stopped.returncode == 0 and stopped.stdout == ""

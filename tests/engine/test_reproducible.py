@@ -70,13 +70,15 @@ def ids(comp: Composite, prompt: str, n: int = 24, **kw) -> list[int]:
     return run(comp, prompt, n, **kw)[0]
 
 
-def position_logits(path: Path, det: bool, threads: int = 2) -> dict[str, np.ndarray]:
+def position_logits(
+    path: Path, det: bool, threads: int = 2, adapter: Path | None = None
+) -> dict[str, np.ndarray]:
     """One sequence's logits at positions 24..39, computed whole, after a prefix one token at a
     time, and in one batch with three other sequences."""
     rng = np.random.default_rng(0)
     prompts = [list(map(int, rng.integers(0, 250, size=n))) for n in (40, 7, 23, 12)]
     model = LoadedModel(path)
-    member = Member("large", model, n_ctx=256, n_seq=4, threads=threads, deterministic=det)
+    member = Member("large", model, n_ctx=256, n_seq=4, threads=threads, deterministic=det, adapter=adapter)
     try:
         out = {"whole": member.hold([Hold(0, prompts[0], n_logits=16)])[0]}
         member.reset()
@@ -102,6 +104,9 @@ def test_without_the_mode_k_quant_logits_depend_on_the_batch_and_with_it_they_do
     for k in ("prefix+1", "batch of 4"):
         assert np.array_equal(strict[k], strict["whole"]), k
     assert np.array_equal(one_thread["whole"], strict["whole"])
+    with_lora = position_logits(kq["base"], det=True, adapter=kq["lora0"])  # F32 lora_a
+    for k in ("prefix+1", "batch of 4"):
+        assert np.array_equal(with_lora[k], with_lora["whole"]), k
 
 
 def test_deterministic_is_a_load_option_with_an_environment_default(monkeypatch):
