@@ -141,10 +141,12 @@ async function ask() {
   state.running.push(ctl);
   const div = addMessage("assistant");
   const counts = { large: 0, steered: 0, tuned: 0 };
+  state.items = 0;  // NDJSON lines of the reply (more than one: it streamed)
   setStatus("generating...");
   try {
     const text = await streamChat(state.history, options("composite"), (item) => {
       renderItem(div, item);
+      state.items += 1;
       for (const e of item.provenance || []) counts[e.source] += 1;
       $("log").scrollTop = $("log").scrollHeight;
     }, ctl.signal);

@@ -31,7 +31,9 @@ def test_assets_served_with_content_types(server, path, ctype):
 
 def test_page_references_only_its_own_files(server):
     html = httpx.get(server.url + "/studio", timeout=30).text
-    assert "/studio/app.js" in html and "/studio/style.css" in html and "http" not in html.replace("http-", "")
+    assert (
+        "/studio/app.js" in html and "/studio/style.css" in html and "http" not in html.replace("http-", "")
+    )
 
 
 def test_unknown_file_is_404(server):
