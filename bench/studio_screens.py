@@ -106,13 +106,14 @@ def wait(driver, script: str, timeout: float = 60.0):
     raise TimeoutError(f"timed out waiting for: {script}")
 
 
-def exercise(driver, url: str, out: Path, prompt: str = "Tell me a story") -> dict:
+def exercise(driver, url: str, out: Path, prompt: str = "Tell me a story", num_predict: int = 48) -> dict:
     """Chat, compare and sweep on the page at `url`; screenshots into `out`; what was seen."""
     from selenium.webdriver.common.by import By
 
     out.mkdir(parents=True, exist_ok=True)
     driver.get(url)
     wait(driver, "document.getElementById('model').options.length > 0")
+    driver.execute_script("document.getElementById('num-predict').value = arguments[0]", num_predict)
     driver.find_element(By.ID, "prompt").send_keys(prompt)
     driver.find_element(By.ID, "send").click()
     wait(driver, "/tokens:/.test(document.getElementById('status').textContent)", 120)
@@ -151,6 +152,7 @@ def main() -> int:
     ap.add_argument("recipe")
     ap.add_argument("--out", default=str(ROOT / "bench" / "screenshots"))
     ap.add_argument("--prompt", default="Tell me a story")
+    ap.add_argument("--num-predict", type=int, default=48)
     args = ap.parse_args()
     recipe = Recipe.parse(Path(args.recipe).read_text(), check_files=True)
     live = LiveServer(Settings(port=free_port()), [recipe]).start()
@@ -158,7 +160,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as profile:
         driver = browser(Path(profile))
         try:
-            seen = exercise(driver, f"http://localhost:{port}/studio", Path(args.out), args.prompt)
+            seen = exercise(
+                driver, f"http://localhost:{port}/studio", Path(args.out), args.prompt, args.num_predict
+            )
         finally:
             driver.quit()
             live.stop()
