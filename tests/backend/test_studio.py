@@ -100,3 +100,19 @@ def test_openai_and_kobold_take_it_top_level(server):
     kobold = {"prompt": "Once upon", "max_length": 8, "temperature": 0.01, "provenance": True}
     result = httpx.post(server.url + "/api/v1/generate", json=kobold, timeout=60).json()["results"][0]
     assert result["provenance"] and {e["source"] for e in result["provenance"]} <= SOURCES
+
+
+def test_generate_and_kobold_stream_carry_provenance(server):
+    body = {"model": "tiny", "prompt": "Once upon", "stream": False, "options": GREEDY}
+    folded = httpx.post(server.url + "/api/generate", json=body, timeout=60).json()
+    assert len(folded["provenance"]) in (folded["eval_count"], folded["eval_count"] - 1)
+    kobold = {"prompt": "Once upon", "max_length": 8, "temperature": 0.01, "provenance": True}
+    events = httpx.post(server.url + "/api/extra/generate/stream", json=kobold, timeout=60).text
+    data = [json.loads(x[6:]) for x in events.splitlines() if x.startswith("data: ")]
+    assert any(d.get("provenance") for d in data)
+    assert all("provenance" not in d for d in _sse(server, {**kobold, "provenance": False}))
+
+
+def _sse(server, body):
+    text = httpx.post(server.url + "/api/extra/generate/stream", json=body, timeout=60).text
+    return [json.loads(x[6:]) for x in text.splitlines() if x.startswith("data: ")]
