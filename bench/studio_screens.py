@@ -106,7 +106,9 @@ def wait(driver, script: str, timeout: float = 60.0):
     raise TimeoutError(f"timed out waiting for: {script}")
 
 
-def exercise(driver, url: str, out: Path, prompt: str = "Tell me a story", num_predict: int = 48) -> dict:
+def exercise(
+    driver, url: str, out: Path, prompt: str = "Tell me a story", num_predict: int = 48, reask: bool = False
+) -> dict:
     """Chat, compare and sweep on the page at `url`; screenshots into `out`; what was seen."""
     from selenium.webdriver.common.by import By
 
@@ -137,6 +139,19 @@ def exercise(driver, url: str, out: Path, prompt: str = "Tell me a story", num_p
         (c.get_attribute("data-member"), c.rect["x"], c.find_element(By.CLASS_NAME, "out").text) for c in cols
     ]
     driver.save_screenshot(str(out / "studio-compare.png"))
+    if reask:  # the alpha slider re-asks: at alpha 0 the composite column is the large model's text
+        driver.execute_script(
+            "document.getElementById('status').textContent = '';"
+            "const a = document.getElementById('alpha'); a.value = 0;"
+            "a.dispatchEvent(new Event('input'));"
+        )
+        wait(driver, "/compared/.test(document.getElementById('status').textContent)", 300)
+        outs = {c.get_attribute("data-member"): c.find_element(By.CLASS_NAME, "out") for c in cols}
+        seen["alpha0"] = {
+            "composite": outs["composite"].text,
+            "large": outs["large"].text,
+            "steered": len(outs["composite"].find_elements(By.CSS_SELECTOR, ".tok.steered")),
+        }
     seen["console"] = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     return seen
 

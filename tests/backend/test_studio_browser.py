@@ -24,7 +24,7 @@ def test_studio_in_chromium(start_server, recipe_of, tmp_path):
     port = live.url.rsplit(":", 1)[1]
     driver = screens.browser(tmp_path / "profile")
     try:
-        seen = screens.exercise(driver, f"http://localhost:{port}/studio", tmp_path / "shots")
+        seen = screens.exercise(driver, f"http://localhost:{port}/studio", tmp_path / "shots", reask=True)
     finally:
         driver.quit()
     assert seen["console"] == []  # no console errors
@@ -36,3 +36,5 @@ def test_studio_in_chromium(start_server, recipe_of, tmp_path):
     assert seen["points"] == len(screens.SAMPLE_SWEEP["settings"]) and seen["region"] == 1
     assert (tmp_path / "shots" / "studio-chat.png").stat().st_size > 0
     assert (tmp_path / "shots" / "studio-compare.png").stat().st_size > 0
+    alpha0 = seen["alpha0"]  # moving the alpha slider re-asked: alpha 0 is the large model alone
+    assert alpha0["steered"] == 0 and alpha0["composite"] == alpha0["large"]
