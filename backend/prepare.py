@@ -81,6 +81,7 @@ def request_from(
         member=opts.get("member", "composite"),
         steer=opts.get("steer"),
         speculative=opts.get("speculative"),
+        provenance=bool(opts.get("provenance", False)),
         add_bos=add_bos,
         ignore_eos=ignore_eos,
         trim_stop=trim_stop,

@@ -27,6 +27,7 @@ from nanocommander.backend.ollama import api as ollama_api
 from nanocommander.backend.ollama import routes as ollama_routes
 from nanocommander.backend.openai import api as openai_api
 from nanocommander.backend.openai import routes as openai_routes
+from nanocommander.backend.studio import routes as studio_routes
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.errors import (
     AdapterMismatch,
@@ -110,7 +111,11 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         return web.Response(status=204 if cors else 403, headers=cors)
     draining = request.app[shutdown.DRAINING]
     try:
-        if settings.api_key and request.path not in ("/", "/api/version"):
+        if (
+            settings.api_key
+            and request.path not in ("/", "/api/version")
+            and not studio_routes.public(request.path)
+        ):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, f"Bearer {settings.api_key}".encode()):
                 return _with(
@@ -163,4 +168,5 @@ def create_app(settings: Settings, recipes: list[Recipe] | None = None) -> web.A
     ollama_routes.setup_routes(app)
     openai_routes.setup_routes(app)
     kobold_routes.setup_routes(app)
+    studio_routes.setup_routes(app)
     return app

@@ -50,11 +50,16 @@ MAPPING = {
     "member": "member",
     "steer": "steer",
     "speculative": "speculative",
+    "provenance": "provenance",
 }
 # Numeric fields a Kobold-style body may carry (Kobold's own names and the OpenAI/text-generation-webui
 # names SillyTavern sends beside them), with whether each is an integer.
 NUMBERS: dict[str, bool] = {
-    **{k: False for k in MAPPING if k not in ("dry_sequence_breakers", "stop_sequence", "member")},
+    **{
+        k: False
+        for k in MAPPING
+        if k not in ("dry_sequence_breakers", "stop_sequence", "member", "provenance")
+    },
     **{
         k: True
         for k in (

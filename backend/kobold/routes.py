@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nanocommander.backend import provenance
 from nanocommander.backend.app import MANAGER, read_json
 from nanocommander.backend.generations import GENERATIONS, Generation, Generations
 from nanocommander.backend.kobold.api import context_limit, fit_context, kobold_options, lenient
@@ -89,11 +90,10 @@ def finish_reason(chunk: Chunk | None) -> str:
 async def generate(request: web.Request) -> web.Response:
     body = await read_json(request)
     gen, chunks, _ = await _run(request, body)
-    last = None
-    async for last in chunks:  # noqa: B007 (the last chunk carries the reason and stats)
-        pass
+    every = [c async for c in chunks]
+    last = every[-1] if every else None  # the last chunk carries the reason and stats
     stats = last.stats if last is not None and last.stats else None
-    result = {"text": gen.text, "finish_reason": finish_reason(last)}
+    result = provenance.place({"text": gen.text, "finish_reason": finish_reason(last)}, every)
     if stats:
         result.update(prompt_tokens=stats.prompt_tokens, completion_tokens=stats.eval_count)
     return web.json_response({"results": [result]})
@@ -105,7 +105,9 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
 
     def encode(chunk: Chunk) -> bytes:
         reason = finish_reason(chunk) if chunk.done else None
-        payload = json.dumps({"token": chunk.text, "finish_reason": reason}, ensure_ascii=False)
+        payload = json.dumps(
+            provenance.place({"token": chunk.text, "finish_reason": reason}, [chunk]), ensure_ascii=False
+        )
         return f"event: message\ndata: {payload}\n\n".encode()
 
     return await stream_response(

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nanocommander import units
+from nanocommander.backend import provenance
 from nanocommander.backend.config import parse_duration
 from nanocommander.backend.prepare import grammar_for_format
 from nanocommander.engine.decode.logprobs import token_text
@@ -238,6 +239,7 @@ def generate_item(model: str, chunk: Chunk, context: Sequence[int] | None = None
     }
     if chunk.logprobs is not None:
         item["logprobs"] = logprob_items(chunk.logprobs)
+    provenance.place(item, [chunk])
     if chunk.done:
         item.update(final_fields(chunk))
         if context is not None:
@@ -256,6 +258,7 @@ def chat_item(
     item: dict[str, Any] = {"model": model, "created_at": now_iso(), "message": message, "done": chunk.done}
     if chunk.logprobs is not None:
         item["logprobs"] = logprob_items(chunk.logprobs)
+    provenance.place(item, [chunk])
     if chunk.done:
         item.update(final_fields(chunk))
     return item
@@ -264,7 +267,7 @@ def chat_item(
 def _fold_logprobs(out: dict[str, Any], items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if any("logprobs" in i for i in items):
         out["logprobs"] = [e for i in items for e in i.get("logprobs") or ()]
-    return out
+    return provenance.fold(out, items)
 
 
 def fold_generate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nanocommander.backend import provenance
 from nanocommander.backend.prepare import grammar_for_format
 from nanocommander.engine.decode.logprobs import token_text
 from nanocommander.engine.request.options import check_value
@@ -35,6 +36,7 @@ FIELDS = {
     "member": "member",
     "steer": "steer",
     "speculative": "speculative",
+    "provenance": "provenance",
     "top_k": "top_k",
     "min_p": "min_p",
     "repeat_penalty": "repeat_penalty",
@@ -231,6 +233,7 @@ def chat_choice(index: int, chunks: Sequence[Chunk], calls: Sequence[ToolCall] =
         "message": message,
         "finish_reason": finish_reason(chunks[-1], bool(calls)),
         "logprobs": chat_logprobs(_joined_logprobs(chunks)),
+        **provenance.place({}, chunks),
     }
 
 
@@ -284,13 +287,15 @@ def chat_chunks(
     chunk with no choices. `had_calls`: this choice already streamed tool calls."""
     base = _chunk_base(cid, created, model)
 
-    def choice(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+    def choice(
+        delta: dict[str, Any], finish: str | None = None, logprobs: Any = None, of=()
+    ) -> dict[str, Any]:
         entry = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return {**base, "choices": [entry]}
+        return {**base, "choices": [provenance.place(entry, of)]}
 
     out = [choice({"role": "assistant", "content": ""})] if first else []
-    if chunk.text or chunk.logprobs:
-        out.append(choice({"content": chunk.text}, logprobs=chat_logprobs(chunk.logprobs)))
+    if chunk.text or chunk.logprobs or chunk.provenance:
+        out.append(choice({"content": chunk.text}, logprobs=chat_logprobs(chunk.logprobs), of=[chunk]))
     if calls:
         items = [tool_call_item(c, first_call + i) for i, c in enumerate(calls)]
         out.append(choice({"tool_calls": items}))
@@ -337,6 +342,7 @@ def completion(
                 "text": "".join(c.text for c in ch),
                 "finish_reason": finish_reason(ch[-1]),
                 "logprobs": completion_logprobs(_joined_logprobs(ch)),
+                **provenance.place({}, ch),
             }
             for i, ch in enumerate(choices)
         ],
@@ -358,7 +364,7 @@ def completion_chunks(
         "logprobs": completion_logprobs(chunk.logprobs, offset),
         "finish_reason": finish,
     }
-    out = [{**base, "choices": [entry]}]
+    out = [{**base, "choices": [provenance.place(entry, [chunk])]}]
     if chunk.done and with_usage:
         out.append({**base, "choices": [], "usage": usage(chunk.stats)})
     return out

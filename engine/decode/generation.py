@@ -18,6 +18,8 @@ import numpy as np
 
 from nanocommander.engine.decode.fusion import fuse
 from nanocommander.engine.decode.logprobs import LogprobReader
+from nanocommander.engine.decode.provenance import FUSED
+from nanocommander.engine.decode.provenance import reader as provenance_reader
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.llama.sampler import Sampler
 from nanocommander.engine.request.decode_options import OFF, Speculation, Steer
@@ -79,6 +81,8 @@ class Generation:
         self.t_first: float | None = None  # when the prompt's logits arrived
         self.logprobs = logprobs
         self._last: tuple[np.ndarray, Logits, int] | None = None  # the latest fuse: what accept() reads
+        self._by = FUSED  # what the latest distribution came from: FUSED or one member's role
+        self.provenance = provenance_reader(req, plan.n_vocab, plan.mask, piece)  # None unless asked
 
     # -- what strategies use -----------------------------------------------------------------
 
@@ -99,6 +103,7 @@ class Generation:
         first = logits[p.roles[0]][row]
         fused = fuse(first, base, tuned, p.alpha, p.n_vocab, p.mask, self._fused if out is None else out)
         self._last = (fused, logits, row)
+        self._by = FUSED if p.steered else p.roles[0]
         return fused
 
     def alone(self, logits: Logits, role: str, row: int = -1) -> np.ndarray:
@@ -106,6 +111,7 @@ class Generation:
         p = self.plan
         fused = fuse(logits[role][row], None, None, 0.0, p.n_vocab, p.mask, self._fused)
         self._last = (fused, logits, row)
+        self._by = role
         return fused
 
     @property
@@ -136,15 +142,21 @@ class Generation:
             return False
         self.stats.eval_count += 1
         self.stats.steered += steered
-        if self.logprobs is not None and self._last is not None:  # sampled from the latest fuse()
+        if self._last is not None and (
+            self.logprobs is not None or self.provenance is not None
+        ):  # sampled from the latest fuse()
             fused, logits, row = self._last
-            self.logprobs.add(token, fused, {r: v[row] for r, v in logits.items()})
+            rows = {r: v[row] for r, v in logits.items()}
+            if self.logprobs is not None:
+                self.logprobs.add(token, fused, rows)
+            if self.provenance is not None:
+                self.provenance.add(token, fused, rows, self._by)
         self.tokens.append(token)
         self._held.append(token)
         piece, stopped = self.text.push(self.piece(token))
         if piece:
             self.out.append(
-                Chunk(piece, self._held, logprobs=self.logprobs.take() if self.logprobs else None)
+                Chunk(piece, self._held, logprobs=self._take_logprobs(), provenance=self._take_provenance())
             )
             self._held = []
         if stopped:
@@ -172,5 +184,18 @@ class Generation:
         now = time.perf_counter()
         self.stats.eval_s = now - (self.t_first or now)
         self.stats.total_s = now - self.t_start
-        last = self.logprobs.take() if self.logprobs else None
-        return Chunk(tail, self._held, done=True, done_reason=self.reason, stats=self.stats, logprobs=last)
+        return Chunk(
+            tail,
+            self._held,
+            done=True,
+            done_reason=self.reason,
+            stats=self.stats,
+            logprobs=self._take_logprobs(),
+            provenance=self._take_provenance(),
+        )
+
+    def _take_logprobs(self) -> list | None:
+        return self.logprobs.take() if self.logprobs else None
+
+    def _take_provenance(self) -> list | None:
+        return self.provenance.take() if self.provenance else None

@@ -71,6 +71,7 @@ CONTROL_KEYS: dict[str, tuple[type, ...]] = {
     "member": (str,),
     "steer": (str, dict),  # a steering mode name or {mode, ...}: engine/request/decode_options.py
     "speculative": (bool, str, dict),  # false, a draft name or {draft, max}
+    "provenance": (bool,),  # each token's source and probabilities (engine/decode/provenance.py)
 }
 
 

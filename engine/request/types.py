@@ -46,6 +46,7 @@ class GenerateRequest:
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the top k
     logprobs_member: Member = "composite"  # read log-probabilities from one member's logits instead
     special_text: tuple[str, ...] = ()  # control tokens whose text is emitted (tool-call markers)
+    provenance: bool = False  # each token's TokenProvenance on its chunk (engine/decode/provenance.py)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,26 @@ class TokenLogprob:
     piece: bytes  # the token's bytes (a piece of a multi-byte character is not valid UTF-8 alone)
     logprob: float
     top: tuple[TokenLogprob, ...] = ()
+
+
+Source = Literal["large", "steered", "tuned"]
+
+
+@dataclass(frozen=True)
+class TokenProvenance:
+    """Who chose a generated token: the large model's own choice, a steered one, or the tuned model's.
+
+    Probabilities are softmax of the raw logits (temperature 1) over the sampleable vocabulary;
+    `large_top`/`large_token` are None where the large model did not run at that step (a nudged word).
+    """
+
+    token: int
+    piece: bytes
+    source: Source
+    large_top: float | None  # the large model's top-1 probability
+    fused_top: float  # the top-1 probability of the distribution the token was sampled from
+    large_token: int | None  # the large model's own choice (its argmax)
+    large_piece: bytes | None
 
 
 @dataclass
@@ -99,3 +120,4 @@ class Chunk:
     done_reason: DoneReason | None = None
     stats: Stats | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when the request asked
+    provenance: list[TokenProvenance] | None = None  # likewise, when the request asked

@@ -1,0 +1,1 @@
+"""The playground at /studio: static files shipped in the package (no build step, no CDN)."""
