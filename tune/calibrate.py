@@ -68,7 +68,7 @@ def rejection_margins(large: np.ndarray, tuned: np.ndarray, n_vocab: int, mask=N
     model's favourite below its own, where they differ (the quantity `rejects` compares with
     `reject`)."""
     out = []
-    for lg, tn in zip(large, tuned):
+    for lg, tn in zip(large, tuned, strict=True):
         mine, theirs = _top(tn, n_vocab, mask), _top(lg, n_vocab, mask)
         if mine != theirs:
             out.append(float(tn[mine]) - float(tn[theirs]))
@@ -85,7 +85,12 @@ def relative_settings(margins: Sequence[float], quantiles: Sequence[float] = QUA
 
 def candidates(margins: Sequence[float]) -> list[Row]:
     """The members alone, proxy, the fixed recommended rule and the adapter-relative ones."""
-    rows = [Row("large", "large"), Row("tuned", "tuned"), Row("base", "base"), Row("proxy a=1", steer=Steer())]
+    rows = [
+        Row("large", "large"),
+        Row("tuned", "tuned"),
+        Row("base", "base"),
+        Row("proxy a=1", steer=Steer()),
+    ]
     rows.append(Row("recommended (reject 6)", steer=RECOMMENDED))
     for s in relative_settings(margins):
         rows.append(Row(f"recommended reject {s.reject:g} (adapter-relative)", steer=s))
@@ -144,8 +149,10 @@ def table(rows: Sequence[Row], chosen: Row | None, measure: StyleMeasure | None)
             + ("  <- chosen" if r is chosen else "")
         )
     if measure:
-        lines.append(f"style threshold {measure.threshold:.3f} nats/token (tuned {measure.tuned_mean:.3f}, "
-                     f"base {measure.base_mean:.3f}, separates {measure.separation:.0%})")
+        lines.append(
+            f"style threshold {measure.threshold:.3f} nats/token (tuned {measure.tuned_mean:.3f}, "
+            f"base {measure.base_mean:.3f}, separates {measure.separation:.0%})"
+        )
     return "\n".join(lines)
 
 
@@ -222,7 +229,9 @@ def calibrate(
         members = [Row("large", "large"), Row("tuned", "tuned"), Row("base", "base")]
         run(comp, members, facts, chat, num_predict)
         measure = fit_threshold(members[1].ratios, members[2].ratios)
-        margins = [m for p, reply in zip(chat, members[1].replies) for m in margins_of(comp, p, reply)]
+        margins = [
+            m for p, reply in zip(chat, members[1].replies, strict=True) for m in margins_of(comp, p, reply)
+        ]
         steered = candidates(margins)[3:]
         run(comp, steered, facts, chat, num_predict)
     finally:
@@ -255,4 +264,6 @@ def margins_of(comp, prompt: str, reply: str) -> list[float]:
 
 
 def summary(rows: Sequence[Row]) -> dict[str, Any]:
-    return {r.label: {"accuracy": r.accuracy, "styled": r.style, "marked": r.marked, "open": r.open} for r in rows}
+    return {
+        r.label: {"accuracy": r.accuracy, "styled": r.style, "marked": r.marked, "open": r.open} for r in rows
+    }

@@ -49,9 +49,11 @@ def fit_threshold(tuned: Sequence[float], base: Sequence[float]) -> StyleMeasure
     t = [x for x in tuned if math.isfinite(x)]
     b = [x for x in base if math.isfinite(x)]
     if not t or not b:
-        raise ValueError("fitting the style threshold needs finite ratios from both the tuned and the base replies")
+        raise ValueError(
+            "fitting the style threshold needs finite ratios from both the tuned and the base replies"
+        )
     values = sorted(set(t) | set(b))
-    cuts = [(lo + hi) / 2 for lo, hi in zip(values, values[1:])] or [values[0]]
+    cuts = [(lo + hi) / 2 for lo, hi in zip(values, values[1:], strict=False)] or [values[0]]
     centre = (float(np.mean(t)) + float(np.mean(b))) / 2
 
     def right(cut: float) -> int:
@@ -89,4 +91,4 @@ def agreement(measured: Sequence[bool], marked: Sequence[bool]) -> float:
     """Fraction of replies on which the measure and the marker agree."""
     if len(measured) != len(marked) or not measured:
         raise ValueError("agreement needs two equally long, non-empty lists")
-    return sum(a == b for a, b in zip(measured, marked)) / len(measured)
+    return sum(a == b for a, b in zip(measured, marked, strict=True)) / len(measured)

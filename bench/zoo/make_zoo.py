@@ -18,7 +18,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,9 +131,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/zoo"))
     ap.add_argument("--only", help="comma-separated adapter names")
     ap.add_argument("--list", action="store_true", help="print the specs and stop")
+    ap.add_argument(
+        "--max-steps", type=int, help="cap every adapter's steps (a budget run; recorded in zoo.json)"
+    )
     ap.add_argument("--data-only", action="store_true", help="write the datasets, train nothing")
     args = ap.parse_args()
     specs = [s for s in ZOO if not args.only or s.name in args.only.split(",")]
+    if args.max_steps:
+        specs = [replace(s, steps=min(s.steps, args.max_steps)) for s in specs]
     if args.list:
         for s in specs:
             print(asdict(s))

@@ -108,6 +108,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--sweep", action="store_true", help="also try steering modes x thresholds (one table row each)"
     )
     e.add_argument("--style-marker", help="also count general replies containing this text (a style's tell)")
+    e.add_argument(
+        "--style-measure",
+        action="store_true",
+        help="also count replies styled by the marker-free measure (tuned vs base log-likelihood ratio)",
+    )
     e.add_argument("--format", choices=("messages", "sharegpt", "alpaca", "completion", "text"))
     e.add_argument(
         "--alpha", help="composite alpha(s), comma-separated, e.g. 0.5,1.0 (default: the recipe's)"
@@ -250,6 +255,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         limit=args.limit,
         num_predict=args.num_predict,
         marker=args.style_marker,
+        measure=args.style_measure,
     )
     print(report.table())
     if args.json:

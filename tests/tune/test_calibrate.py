@@ -130,3 +130,26 @@ def test_measure_separates_tuned_replies_from_base_replies(adapter_comp):
     assert sum(m.styled(x) for x in tuned_row.ratios) > sum(m.styled(x) for x in base_row.ratios)
     # the ratio of the same text is the same whichever model wrote it
     assert text_ratio(comp, chat[0], tuned_row.replies[0]) == pytest.approx(tuned_row.ratios[0])
+
+
+def test_eval_sweep_reports_the_measure_next_to_the_marker(write_recipe, tmp_path):
+    from nanocommander.tune.sweep import sweep
+
+    general = tmp_path / "g.jsonl"
+    general.write_text("\n".join(f'{{"question": "q{i}?", "answers": ["a"]}}' for i in range(4)) + "\n")
+    report = sweep(
+        write_recipe(tuned="adapter: lora", name="sw"),
+        data=None,
+        general=general,
+        alphas=[None],
+        run_grid=False,
+        num_predict=8,
+        progress=False,
+        marker="a",
+        measure=True,
+    )
+    by = {s.label: s for s in report.settings}
+    assert "measured" in report.table() and any("measured:" in n for n in report.notes)
+    assert all(len(s.ratios) == 4 for s in report.settings)
+    assert by["tuned"].measured > by["base"].measured
+    assert report.to_dict()["settings"][1]["measured_fraction"] is not None
