@@ -153,3 +153,22 @@ def test_eval_sweep_reports_the_measure_next_to_the_marker(write_recipe, tmp_pat
     assert all(len(s.ratios) == 4 for s in report.settings)
     assert by["tuned"].measured > by["base"].measured
     assert report.to_dict()["settings"][1]["measured_fraction"] is not None
+
+
+@pytest.mark.timeout(900)  # ~16 generations and ratio scorings on the tiny models: slow on a shared CPU
+def test_calibrate_cli_writes_a_recipe_that_loads(write_recipe, tmp_path, capsys):
+    from nanocommander.cli.tune import run_calibrate
+
+    path = write_recipe(tuned="adapter: lora", name="cal", extra="# mine\n")
+    general = tmp_path / "g.jsonl"
+    general.write_text('{"question": "q?", "answers": ["a"]}\n{"question": "r?", "answers": ["b"]}\n')
+    args = type("A", (), {})()
+    args.__dict__.update(
+        recipe=path, data=None, general=general, facts=1, open=2, num_predict=4, style_marker=None,
+        write=True, json=tmp_path / "c.json",
+    )  # fmt: skip
+    assert run_calibrate(args) == 0
+    out = capsys.readouterr()
+    assert "<- chosen" in out.out and "calibrated in" in out.err
+    assert "# mine" in path.read_text() and "steer:" in path.read_text()
+    assert Recipe.load(path).steer is not None
