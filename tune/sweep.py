@@ -37,6 +37,7 @@ from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.tune import data as datamod
 from nanocommander.tune.errors import DataError
+from nanocommander.tune.style_measure import fit_threshold, text_ratio
 from nanocommander.tune.tokens import GGUFTokenizer, encode
 
 LABEL_WIDTH = 44  # the table's first column
@@ -58,6 +59,8 @@ class Setting:
     steered: int = 0
     seconds: float = 0.0
     styled: int = 0  # general replies containing the style marker (--style-marker)
+    ratios: list[float] = field(default_factory=list)  # per reply: mean log p_tuned - log p_base
+    measured: int = 0  # replies styled by the marker-free measure (tune/style_measure.py)
     marked: bool = False
 
     @property
@@ -79,6 +82,7 @@ class Setting:
             "steered_fraction": self.steered / self.generated if self.generated else None,
             "tokens_per_s": self.generated / self.seconds if self.seconds else None,
             "styled_fraction": self.styled / self.asked if self.asked else None,
+            "measured_fraction": self.measured / len(self.ratios) if self.ratios else None,
             "marked": self.marked,
         }
 
@@ -94,6 +98,8 @@ class SweepReport:
         head = f"{'setting':<{LABEL_WIDTH}} {'style NLL':>9} {'general':>8} {'steered':>8} {'tok/s':>7}"
         if self.marker:
             head += f" {'styled':>7}"
+        if any(s.ratios for s in self.settings):
+            head += f" {'measured':>8}"
         lines = [head]
         for s in self.settings:
             d = s.to_dict()
@@ -102,6 +108,7 @@ class SweepReport:
             frac = f"{d['steered_fraction']:>8.1%}" if d["steered_fraction"] is not None else f"{'-':>8}"
             speed = f"{d['tokens_per_s']:>7.1f}" if d["tokens_per_s"] else f"{'-':>7}"
             styled = f" {s.styled / s.asked:>7.0%}" if self.marker and s.asked else ""
+            styled += f" {s.measured / len(s.ratios):>8.0%}" if s.ratios else ""
             lines.append(
                 f"{s.label:<{LABEL_WIDTH}} {style} {acc} {frac} {speed}{styled}{'  *' if s.marked else ''}"
             )
@@ -187,7 +194,13 @@ def correct(reply: str, answers: list[str]) -> bool:
 
 
 def ask_all(
-    comp, items, settings: list[Setting], num_predict: int, progress: bool, marker: str | None = None
+    comp,
+    items,
+    settings: list[Setting],
+    num_predict: int,
+    progress: bool,
+    marker: str | None = None,
+    measure: bool = False,
 ) -> None:
     """Greedy replies to every question under every setting; counts right answers, speed, steering."""
 
@@ -208,6 +221,8 @@ def ask_all(
             reply = "".join(c.text for c in chunks)
             s.correct += correct(reply, answers)
             s.styled += bool(marker) and marker.lower() in reply.lower()
+            if measure:
+                s.ratios.append(text_ratio(comp, prompt, reply))
             s.asked += 1
             s.generated += stats.eval_count
             s.steered += stats.steered
@@ -311,6 +326,15 @@ def _alone(role: str, at: _Position, cache) -> np.ndarray:
     return cache[role]
 
 
+def apply_measure(settings: list[Setting]) -> str:
+    """Fit the marker-free threshold on the tuned vs base replies; count each setting's styled ones."""
+    by = {s.label: s for s in settings}
+    m = fit_threshold(by["tuned"].ratios, by["base"].ratios)
+    for s in settings:
+        s.measured = sum(m.styled(x) for x in s.ratios)
+    return f"measured: styled when log p_tuned - log p_base > {m.threshold:.3f} nats/token (separates {m.separation:.0%})"
+
+
 def mark(settings: list[Setting]) -> None:
     by = {s.label: s for s in settings}
     tuned, large = by["tuned"], by["large"]
@@ -333,11 +357,14 @@ def sweep(
     num_predict: int = 32,
     progress: bool = True,
     marker: str | None = None,
+    measure: bool = False,
 ) -> SweepReport:
 
     recipe = Recipe.load(recipe_path)
     items = load_general(general)[:limit] if general else []
     settings = grid(alphas, run_grid, recipe.steer)
+    if measure:  # the base model's replies are the unstyled side the measure is fitted on
+        settings.insert(2, Setting("base", "base"))
     views = any(s.steer is not None and s.steer.views for s in settings)
     comp = Composite.load(recipe, views=views)
     notes = []
@@ -359,8 +386,10 @@ def sweep(
                     "the tokens plain keeps (its plain reading runs only when generating)"
                 )
         if items:
-            ask_all(comp, items, settings, num_predict, progress, marker)
+            ask_all(comp, items, settings, num_predict, progress, marker, measure)
             notes.append(f"general questions: {len(items)} from {general}")
+            if measure:
+                notes.append(apply_measure(settings))
     finally:
         comp.close()
     mark(settings)

@@ -108,6 +108,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--sweep", action="store_true", help="also try steering modes x thresholds (one table row each)"
     )
     e.add_argument("--style-marker", help="also count general replies containing this text (a style's tell)")
+    e.add_argument(
+        "--style-measure",
+        action="store_true",
+        help="also count replies styled by the marker-free measure (tuned vs base log-likelihood ratio)",
+    )
     e.add_argument("--format", choices=("messages", "sharegpt", "alpaca", "completion", "text"))
     e.add_argument(
         "--alpha", help="composite alpha(s), comma-separated, e.g. 0.5,1.0 (default: the recipe's)"
@@ -118,6 +123,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-length", type=int, default=1024)
     e.add_argument("--json", type=Path, help="write the report as JSON here")
     e.set_defaults(func=run_eval)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="pick the steering setting that keeps this recipe's adapter's style and the large model's facts",
+        description="Runs the members, proxy, the recommended rule and adapter-relative variants on a few "
+        "questions and open prompts; chooses the most styled setting with >= 95 %% of the large model's accuracy.",
+    )
+    c.add_argument("recipe", type=Path, help="composite recipe YAML (tuned member: an adapter)")
+    c.add_argument("--data", type=Path, help="held-out style chats: their user turns are the open prompts")
+    c.add_argument("--general", type=Path, help="short questions with answers (default: the shipped ones)")
+    c.add_argument("--facts", type=int, default=10, help="questions to ask (default 10)")
+    c.add_argument("--open", type=int, default=6, help="open prompts to ask (default 6)")
+    c.add_argument("--num-predict", type=int, default=32)
+    c.add_argument("--style-marker", help="also count replies containing this text")
+    c.add_argument("--write", action="store_true", help="write the chosen steer: into the recipe")
+    c.add_argument("--json", type=Path, help="write the table as JSON here")
+    c.set_defaults(func=run_calibrate)
 
 
 def _require_extras() -> None:
@@ -233,11 +255,41 @@ def _run_sweep(args: argparse.Namespace) -> int:
         limit=args.limit,
         num_predict=args.num_predict,
         marker=args.style_marker,
+        measure=args.style_measure,
     )
     print(report.table())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"report: {args.json}", file=sys.stderr)
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import time
+
+    from nanocommander.tune.calibrate import calibrate, summary, table, write_steer
+
+    if args.data is not None and not args.data.is_file():
+        raise TrainingError(f"--data {args.data}: no such file")
+    marker = (lambda reply: args.style_marker.lower() in reply.lower()) if args.style_marker else None
+    t0 = time.monotonic()
+    rows, chosen, measure = calibrate(
+        args.recipe,
+        data=args.data,
+        general=args.general,
+        n_facts=args.facts,
+        n_open=args.open,
+        num_predict=args.num_predict,
+        marker=marker,
+    )
+    print(table(rows, chosen, measure))
+    print(f"calibrated in {time.monotonic() - t0:.0f} s; chosen: {chosen.label}", file=sys.stderr)
+    if args.write and chosen.steer is not None:
+        write_steer(args.recipe, chosen.steer)
+        print(f"wrote steer into {args.recipe}", file=sys.stderr)
+    if args.json:
+        out = {"rows": summary(rows), "chosen": chosen.label, "measure": measure.to_dict()}
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
