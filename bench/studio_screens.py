@@ -19,17 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-)
+sys.path.insert(0, str(ROOT / "bench"))
+from webui_browser import CHROME_FLAGS as FLAGS  # noqa: E402 (one set of headless Chromium flags for both pages)
+
 SAMPLE_SWEEP = {  # the shape of `nanocommander eval --sweep --json` (tune/sweep.py SweepReport.to_dict)
     "recipe": "sample",
     "settings": [
