@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from nanocommander.engine.decode.steering import _top
+from nanocommander.engine.decode.steering import rejection_margins
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.tune.errors import DataError, TrainingError
@@ -63,18 +63,6 @@ class Row:
         return self.styled / self.open if self.open else math.nan
 
 
-def rejection_margins(large: np.ndarray, tuned: np.ndarray, n_vocab: int, mask=None) -> list[float]:
-    """Per position (rows of `large`, `tuned`): how many nats the tuned model puts the large
-    model's favourite below its own, where they differ (the quantity `rejects` compares with
-    `reject`)."""
-    out = []
-    for lg, tn in zip(large, tuned, strict=True):
-        mine, theirs = _top(tn, n_vocab, mask), _top(lg, n_vocab, mask)
-        if mine != theirs:
-            out.append(float(tn[mine]) - float(tn[theirs]))
-    return out
-
-
 def relative_settings(margins: Sequence[float], quantiles: Sequence[float] = QUANTILES) -> list[Steer]:
     """The recommended rule with `reject` at quantiles of this adapter's own rejection margins."""
     if not margins:
@@ -91,7 +79,8 @@ def candidates(margins: Sequence[float]) -> list[Row]:
         Row("base", "base"),
         Row("proxy a=1", steer=Steer()),
     ]
-    rows.append(Row("recommended (reject 6)", steer=RECOMMENDED))
+    rows.append(Row("recommended (reject auto)", steer=RECOMMENDED))
+    rows.append(Row("recommended, fixed reject 6", steer=dataclasses.replace(RECOMMENDED, reject=6.0)))
     for s in relative_settings(margins):
         rows.append(Row(f"recommended reject {s.reject:g} (adapter-relative)", steer=s))
     rows.append(Row("gated reject 2", steer=Steer("gated", reject=2.0)))

@@ -369,6 +369,9 @@ def sweep(
     comp = Composite.load(recipe, views=views)
     notes = []
     try:
+        for s in settings:  # `reject: auto` is measured on this adapter, as a request would measure it
+            if s.steer is not None and s.member == "composite":
+                s.steer = comp.auto_reject.resolve(comp, s.steer)
         if data:
             examples = datamod.load(data, fmt=fmt).examples
             examples = examples[:limit] if limit else examples

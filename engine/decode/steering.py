@@ -145,6 +145,20 @@ def rejects(
     return float(tuned[mine]) - float(tuned[theirs]) >= reject
 
 
+def rejection_margins(
+    large: np.ndarray, tuned: np.ndarray, n_vocab: int, mask: np.ndarray | None = None
+) -> list[float]:
+    """Per position (rows of `large`, `tuned`): how many nats the tuned model puts the large
+    model's favourite below its own, where they differ: the quantity `rejects` compares with
+    `reject`, collected to fit `reject: auto` (engine/runtime/autoreject.py) and by calibrate."""
+    out = []
+    for lg, tn in zip(large, tuned, strict=True):
+        mine, theirs = _top(tn, n_vocab, mask), _top(lg, n_vocab, mask)
+        if mine != theirs:
+            out.append(float(tn[mine]) - float(tn[theirs]))
+    return out
+
+
 def overrides(fused: np.ndarray, logits: Logits, steer: Steer, n_vocab: int, mask: np.ndarray | None) -> bool:
     """Whether tuning overturns the large model's choice here, firmly enough to be trusted.
 

@@ -33,7 +33,8 @@ class Steer:
     overturn the large model's choice: the fused top token differs from the large model's and the
     delta prefers it by at least that many nats (engine/decode/steering.py, `overrides`), and `reject`
     that the tuned model itself puts the large model's token at least that many nats below its
-    own favourite (`rejects`); elsewhere the large model decides alone.
+    own favourite (`rejects`); elsewhere the large model decides alone. `reject: auto` measures
+    that threshold on the composite's own adapter at its first request (engine/runtime/autoreject.py).
     plausible: fused logits restricted to tokens the large model gives >= beta x its top probability.
     nudge: where the gate opens (the large-model test, then `reject`), the tuned model's own token
     (or `word`) is taken; the base model never runs. `plain` (beta): the large model also reads the
@@ -46,7 +47,7 @@ class Steer:
     top1: float | None = None
     entropy: float | None = None
     delta: float | None = None
-    reject: float | None = None
+    reject: float | str | None = None  # nats, or AUTO (resolved per adapter before decoding)
     opening: int = 0
     beta: float = 0.0
     word: bool = False
@@ -91,15 +92,20 @@ class Steer:
         return out
 
 
+AUTO = "auto"  # `reject: auto`: the threshold measured on the adapter (engine/runtime/autoreject.py)
+
 # The project's recommended setting (README, "Choosing a steering setting"): the large model writes
 # every token the tuned model can live with, and the tuned model writes (whole words) only where it
-# rejects the large model's choice by >= 6 nats: a style decision, not a guess at a fact. The tuned
-# model is asked where a style shows (each sentence's start, the reply's end, right after its own
-# words), so it sleeps through the rest; the base model never runs.
+# rejects the large model's choice: a style decision, not a guess at a fact. How far below its own
+# favourite the tuned model puts a token it rejects depends on the adapter (10-30 nats for an
+# adapter trained hard on a strong style, 2-5 for a gentle one), so `reject: auto` measures it on
+# the adapter (engine/runtime/autoreject.py) rather than fixing 6 nats, which left gentler adapters
+# unsteered (issue 22). The tuned model is asked where a style shows (each sentence's start, the
+# reply's end, right after its own words), so it sleeps through the rest; the base model never runs.
 # With plain 0 the large model reads the reply without the tuned model's own sentences (its greeting,
 # its sign-off), which otherwise lead it astray ("... Bakery! Two to the power of ten is 1000000000"),
 # in its one sequence: no second reading (README, "Choosing a steering setting").
-RECOMMENDED = Steer(mode="nudge", reject=6.0, word=True, sentences=True, closing=True, follow=2, plain=0.0)
+RECOMMENDED = Steer(mode="nudge", reject=AUTO, word=True, sentences=True, closing=True, follow=2, plain=0.0)
 PRESETS = {"recommended": RECOMMENDED}
 
 BOOL_PARAMS = ("word", "sentences", "closing")
@@ -150,8 +156,10 @@ def _param(key: str, raw: Any, what: str) -> Any:
         return raw
     if raw is None and key in ("top1", "entropy", "delta", "reject", "plain"):
         return None
+    if key == "reject" and raw == AUTO:
+        return AUTO
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise InvalidRequest(f"{what} must be a finite number")
+        raise InvalidRequest(f"{what} must be a finite number" + (' or "auto"' if key == "reject" else ""))
     if key in ("opening", "follow"):
         if not isinstance(raw, int) or raw < 0:
             raise InvalidRequest(f"{what} must be a whole number >= 0")

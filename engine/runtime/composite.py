@@ -11,6 +11,7 @@ chunks. The engine sees token ids and text only; it knows nothing of any wire pr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from nanocommander.engine.llama.member import Hold, LoadedModel, Member
 from nanocommander.engine.llama.sampler import Sampler
 from nanocommander.engine.llama.vocab import SharedVocab
 from nanocommander.engine.request.decode_options import (
+    AUTO,
     DEFAULT_SPECULATION,
     OFF,
     Speculation,
@@ -36,6 +38,7 @@ from nanocommander.engine.request.decode_options import (
 )
 from nanocommander.engine.request.recipe import ROLES, Recipe
 from nanocommander.engine.request.types import Chunk, GenerateRequest, Stats
+from nanocommander.engine.runtime.autoreject import AutoReject
 from nanocommander.engine.runtime.core import Core
 from nanocommander.engine.runtime.pool import ModelPool
 from nanocommander.engine.runtime.scheduler import Item, Scheduler, Ticket
@@ -54,6 +57,7 @@ class Composite:
         self.load_s = core.load_s if load_s is None else load_s
         self.template = self._template()
         self.closed = False
+        self.auto_reject = AutoReject()  # `reject: auto`, measured on this composite's adapter
 
     @classmethod
     def load(cls, recipe: Recipe, pool: ModelPool | None = None, **options: Any) -> Composite:
@@ -218,6 +222,8 @@ class Composite:
             raise ModelLoadError("model was unloaded")
         stats = Stats()  # load_s stays 0: the server adds what this request waited for a load
         plan = self.plan(req)
+        if plan.steered and plan.steer.reject == AUTO:  # measured once, at the first such request
+            plan = dataclasses.replace(plan, steer=self.auto_reject.resolve(self, plan.steer))
         tokens = self._prompt_ids(req)
         if not tokens:
             raise InvalidRequest("empty prompt")
@@ -406,4 +412,5 @@ class Composite:
             "n_vocab": self.vocab.n_vocab,
             "members": members,
             "deterministic": determinism.describe(self.core.deterministic),
+            "auto_reject": self.auto_reject.measured.to_dict() if self.auto_reject.measured else None,
         }

@@ -1,0 +1,76 @@
+"""`reject: auto` (the recommended rule's default): the threshold is measured on each adapter."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_models
+from engine_helpers import GREEDY, recipe_over
+
+from nanocommander.engine.request.decode_options import AUTO, OFF, RECOMMENDED, parse_steer
+from nanocommander.engine.request.recipe import Recipe
+from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.engine.runtime import autoreject
+from nanocommander.engine.runtime.composite import Composite
+from nanocommander.errors import InvalidRequest
+
+
+def ask(comp, steer="recommended", prompt="Once upon a time"):
+    req = GenerateRequest(
+        prompt=prompt, steer=parse_steer(steer), sampling=GREEDY, num_predict=12, speculative=OFF
+    )
+    return list(comp.generate(req))
+
+
+def test_threshold_is_a_clipped_quantile_of_the_margins():
+    assert autoreject.threshold([2.0, 3.0, 4.0, 5.0, 6.0]).reject == pytest.approx(3.0)
+    assert autoreject.threshold([0.1, 0.2, 0.3]).reject == autoreject.FLOOR
+    assert autoreject.threshold([20.0, 30.0]).reject == autoreject.CEILING
+    none = autoreject.threshold([])
+    assert none.reject == autoreject.CEILING and none.margins == 0 and none.raw is None
+
+
+def test_recommended_means_auto_and_auto_parses():
+    assert RECOMMENDED.reject == AUTO and parse_steer({"mode": "nudge", "reject": "auto"}).reject == AUTO
+    with pytest.raises(InvalidRequest, match='finite number or "auto"'):
+        parse_steer({"mode": "nudge", "reject": "automatic"})
+
+
+def test_measured_once_per_composite_at_the_first_request_that_needs_it(tiny):
+    comp = Composite.load(recipe_over(tiny, adapter=True))
+    try:
+        ask(comp, {"mode": "nudge", "reject": 3.0, "sentences": True})
+        assert comp.auto_reject.measured is None  # a number needs no measurement
+        ask(comp)
+        measured = comp.auto_reject.measured
+        assert measured is not None and autoreject.FLOOR <= measured.reject <= autoreject.CEILING
+        assert comp.info()["auto_reject"]["reject"] == pytest.approx(measured.reject, abs=1e-3)
+        tuned = comp.members["tuned"]
+        before = tuned.stats.evaluated
+        ask(comp, prompt="Hello there")
+        again = tuned.stats.evaluated - before
+        before = tuned.stats.evaluated
+        ask(comp, prompt="Hello there")
+        assert tuned.stats.evaluated - before <= again  # no second measurement
+        assert comp.auto_reject.measured is measured
+    finally:
+        comp.close()
+
+
+def test_a_stronger_adapter_gets_a_higher_threshold(tiny, tmp_path):
+    """large = base, so the tuned model disagrees only where its LoRA moved it: a gentle adapter
+    (small weights) disagrees by less than a strong one, and the threshold follows."""
+    raw = {}
+    for name, std in (("gentle", 0.15), ("strong", 0.6)):
+        lora = tiny_models.write_lora(tmp_path / f"{name}.gguf", seed=11, std=std)
+        text = (
+            f"name: {name}\nmembers:\n  large: {{path: {tiny['base']}}}\n  base: {{path: {tiny['base']}}}\n"
+            f"  tuned: {{adapter: {lora}}}\nalpha: 1.0\n"
+        )
+        comp = Composite.load(Recipe.parse(text, check_files=True))
+        try:
+            m = autoreject.measure(comp)
+        finally:
+            comp.close()
+        assert m.margins > 0, name
+        raw[name] = m.raw
+    assert raw["strong"] > 1.5 * raw["gentle"]
