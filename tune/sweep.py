@@ -7,8 +7,10 @@ through that setting's own next-token distribution), the accuracy on short gener
 fraction of generated tokens and tokens/s. A setting is marked when its style loss is within
 10 % of the tuned model's and its accuracy at least 95 % of the large model's.
 
-Teacher-forced scoring runs the three members once per example and evaluates every setting
-from the same logits, so a sweep costs one forward pass per example plus the generations.
+Teacher-forced scoring drives the engine's own strategy for each setting with a sampler that
+returns the reference token (tune/forced.py), so a row's style loss is what a user's request with
+that setting samples from; the members evaluate each example once and the strategies' Needs are
+served from those logits (the plain reading, which leaves sentences out, is evaluated for real).
 """
 
 from __future__ import annotations
@@ -24,18 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nanocommander.engine.decode.plain_view import choose
-from nanocommander.engine.decode.softmax import log_softmax
-from nanocommander.engine.decode.steering import GateState, large_opens, overrides, rejects
-from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.request.options import merge_sampling
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.tune import data as datamod
+from nanocommander.tune import forced
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.style_measure import fit_threshold, text_ratio
 from nanocommander.tune.tokens import GGUFTokenizer, encode
@@ -62,6 +59,7 @@ class Setting:
     ratios: list[float] = field(default_factory=list)  # per reply: mean log p_tuned - log p_base
     measured: int = 0  # replies styled by the marker-free measure (tune/style_measure.py)
     marked: bool = False
+    token_logprobs: list[float] = field(default_factory=list, repr=False)  # per scored style token
 
     @property
     def style(self) -> float:
@@ -233,97 +231,27 @@ def ask_all(
         print(file=sys.stderr)
 
 
+def request(s: Setting) -> GenerateRequest:
+    """The request a user would send for this setting (the prompt and limits are filled in per reply)."""
+    return GenerateRequest(prompt=[], alpha=s.alpha, member=s.member, steer=s.steer)  # type: ignore[arg-type]
+
+
 def score_all(comp, encoded, settings: list[Setting]) -> None:
-    """Teacher-forced style loss of every setting, from one pass of the three members per example."""
-    n_vocab, mask, eog = comp.vocab.n_vocab, comp.vocab.mask, frozenset(comp.vocab.eog)
-    piece = comp.primary.piece
+    """Teacher-forced style loss of every setting, each token scored under the distribution the
+    engine's own strategy for that setting samples from (tune/forced.py), from one pass of the
+    members per example."""
+    roles = {r for s in settings for r in comp.plan(request(s)).roles}
     for enc in encoded:
-        ids = enc.ids
-        start = next(i for i, m in enumerate(enc.mask) if m and i > 0)
-        n = len(ids) - start
-        logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "base", "tuned")})
-        gates: dict[str, GateState] = {}
-        for k in range(n):
-            pos = start + k
-            if not enc.mask[pos]:
-                continue
-            if pos == start or not enc.mask[pos - 1]:  # a new assistant reply starts here
-                gates = {s.label: GateState() for s in settings}
-            rows = {r: logits[r][k][:n_vocab].astype(np.float64) for r in logits}  # masked after fusing
-            view = _Position(rows, logits, k, n_vocab, mask, eog, comp.recipe.alpha)
-            cache: dict[Any, np.ndarray] = {}
-            text = piece(ids[pos])
-            for s in settings:
-                lp, steered = _logprobs(s, view, gates[s.label], cache)
-                s.nll -= max(float(lp[ids[pos]]), LOGP_FLOOR)
-                s.tokens += 1
-                gates[s.label] = gates[s.label].after(text, steered)
-
-
-@dataclass
-class _Position:
-    """One teacher-forced position: every member's logits there, and what the gate needs."""
-
-    rows: dict[str, np.ndarray]  # float64, the shared vocabulary
-    raw: Any
-    k: int
-    n_vocab: int
-    mask: Any
-    eog: frozenset[int]
-    recipe_alpha: float
-
-
-def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
-    """log_softmax over the sampleable ids (padding ids and non-finite values get -inf)."""
-    z = np.where(np.isfinite(z), z, -np.inf)
-    return log_softmax(z if mask is None else np.where(mask, -np.inf, z))
-
-
-def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.ndarray, bool]:
-    """log p(next token) under one setting at one position (cached per distinct distribution),
-    and whether the small models' delta took part (the same rules as engine/decode/steering.py)."""
-    if s.member != "composite":
-        return _alone(s.member, at, cache), False
-    alpha = at.recipe_alpha if s.alpha is None else s.alpha
-    steer = s.steer or Steer()
-    opened = True
-    if steer.mode in ("gated", "nudge"):
-        opened = large_opens(steer, at.raw["large"][at.k], gate, at.n_vocab, at.mask, at.eog)
-        if opened and steer.mode == "nudge" and steer.reject is not None:
-            opened = rejects(at.rows["large"], at.rows["tuned"], at.n_vocab, at.mask, steer.reject, at.eog)
-        if steer.mode == "nudge" and not opened and steer.plain is not None:
-            return _plausible_large(steer.plain, at, cache), False
-        if steer.mode == "nudge" or not opened:
-            return _alone("tuned" if opened else "large", at, cache), opened
-    key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)
-    if key not in cache:
-        rows = at.rows
-        with np.errstate(invalid="ignore"):
-            z = rows["large"] + alpha * (rows["tuned"] - rows["base"])
-        if key[2] > 0:
-            large = rows["large"] if at.mask is None else np.where(at.mask, -np.inf, rows["large"])
-            z = np.where(large >= large.max() + math.log(key[2]), z, -np.inf)
-        cache[key] = _log_softmax(z, at.mask)
-    if steer.mode == "gated" and (steer.delta is not None or steer.reject is not None):
-        rows = {r: v[None] for r, v in at.rows.items()}
-        if not overrides(cache[key], rows, steer, at.n_vocab, at.mask):
-            return _alone("large", at, cache), False
-    return cache[key], True
-
-
-def _plausible_large(beta: float, at: _Position, cache) -> np.ndarray:
-    key = ("plain", beta)
-    if key not in cache:
-        cache[key] = _log_softmax(
-            choose(at.rows["large"], None, at.n_vocab, at.mask, beta).astype(np.float64), None
-        )
-    return cache[key]
-
-
-def _alone(role: str, at: _Position, cache) -> np.ndarray:
-    if role not in cache:
-        cache[role] = _log_softmax(at.rows[role], at.mask)
-    return cache[role]
+        replies = forced.spans(enc.mask)
+        if not replies:
+            continue
+        teacher = forced.Teacher(comp, enc.ids, replies[0][0], roles)
+        for s in settings:
+            for begin, end in replies:
+                lps = forced.logprobs(comp, teacher, request(s), begin, end)
+                s.token_logprobs += lps
+                s.nll -= sum(max(lp, LOGP_FLOOR) for lp in lps)
+                s.tokens += len(lps)
 
 
 def apply_measure(settings: list[Setting]) -> str:
@@ -380,11 +308,6 @@ def sweep(
             t0 = time.perf_counter()
             score_all(comp, encoded, settings)
             notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
-            if any(s.steer is not None and s.steer.reads_plainly for s in settings):
-                notes.append(
-                    "style loss with plain: the large model's steps are scored from its styled reading over "
-                    "the tokens plain keeps (its plain reading runs only when generating)"
-                )
         if items:
             ask_all(comp, items, settings, num_predict, progress, marker, measure)
             notes.append(f"general questions: {len(items)} from {general}")
