@@ -36,6 +36,10 @@ class ForcingSampler:
     A strategy may ask more than once for one position (a nudged word that ends there hands the
     position back to the large model); the distribution that counts is the last one before the
     token is committed (`accept`), which is the one the token would have been sampled from.
+    Every draw is the reference token, so a reply the engine did not write is scored along the one
+    path on which it would have: where the tuned model's draw inside a nudged word is the
+    reference token and that token starts no new word, the word goes on (a real draw of a word
+    start would have handed the step back to the large model instead).
     """
 
     exact = True  # what speculation checks (requests here run without it)
