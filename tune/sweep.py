@@ -32,7 +32,7 @@ from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.tune import data as datamod
-from nanocommander.tune import forced
+from nanocommander.tune import forced, prompted
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.style_measure import fit_threshold, text_ratio
 from nanocommander.tune.tokens import GGUFTokenizer, encode
@@ -48,6 +48,7 @@ class Setting:
     member: str = "composite"
     alpha: float | None = None
     steer: Steer | None = None
+    system: str | None = None  # the system prompt this row's requests carry (--prompt-baseline)
     nll: float = 0.0
     tokens: int = 0
     correct: int = 0
@@ -75,6 +76,7 @@ class Setting:
             "member": self.member,
             "alpha": self.alpha,
             "steer": self.steer.to_dict() if self.steer else None,
+            "system": self.system,
             "style_nll": self.style if self.tokens else None,
             "general_accuracy": self.accuracy if self.asked else None,
             "steered_fraction": self.steered / self.generated if self.generated else None,
@@ -204,10 +206,13 @@ def ask_all(
 
     greedy = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
     for i, (question, answers) in enumerate(items):
-        prompt = comp.chat_prompt([{"role": "user", "content": question}], num_predict=num_predict)
+        turn = [{"role": "user", "content": question}]
+        prompts: dict[str | None, str] = {}  # per system prompt (None: the recipe's)
         for s in settings:
+            if s.system not in prompts:
+                prompts[s.system] = comp.chat_prompt(turn, system=s.system, num_predict=num_predict)
             req = GenerateRequest(
-                prompt=prompt,
+                prompt=prompts[s.system],
                 sampling=greedy,
                 num_predict=num_predict,
                 alpha=s.alpha,
@@ -219,8 +224,10 @@ def ask_all(
             reply = "".join(c.text for c in chunks)
             s.correct += correct(reply, answers)
             s.styled += bool(marker) and marker.lower() in reply.lower()
-            if measure:
-                s.ratios.append(text_ratio(comp, prompt, reply))
+            if measure:  # read under the plain prompt: an instruction would shift both small models
+                if None not in prompts:
+                    prompts[None] = comp.chat_prompt(turn, num_predict=num_predict)
+                s.ratios.append(text_ratio(comp, prompts[None], reply))
             s.asked += 1
             s.generated += stats.eval_count
             s.steered += stats.steered
@@ -272,6 +279,14 @@ def mark(settings: list[Setting]) -> None:
         s.marked = bool(style_ok and acc_ok and (tuned.tokens or large.asked))
 
 
+def _score_prompted(comp, tokenizer, examples, s: Setting, max_length: int) -> list[str]:
+    """Score the style data with the row's instruction as the system prompt (raw text has none)."""
+    chats, left_out = prompted.with_instruction(examples, s.system or "")
+    encoded, _ = encode(tokenizer, chats, max_length) if chats else ([], None)
+    score_all(comp, encoded, [s])
+    return [f"{s.label}: {left_out} raw-text examples not scored (no system turn)"] if left_out else []
+
+
 def sweep(
     recipe_path: str | Path,
     *,
@@ -286,16 +301,25 @@ def sweep(
     progress: bool = True,
     marker: str | None = None,
     measure: bool = False,
+    prompt_baseline: str | None = None,
 ) -> SweepReport:
+    """The table: each setting's style loss, accuracy, steering and speed (see the module's doc).
+
+    `prompt_baseline`: also a row of the large model alone with this instruction as its system
+    prompt (`prompted.FROM_RECIPE`: the recipe's `system:`), scored like the others."""
 
     recipe = Recipe.load(recipe_path)
     items = load_general(general)[:limit] if general else []
     settings = grid(alphas, run_grid, recipe.steer)
     if measure:  # the base model's replies are the unstyled side the measure is fitted on
         settings.insert(2, Setting("base", "base"))
+    notes = []
+    if prompt_baseline is not None:
+        text = prompted.instruction(recipe, prompt_baseline)
+        settings.insert(3 if measure else 2, Setting(prompted.LABEL, "large", system=text))
+        notes.append(f"{prompted.LABEL}: the large model alone with the system prompt {text!r}")
     views = any(s.steer is not None and s.steer.views for s in settings)
     comp = Composite.load(recipe, views=views)
-    notes = []
     try:
         if data:
             examples = datamod.load(data, fmt=fmt).examples
@@ -306,7 +330,10 @@ def sweep(
                 raise DataError(f"{data}: no example has a reference answer to score")
             notes.append(f"style data: {summary}")
             t0 = time.perf_counter()
-            score_all(comp, encoded, settings)
+            score_all(comp, encoded, [s for s in settings if s.system is None])
+            for s in settings:
+                if s.system is not None:
+                    notes += _score_prompted(comp, tokenizer, examples, s, min(max_length, comp.n_ctx))
             notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
         if items:
             ask_all(comp, items, settings, num_predict, progress, marker, measure)
