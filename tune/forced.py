@@ -16,8 +16,9 @@ evaluated by the members for real.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from nanocommander.engine.decode.softmax import log_softmax
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import OFF
 from nanocommander.engine.request.types import GenerateRequest
+
+if TYPE_CHECKING:
+    from nanocommander.engine.runtime.composite import Composite
 
 
 class ForcingSampler:
@@ -72,7 +76,7 @@ class ForcingSampler:
 class Teacher:
     """One example's member logits from one pass each, serving the Needs that ask for its prefixes."""
 
-    def __init__(self, comp, ids: Sequence[int], start: int, roles: Iterable[str]):
+    def __init__(self, comp: Composite, ids: Sequence[int], start: int, roles: Iterable[str]):
         self.comp, self.ids, self.start = comp, list(ids), start
         n = len(self.ids) - start
         # row k: the logits after ids[:start + k], i.e. the distribution of ids[start + k]
@@ -109,7 +113,7 @@ class Teacher:
         return rows[first : last + 1]
 
 
-def drive(steps: Steps, serve) -> None:
+def drive(steps: Steps, serve: Callable[[Need], Logits]) -> None:
     """Run a strategy to its end, serving each Need it yields."""
     need = next(steps)
     while True:
@@ -119,7 +123,9 @@ def drive(steps: Steps, serve) -> None:
             return
 
 
-def logprobs(comp, teacher: Teacher, template: GenerateRequest, begin: int, end: int) -> list[float]:
+def logprobs(
+    comp: Composite, teacher: Teacher, template: GenerateRequest, begin: int, end: int
+) -> list[float]:
     """log p(ids[i] | ids[:i]) for begin <= i < end under the request `template` (its alpha, member,
     steer): each from the distribution the engine's strategy for that request samples from.
 
