@@ -7,8 +7,10 @@ through that setting's own next-token distribution), the accuracy on short gener
 fraction of generated tokens and tokens/s. A setting is marked when its style loss is within
 10 % of the tuned model's and its accuracy at least 95 % of the large model's.
 
-Teacher-forced scoring runs the three members once per example and evaluates every setting
-from the same logits, so a sweep costs one forward pass per example plus the generations.
+Teacher-forced scoring drives the engine's own strategy for each setting with a sampler that
+returns the reference token (tune/forced.py), so a row's style loss is what a user's request with
+that setting samples from; the members evaluate each example once and the strategies' Needs are
+served from those logits (the plain reading, which leaves sentences out, is evaluated for real).
 """
 
 from __future__ import annotations
@@ -24,18 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nanocommander.engine.decode.plain_view import choose
-from nanocommander.engine.decode.softmax import log_softmax
-from nanocommander.engine.decode.steering import GateState, large_opens, overrides, rejects
-from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.request.options import merge_sampling
 from nanocommander.engine.request.recipe import Recipe
 from nanocommander.engine.request.types import GenerateRequest
 from nanocommander.engine.runtime.composite import Composite
 from nanocommander.tune import data as datamod
+from nanocommander.tune import forced, prompted
 from nanocommander.tune.errors import DataError
 from nanocommander.tune.style_measure import fit_threshold, text_ratio
 from nanocommander.tune.tokens import GGUFTokenizer, encode
@@ -51,6 +48,7 @@ class Setting:
     member: str = "composite"
     alpha: float | None = None
     steer: Steer | None = None
+    system: str | None = None  # the system prompt this row's requests carry (--prompt-baseline)
     nll: float = 0.0
     tokens: int = 0
     correct: int = 0
@@ -62,6 +60,7 @@ class Setting:
     ratios: list[float] = field(default_factory=list)  # per reply: mean log p_tuned - log p_base
     measured: int = 0  # replies styled by the marker-free measure (tune/style_measure.py)
     marked: bool = False
+    token_logprobs: list[float] = field(default_factory=list, repr=False)  # per scored style token
 
     @property
     def style(self) -> float:
@@ -77,6 +76,7 @@ class Setting:
             "member": self.member,
             "alpha": self.alpha,
             "steer": self.steer.to_dict() if self.steer else None,
+            "system": self.system,
             "style_nll": self.style if self.tokens else None,
             "general_accuracy": self.accuracy if self.asked else None,
             "steered_fraction": self.steered / self.generated if self.generated else None,
@@ -206,10 +206,13 @@ def ask_all(
 
     greedy = merge_sampling({"temperature": 0, "repeat_penalty": 1.0})
     for i, (question, answers) in enumerate(items):
-        prompt = comp.chat_prompt([{"role": "user", "content": question}], num_predict=num_predict)
+        turn = [{"role": "user", "content": question}]
+        prompts: dict[str | None, str] = {}  # per system prompt (None: the recipe's)
         for s in settings:
+            if s.system not in prompts:
+                prompts[s.system] = comp.chat_prompt(turn, system=s.system, num_predict=num_predict)
             req = GenerateRequest(
-                prompt=prompt,
+                prompt=prompts[s.system],
                 sampling=greedy,
                 num_predict=num_predict,
                 alpha=s.alpha,
@@ -221,8 +224,10 @@ def ask_all(
             reply = "".join(c.text for c in chunks)
             s.correct += correct(reply, answers)
             s.styled += bool(marker) and marker.lower() in reply.lower()
-            if measure:
-                s.ratios.append(text_ratio(comp, prompt, reply))
+            if measure:  # read under the plain prompt: an instruction would shift both small models
+                if None not in prompts:
+                    prompts[None] = comp.chat_prompt(turn, num_predict=num_predict)
+                s.ratios.append(text_ratio(comp, prompts[None], reply))
             s.asked += 1
             s.generated += stats.eval_count
             s.steered += stats.steered
@@ -233,97 +238,27 @@ def ask_all(
         print(file=sys.stderr)
 
 
+def request(s: Setting) -> GenerateRequest:
+    """The request a user would send for this setting (the prompt and limits are filled in per reply)."""
+    return GenerateRequest(prompt=[], alpha=s.alpha, member=s.member, steer=s.steer)  # type: ignore[arg-type]
+
+
 def score_all(comp, encoded, settings: list[Setting]) -> None:
-    """Teacher-forced style loss of every setting, from one pass of the three members per example."""
-    n_vocab, mask, eog = comp.vocab.n_vocab, comp.vocab.mask, frozenset(comp.vocab.eog)
-    piece = comp.primary.piece
+    """Teacher-forced style loss of every setting, each token scored under the distribution the
+    engine's own strategy for that setting samples from (tune/forced.py), from one pass of the
+    members per example."""
+    roles = {r for s in settings for r in comp.plan(request(s)).roles}
     for enc in encoded:
-        ids = enc.ids
-        start = next(i for i, m in enumerate(enc.mask) if m and i > 0)
-        n = len(ids) - start
-        logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "base", "tuned")})
-        gates: dict[str, GateState] = {}
-        for k in range(n):
-            pos = start + k
-            if not enc.mask[pos]:
-                continue
-            if pos == start or not enc.mask[pos - 1]:  # a new assistant reply starts here
-                gates = {s.label: GateState() for s in settings}
-            rows = {r: logits[r][k][:n_vocab].astype(np.float64) for r in logits}  # masked after fusing
-            view = _Position(rows, logits, k, n_vocab, mask, eog, comp.recipe.alpha)
-            cache: dict[Any, np.ndarray] = {}
-            text = piece(ids[pos])
-            for s in settings:
-                lp, steered = _logprobs(s, view, gates[s.label], cache)
-                s.nll -= max(float(lp[ids[pos]]), LOGP_FLOOR)
-                s.tokens += 1
-                gates[s.label] = gates[s.label].after(text, steered)
-
-
-@dataclass
-class _Position:
-    """One teacher-forced position: every member's logits there, and what the gate needs."""
-
-    rows: dict[str, np.ndarray]  # float64, the shared vocabulary
-    raw: Any
-    k: int
-    n_vocab: int
-    mask: Any
-    eog: frozenset[int]
-    recipe_alpha: float
-
-
-def _log_softmax(z: np.ndarray, mask) -> np.ndarray:
-    """log_softmax over the sampleable ids (padding ids and non-finite values get -inf)."""
-    z = np.where(np.isfinite(z), z, -np.inf)
-    return log_softmax(z if mask is None else np.where(mask, -np.inf, z))
-
-
-def _logprobs(s: Setting, at: _Position, gate: GateState, cache) -> tuple[np.ndarray, bool]:
-    """log p(next token) under one setting at one position (cached per distinct distribution),
-    and whether the small models' delta took part (the same rules as engine/decode/steering.py)."""
-    if s.member != "composite":
-        return _alone(s.member, at, cache), False
-    alpha = at.recipe_alpha if s.alpha is None else s.alpha
-    steer = s.steer or Steer()
-    opened = True
-    if steer.mode in ("gated", "nudge"):
-        opened = large_opens(steer, at.raw["large"][at.k], gate, at.n_vocab, at.mask, at.eog)
-        if opened and steer.mode == "nudge" and steer.reject is not None:
-            opened = rejects(at.rows["large"], at.rows["tuned"], at.n_vocab, at.mask, steer.reject, at.eog)
-        if steer.mode == "nudge" and not opened and steer.plain is not None:
-            return _plausible_large(steer.plain, at, cache), False
-        if steer.mode == "nudge" or not opened:
-            return _alone("tuned" if opened else "large", at, cache), opened
-    key = ("fused", alpha, steer.beta if steer.mode == "plausible" else 0.0)
-    if key not in cache:
-        rows = at.rows
-        with np.errstate(invalid="ignore"):
-            z = rows["large"] + alpha * (rows["tuned"] - rows["base"])
-        if key[2] > 0:
-            large = rows["large"] if at.mask is None else np.where(at.mask, -np.inf, rows["large"])
-            z = np.where(large >= large.max() + math.log(key[2]), z, -np.inf)
-        cache[key] = _log_softmax(z, at.mask)
-    if steer.mode == "gated" and (steer.delta is not None or steer.reject is not None):
-        rows = {r: v[None] for r, v in at.rows.items()}
-        if not overrides(cache[key], rows, steer, at.n_vocab, at.mask):
-            return _alone("large", at, cache), False
-    return cache[key], True
-
-
-def _plausible_large(beta: float, at: _Position, cache) -> np.ndarray:
-    key = ("plain", beta)
-    if key not in cache:
-        cache[key] = _log_softmax(
-            choose(at.rows["large"], None, at.n_vocab, at.mask, beta).astype(np.float64), None
-        )
-    return cache[key]
-
-
-def _alone(role: str, at: _Position, cache) -> np.ndarray:
-    if role not in cache:
-        cache[role] = _log_softmax(at.rows[role], at.mask)
-    return cache[role]
+        replies = forced.spans(enc.mask)
+        if not replies:
+            continue
+        teacher = forced.Teacher(comp, enc.ids, replies[0][0], roles)
+        for s in settings:
+            for begin, end in replies:
+                lps = forced.logprobs(comp, teacher, request(s), begin, end)
+                s.token_logprobs += lps
+                s.nll -= sum(max(lp, LOGP_FLOOR) for lp in lps)
+                s.tokens += len(lps)
 
 
 def apply_measure(settings: list[Setting]) -> str:
@@ -344,6 +279,14 @@ def mark(settings: list[Setting]) -> None:
         s.marked = bool(style_ok and acc_ok and (tuned.tokens or large.asked))
 
 
+def _score_prompted(comp, tokenizer, examples, s: Setting, max_length: int) -> list[str]:
+    """Score the style data with the row's instruction as the system prompt (raw text has none)."""
+    chats, left_out = prompted.with_instruction(examples, s.system or "")
+    encoded, _ = encode(tokenizer, chats, max_length) if chats else ([], None)
+    score_all(comp, encoded, [s])
+    return [f"{s.label}: {left_out} raw-text examples not scored (no system turn)"] if left_out else []
+
+
 def sweep(
     recipe_path: str | Path,
     *,
@@ -358,16 +301,25 @@ def sweep(
     progress: bool = True,
     marker: str | None = None,
     measure: bool = False,
+    prompt_baseline: str | None = None,
 ) -> SweepReport:
+    """The table: each setting's style loss, accuracy, steering and speed (see the module's doc).
+
+    `prompt_baseline`: also a row of the large model alone with this instruction as its system
+    prompt (`prompted.FROM_RECIPE`: the recipe's `system:`), scored like the others."""
 
     recipe = Recipe.load(recipe_path)
     items = load_general(general)[:limit] if general else []
     settings = grid(alphas, run_grid, recipe.steer)
     if measure:  # the base model's replies are the unstyled side the measure is fitted on
         settings.insert(2, Setting("base", "base"))
+    notes = []
+    if prompt_baseline is not None:
+        text = prompted.instruction(recipe, prompt_baseline)
+        settings.insert(3 if measure else 2, Setting(prompted.LABEL, "large", system=text))
+        notes.append(f"{prompted.LABEL}: the large model alone with the system prompt {text!r}")
     views = any(s.steer is not None and s.steer.views for s in settings)
     comp = Composite.load(recipe, views=views)
-    notes = []
     try:
         for s in settings:  # `reject: auto` is measured on this adapter, as a request would measure it
             if s.steer is not None and s.member == "composite":
@@ -381,13 +333,11 @@ def sweep(
                 raise DataError(f"{data}: no example has a reference answer to score")
             notes.append(f"style data: {summary}")
             t0 = time.perf_counter()
-            score_all(comp, encoded, settings)
+            score_all(comp, encoded, [s for s in settings if s.system is None])
+            for s in settings:
+                if s.system is not None:
+                    notes += _score_prompted(comp, tokenizer, examples, s, min(max_length, comp.n_ctx))
             notes.append(f"style scoring: {time.perf_counter() - t0:.1f} s")
-            if any(s.steer is not None and s.steer.reads_plainly for s in settings):
-                notes.append(
-                    "style loss with plain: the large model's steps are scored from its styled reading over "
-                    "the tokens plain keeps (its plain reading runs only when generating)"
-                )
         if items:
             ask_all(comp, items, settings, num_predict, progress, marker, measure)
             notes.append(f"general questions: {len(items)} from {general}")

@@ -113,6 +113,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also count replies styled by the marker-free measure (tuned vs base log-likelihood ratio)",
     )
+    e.add_argument(
+        "--prompt-baseline",
+        nargs="?",
+        const="recipe",
+        metavar="INSTRUCTION",
+        help='also a row of the large model alone with this system prompt, e.g. "Talk like a pirate" '
+        "(no value, or `recipe`: the recipe's system: prompt); does the composite beat prompting?",
+    )
     e.add_argument("--format", choices=("messages", "sharegpt", "alpaca", "completion", "text"))
     e.add_argument(
         "--alpha", help="composite alpha(s), comma-separated, e.g. 0.5,1.0 (default: the recipe's)"
@@ -218,7 +226,7 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
 
-    if args.general or args.sweep:
+    if args.general or args.sweep or args.prompt_baseline is not None:
         return _run_sweep(args)
     if args.data is None:
         raise TrainingError("eval needs --data STYLE.jsonl, --general [FILE] or both")
@@ -241,7 +249,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-
+    if args.data is None and not args.general:
+        raise TrainingError("eval needs --data STYLE.jsonl, --general [FILE] or both")
     general = BUILTIN if args.general == "builtin" else args.general
     alphas = parse_alphas(args.alpha) if args.alpha else ([0.5, 1.0, 1.5] if args.sweep else [None])
     report = sweep(
@@ -256,6 +265,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         num_predict=args.num_predict,
         marker=args.style_marker,
         measure=args.style_measure,
+        prompt_baseline=args.prompt_baseline,
     )
     print(report.table())
     if args.json:
