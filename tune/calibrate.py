@@ -173,7 +173,7 @@ def prompts_from(data: Path | None, limit: int) -> list[str]:
         return OPEN_PROMPTS[:limit]
     from nanocommander.tune import data as datamod
 
-    examples = datamod.load(data).examples
+    examples = datamod.load(data, skip_bad=True).examples  # a few prompts suffice: one-line errors only
     out = []
     for e in examples:
         first = next((m["content"] for m in e.messages if m.get("role") == "user"), None)
