@@ -79,6 +79,9 @@ def after_adapter(
             n_facts=budget.facts,
             n_open=budget.open,
             num_predict=budget.num_predict,
+            progress=lambda msg: print(
+                f"calibrate: {msg} ({time.monotonic() - t0:.0f} s)", file=out, flush=True
+            ),
         )
         print(cal.table(rows, chosen, measure), file=out)
         note = cal.prompt_note(rows, chosen)

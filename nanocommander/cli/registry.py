@@ -139,14 +139,15 @@ def cmd_create(args: argparse.Namespace) -> int:
             args.name, args.family, args.adapter, alpha=args.alpha, adapter_scale=args.adapter_scale
         )
     )
-    if not args.no_calibrate:
-        _calibrate_member(reg, args)
+    if not args.no_calibrate and _calibrate_member(reg, args):
+        return 130  # Ctrl-C during calibration: the member stays registered
     return 0
 
 
-def _calibrate_member(reg: Registry, args: argparse.Namespace) -> None:
+def _calibrate_member(reg: Registry, args: argparse.Namespace) -> bool:
     """Calibrate the member just stored (over its blobs) and store it again with the chosen steer:.
-    The member stays registered whatever happens here (tune/autocal.py says why in one line)."""
+    The member stays registered whatever happens here (tune/autocal.py says why in one line);
+    True when Ctrl-C stopped it."""
     from nanocommander.tune.autocal import after_adapter
 
     def write(steer) -> str:
@@ -162,7 +163,7 @@ def _calibrate_member(reg: Registry, args: argparse.Namespace) -> None:
         return f"the stored {args.name}"
 
     later = f"nanocommander calibrate RECIPE --write, then create {args.name} -f RECIPE"
-    after_adapter(lambda: reg.resolve(args.name), write=write, later=later)
+    return after_adapter(lambda: reg.resolve(args.name), write=write, later=later).interrupted
 
 
 def cmd_push(args: argparse.Namespace) -> int:

@@ -146,3 +146,15 @@ def test_create_adapter_no_calibrate_and_a_failing_calibration(store, tmp_path, 
     err = capsys.readouterr().err
     assert "calibrate skipped: the large model is missing" in err and "Traceback" not in err
     assert store.resolve("ronin").steer == RECOMMENDED
+
+
+def test_ctrl_c_during_calibration_keeps_the_member(store, tmp_path, monkeypatch, capsys):
+    adapter = tiny_models.write_lora(tmp_path / "ninja.gguf", seed=22)
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal, "calibrate", interrupted)
+    assert main(["create", "ninja", "--from", "fam", "--adapter", str(adapter)]) == 130
+    assert "calibrate skipped: interrupted" in capsys.readouterr().err
+    assert store.resolve("ninja").steer == RECOMMENDED
