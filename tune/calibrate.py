@@ -128,10 +128,11 @@ def member_rows() -> list[Row]:
     return [Row("large", "large"), Row("tuned", "tuned"), Row("base", "base")]
 
 
-def steered_rows(margins: Sequence[float]) -> list[Row]:
-    """The `steer:` candidates: proxy, the fixed recommended rule, the adapter-relative ones, gated."""
+def steered_rows(margins: Sequence[float], alpha: float = 1.0) -> list[Row]:
+    """The `steer:` candidates: proxy (at the recipe's `alpha`), the fixed recommended rule, the
+    adapter-relative ones, gated."""
     return [
-        Row("proxy a=1", steer=Steer()),
+        Row(f"proxy a={alpha:g}", steer=Steer()),
         Row("recommended (reject 6)", steer=RECOMMENDED),
         *adapter_relative_rows(margins),
         Row("gated reject 2", steer=Steer("gated", reject=2.0)),
@@ -252,7 +253,8 @@ def load_recipe(recipe):
         try:
             recipe = Recipe.load(Path(recipe))
         except (NanoCommanderError, OSError, ValueError) as exc:
-            raise TrainingError(f"{where}: {' '.join(str(exc).split())}") from None
+            message = " ".join(str(exc).split())
+            raise TrainingError(message if str(where) in message else f"{where}: {message}") from None
     if not recipe.tuned.is_adapter:
         raise TrainingError(f"{where}: calibrate needs a recipe whose tuned member is an adapter")
     return recipe
@@ -302,7 +304,7 @@ def calibrate(
             for p, reply in zip(prompts, members[1].replies, strict=True)
             for m in margins_of(comp, p, reply)
         ]
-        steered = steered_rows(margins)
+        steered = steered_rows(margins, recipe.alpha)
         say(f"{len(steered)} steering settings")
         run(comp, steered, facts, prompts, num_predict, lambda m: say(f"settings {m}"))
     finally:
