@@ -136,7 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "calibrate",
         help="pick the steering setting that keeps this recipe's adapter's style and the large model's facts",
         description="Runs the members, proxy, the recommended rule and adapter-relative variants on a few "
-        "questions and open prompts; chooses the most styled setting with >= 95 %% of the large model's accuracy.",
+        "questions and open prompts; chooses the most styled setting with >= 95 % of the large model's accuracy.",
     )
     c.add_argument("recipe", type=Path, help="composite recipe YAML (tuned member: an adapter)")
     c.add_argument("--data", type=Path, help="held-out style chats: their user turns are the open prompts")
