@@ -310,7 +310,9 @@ def calibrate(
     finally:
         comp.close()
     if same_as_large:
-        baseline = dataclasses.replace(members[0], label=BASELINE, reference=True, instruction=recipe.system)
+        baseline = dataclasses.replace(
+            members[0], label=BASELINE, reference=True, instruction=recipe.system, seconds=0.0
+        )  # the large row's own replies: nothing more was asked
         members.append(baseline)
     rows = members[:3] + steered + members[3:]
     score(rows, measure, marker)
