@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nanocommander.engine.request.decode_options import Steer
 from nanocommander.engine.request.recipe import ROLES, Recipe, Source
 from nanocommander.engine.runtime.memory import MemoryEstimate, estimate_memory
 from nanocommander.errors import InvalidName, ReferenceNotFound, RegistryError
@@ -172,9 +173,11 @@ class Registry:
         *,
         alpha: float | None = None,
         adapter_scale: float | None = None,
+        steer: Steer | None = None,
     ) -> Iterator[Event]:
         """Register `name` over the large and base of `family` (a stored name, a recipe file or a
         Recipe) with `adapter` as its tuned member: the stored large and base blobs are reused.
+        `steer` (what calibrate chose for this adapter) replaces the family's steering.
 
         Raises AdapterMismatch (nothing written) when the adapter does not fit the base.
         """
@@ -190,6 +193,8 @@ class Registry:
         recipe = member_recipe(
             source, Name.parse(name).model, Source(path=path), alpha=alpha, adapter_scale=adapter_scale
         )
+        if steer is not None:
+            recipe = dataclasses.replace(recipe, steer=steer)
         return self.create(name, recipe=recipe)
 
     def _pull(self, get_recipe, name: Name) -> Iterator[Event]:

@@ -8,23 +8,34 @@ own replies (`rejection_margins`); `reject` at a few quantiles of those margins.
 is run through the engine (Composite.generate: the behaviour a user gets) on a handful of short
 factual questions and open prompts; the chosen one keeps the most replies styled (the marker-free
 measure, tune/style_measure.py) subject to accuracy >= `keep` x the large model's.
+
+The cost is settings x (questions + prompts) x tokens, so the defaults (`BUDGET`) are sized to
+finish within 10 minutes for the Qwen2.5-Coder 1.5B/0.5B Q4_K_M pair on a 2-core CPU
+(docs/steering-zoo.md, "Budget"): every item is asked of all rows in turn, so each prompt is
+read once per member and phase rather than once per row, and a factual reply stops as soon as
+it holds the answer. A reference row, the large model alone with a style instruction, shows
+whether prompting alone would do; it is never chosen (it is not a `steer:` value).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from nanocommander.engine.decode.steering import rejection_margins
 from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
+from nanocommander.tune.calibrate_report import prompt_note as prompt_note
+from nanocommander.tune.calibrate_report import summary as summary
+from nanocommander.tune.calibrate_report import table as table
+from nanocommander.tune.calibrate_report import write_steer as write_steer
 from nanocommander.tune.errors import DataError, TrainingError
 from nanocommander.tune.style_measure import StyleMeasure, fit_threshold, text_ratio
 
@@ -37,11 +48,28 @@ OPEN_PROMPTS = [
     "How do I stay calm before an exam?",
 ]
 QUANTILES = (0.25, 0.5)  # of the adapter's rejection margins, as `reject` thresholds
+BASELINE = "large + style instruction"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one calibration asks: `facts` questions and `open` prompts of at most `num_predict`
+    tokens each, of every row (docs/steering-zoo.md, "Budget", for the measured time)."""
+
+    facts: int = 8
+    open: int = 6
+    num_predict: int = 32
+
+
+BUDGET = Budget()  # read at call time by tune --into / create --adapter (tests shrink it)
 
 
 @dataclass
 class Row:
-    """One setting's results: facts right, open replies styled (measure and, if given, marker)."""
+    """One setting's results: facts right, open replies styled (measure and, if given, marker).
+
+    `reference` rows (the style-instruction baseline) are shown and reported, never chosen;
+    `instruction` is the system prompt a row's chats carry instead of the recipe's."""
 
     label: str
     member: str = "composite"
@@ -53,6 +81,9 @@ class Row:
     open: int = 0
     ratios: list[float] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
+    reference: bool = False
+    instruction: str | None = None
+    seconds: float = 0.0
 
     @property
     def accuracy(self) -> float:
@@ -71,30 +102,53 @@ def relative_settings(margins: Sequence[float], quantiles: Sequence[float] = QUA
     return [dataclasses.replace(RECOMMENDED, reject=max(c, 0.5)) for c in cuts]
 
 
+def adapter_relative_rows(margins: Sequence[float]) -> list[Row]:
+    """The candidates derived from this adapter's rejection margins: the one place to add a
+    variant (an "auto" rule of the engine, say) so that calibrate tries it on every adapter."""
+    return [
+        Row(f"recommended reject {s.reject:g} (adapter-relative)", steer=s)
+        for s in relative_settings(margins)
+    ]
+
+
+def member_rows() -> list[Row]:
+    """The members alone: large (the facts to keep), tuned and base (the style measure's fit)."""
+    return [Row("large", "large"), Row("tuned", "tuned"), Row("base", "base")]
+
+
+def steered_rows(margins: Sequence[float], alpha: float = 1.0) -> list[Row]:
+    """The `steer:` candidates: proxy (at the recipe's `alpha`), the recommended rule (its `reject:
+    auto` measured by the engine), the old fixed 6 nats, the adapter-relative ones, gated."""
+    return [
+        Row(f"proxy a={alpha:g}", steer=Steer()),
+        Row("recommended (reject auto)", steer=RECOMMENDED),
+        Row("recommended, fixed reject 6", steer=dataclasses.replace(RECOMMENDED, reject=6.0)),
+        *adapter_relative_rows(margins),
+        Row("gated reject 2", steer=Steer("gated", reject=2.0)),
+    ]
+
+
 def candidates(margins: Sequence[float]) -> list[Row]:
     """The members alone, proxy, the fixed recommended rule and the adapter-relative ones."""
-    rows = [
-        Row("large", "large"),
-        Row("tuned", "tuned"),
-        Row("base", "base"),
-        Row("proxy a=1", steer=Steer()),
-    ]
-    rows.append(Row("recommended (reject auto)", steer=RECOMMENDED))
-    rows.append(Row("recommended, fixed reject 6", steer=dataclasses.replace(RECOMMENDED, reject=6.0)))
-    for s in relative_settings(margins):
-        rows.append(Row(f"recommended reject {s.reject:g} (adapter-relative)", steer=s))
-    rows.append(Row("gated reject 2", steer=Steer("gated", reject=2.0)))
-    return rows
+    return member_rows() + steered_rows(margins)
+
+
+def baseline_row(instruction: str | None) -> Row | None:
+    """The large model alone with `instruction` as its system prompt; None without one."""
+    if not instruction or not instruction.strip():
+        return None
+    return Row(BASELINE, "large", reference=True, instruction=instruction)
 
 
 def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
     """The composite row with the most styled replies among those keeping >= `keep` x large's
-    accuracy (ties: the higher accuracy, then the earlier row); with none, the most accurate."""
+    accuracy (ties: the higher accuracy, then the earlier row); with none, the most accurate.
+    Reference rows are never candidates."""
     by = {r.label: r for r in rows}
     if "large" not in by:
         raise TrainingError("calibration needs the large model's row to compare with")
     floor = keep * by["large"].accuracy
-    pool = [r for r in rows if r.member == "composite"]
+    pool = [r for r in rows if r.member == "composite" and not r.reference]
     if not pool:
         raise TrainingError("calibration has no composite setting to choose from")
     ok = [r for r in pool if r.asked and r.accuracy >= floor - 1e-9]
@@ -103,56 +157,18 @@ def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
     return max(ok, key=lambda r: (r.style, r.accuracy, -pool.index(r)))
 
 
-def steer_yaml(steer: Steer) -> str:
-    """A flow mapping for the recipe: `{mode: nudge, reject: 3.2, word: true}`."""
-    items = []
-    for k, v in steer.to_dict().items():
-        items.append(f"{k}: {str(v).lower() if isinstance(v, bool) else v}")
-    return "{" + ", ".join(items) + "}"
-
-
-def write_steer(path: Path, steer: Steer) -> str:
-    """Set the recipe's top-level `steer:` (replacing its line or appending one), nothing else."""
-    text = path.read_text(encoding="utf-8")
-    line = f"steer: {steer_yaml(steer)}"
-    pattern = re.compile(r"^steer:.*(?:\n[ \t]+.*)*", re.MULTILINE)
-    if pattern.search(text):
-        new = pattern.sub(line, text, count=1)
-    else:
-        new = text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
-    path.write_text(new, encoding="utf-8")
-    return new
-
-
-def table(rows: Sequence[Row], chosen: Row | None, measure: StyleMeasure | None) -> str:
-    by = {r.label: r for r in rows}
-    large, tuned = by.get("large"), by.get("tuned")
-    head = f"{'setting':<44} {'facts':>6} {'kept':>6} {'styled':>7} {'of tuned':>8} {'marker':>7}"
-    lines = [head]
-    for r in rows:
-        kept = r.accuracy / large.accuracy if large and large.accuracy else math.nan
-        of = r.style / tuned.style if tuned and tuned.style else math.nan
-        mark = f"{r.marked / r.open:>7.0%}" if r.open else f"{'-':>7}"
-        lines.append(
-            f"{r.label:<44} {r.accuracy:>6.0%} {kept:>6.0%} {r.style:>7.0%} {of:>8.0%} {mark}"
-            + ("  <- chosen" if r is chosen else "")
-        )
-    if measure:
-        lines.append(
-            f"style threshold {measure.threshold:.3f} nats/token (tuned {measure.tuned_mean:.3f}, "
-            f"base {measure.base_mean:.3f}, separates {measure.separation:.0%})"
-        )
-    return "\n".join(lines)
-
-
 def prompts_from(data: Path | None, limit: int) -> list[str]:
-    """The user turns of held-out style chats (first user message of each), or the shipped prompts."""
+    """The first user turn of each held-out style chat, or the shipped prompts."""
     if data is None:
         return OPEN_PROMPTS[:limit]
     from nanocommander.tune import data as datamod
 
-    examples = datamod.load(data).examples
-    out = [m["content"] for e in examples for m in e.messages[:1] if m.get("role") == "user"]
+    examples = datamod.load(data, skip_bad=True).examples  # a few prompts suffice: one-line errors only
+    out = []
+    for e in examples:
+        first = next((m["content"] for m in e.messages if m.get("role") == "user"), None)
+        if first:
+            out.append(first)
     if not out:
         raise DataError(f"{data}: no user turns to use as calibration prompts")
     return out[:limit]
@@ -162,21 +178,50 @@ def run(
     comp,
     rows: list[Row],
     facts: Sequence[tuple[str, list[str]]],
-    chat: Sequence[str],
+    prompts: Sequence[str],
     num_predict: int,
+    progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Generate every row's replies through the engine (facts right; each open reply's ratio)."""
+    """Generate every row's replies through the engine (facts right; each open reply's ratio).
+
+    Item-major: each question or prompt is asked of every row in turn, so the members' caches
+    keep its prompt and only the new reply is read. `facts` and `prompts` are user turns, rendered
+    through the recipe's chat template (with the row's `instruction` as system prompt, if any)."""
     from nanocommander.tune.sweep import correct
 
-    for r in rows:
-        for question, answers in facts:
-            q = comp.chat_prompt([{"role": "user", "content": question}], num_predict=num_predict)
-            r.correct += correct(generate(comp, r, q, num_predict), answers)
+    rendered: dict[tuple[str, str | None], str] = {}
+
+    def chat(text: str, row: Row | None) -> str:
+        system = row.instruction if row is not None else None
+        key = (text, system)
+        if key not in rendered:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": text}
+            ]
+            rendered[key] = comp.chat_prompt(messages, num_predict=num_predict)
+        return rendered[key]
+
+    total = len(facts) + len(prompts)
+    for i, (question, answers) in enumerate(facts, 1):
+        for r in rows:
+            t0 = time.monotonic()
+            reply = generate(
+                comp, r, chat(question, r), num_predict, until=lambda s, a=answers: correct(s, a)
+            )
+            r.correct += correct(reply, answers)
             r.asked += 1
-        for p in chat:
-            reply = generate(comp, r, p, num_predict)
+            r.seconds += time.monotonic() - t0
+        if progress:
+            progress(f"{i}/{total}")
+    for i, p in enumerate(prompts, len(facts) + 1):
+        for r in rows:
+            t0 = time.monotonic()
+            reply = generate(comp, r, chat(p, r), num_predict)
             r.replies.append(reply)
-            r.ratios.append(text_ratio(comp, p, reply))
+            r.ratios.append(text_ratio(comp, chat(p, None), reply))  # judged in the recipe's own chat
+            r.seconds += time.monotonic() - t0
+        if progress:
+            progress(f"{i}/{total}")
 
 
 def score(rows: Sequence[Row], measure: StyleMeasure, marker=None) -> None:
@@ -187,50 +232,86 @@ def score(rows: Sequence[Row], measure: StyleMeasure, marker=None) -> None:
         r.marked = sum(bool(marker(x)) for x in r.replies) if marker else 0
 
 
+def load_recipe(recipe):
+    """A Recipe from a path (errors as one TrainingError line) or as given; it must have an adapter."""
+    from nanocommander.engine.request.recipe import Recipe
+    from nanocommander.errors import NanoCommanderError
+
+    where = recipe if isinstance(recipe, Path) else getattr(recipe, "name", "recipe")
+    if isinstance(recipe, (str, Path)):
+        try:
+            recipe = Recipe.load(Path(recipe))
+        except (NanoCommanderError, OSError, ValueError) as exc:
+            message = " ".join(str(exc).split())
+            raise TrainingError(message if str(where) in message else f"{where}: {message}") from None
+    if not recipe.tuned.is_adapter:
+        raise TrainingError(f"{where}: calibrate needs a recipe whose tuned member is an adapter")
+    return recipe
+
+
 def calibrate(
-    recipe_path: Path,
+    recipe,
     *,
     data: Path | None = None,
     general: Path | None = None,
-    n_facts: int = 10,
-    n_open: int = 6,
-    num_predict: int = 32,
+    n_facts: int = BUDGET.facts,
+    n_open: int = BUDGET.open,
+    num_predict: int = BUDGET.num_predict,
     marker=None,
     keep: float = 0.95,
+    prompt_baseline: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Row], Row, StyleMeasure]:
-    """Fit the style measure, derive the adapter-relative settings, run them all, choose one."""
-    from nanocommander.engine.request.recipe import Recipe
+    """Fit the style measure, derive the adapter-relative settings, run them all, choose one.
+
+    `recipe` is a path or a Recipe. The reference row uses `prompt_baseline`, else the recipe's
+    `system:` (which every other row's chats then carry too, so it repeats the large row)."""
     from nanocommander.engine.runtime.composite import Composite
-    from nanocommander.errors import NanoCommanderError
     from nanocommander.tune.sweep import BUILTIN, load_general
 
-    try:
-        recipe = Recipe.load(recipe_path)
-    except (NanoCommanderError, OSError, ValueError) as exc:
-        raise TrainingError(f"{recipe_path}: {exc}") from None
-    if not recipe.tuned.is_adapter:
-        raise TrainingError(f"{recipe_path}: calibrate needs a recipe whose tuned member is an adapter")
+    recipe = load_recipe(recipe)
     facts = load_general(general or BUILTIN)[:n_facts]
     prompts = prompts_from(data, n_open)
+    say = progress or (lambda _msg: None)
+    members = member_rows()
+    baseline = baseline_row(prompt_baseline or recipe.system)
+    same_as_large = baseline is not None and not prompt_baseline  # the recipe's system: in every row
+    if baseline is not None and not same_as_large:
+        members.append(baseline)
     comp = Composite.load(recipe)
     try:
-        chat = [comp.chat_prompt([{"role": "user", "content": p}], num_predict=num_predict) for p in prompts]
-        members = [Row("large", "large"), Row("tuned", "tuned"), Row("base", "base")]
-        run(comp, members, facts, chat, num_predict)
-        measure = fit_threshold(members[1].ratios, members[2].ratios)
+        say(f"members alone on {len(facts)} questions and {len(prompts)} prompts")
+        run(comp, members, facts, prompts, num_predict, lambda m: say(f"members {m}"))
+        try:
+            measure = fit_threshold(members[1].ratios, members[2].ratios)
+        except ValueError:
+            raise TrainingError(
+                "calibrate: the tuned and base models gave no reply to score; raise --num-predict"
+            ) from None
         margins = [
-            m for p, reply in zip(chat, members[1].replies, strict=True) for m in margins_of(comp, p, reply)
+            m
+            for p, reply in zip(prompts, members[1].replies, strict=True)
+            for m in margins_of(comp, p, reply)
         ]
-        steered = candidates(margins)[3:]
-        run(comp, steered, facts, chat, num_predict)
+        steered = steered_rows(margins, recipe.alpha)
+        say(f"{len(steered)} steering settings")
+        run(comp, steered, facts, prompts, num_predict, lambda m: say(f"settings {m}"))
     finally:
         comp.close()
-    rows = members + steered
+    if same_as_large:
+        baseline = dataclasses.replace(
+            members[0], label=BASELINE, reference=True, instruction=recipe.system, seconds=0.0
+        )  # the large row's own replies: nothing more was asked
+        members.append(baseline)
+    rows = members[:3] + steered + members[3:]
     score(rows, measure, marker)
     return rows, choose(rows, keep), measure
 
 
-def generate(comp, row: Row, prompt: str, num_predict: int) -> str:
+def generate(
+    comp, row: Row, prompt: str, num_predict: int, until: Callable[[str], bool] | None = None
+) -> str:
+    """A greedy reply of `row`'s member and steering; stops early once `until(text so far)`."""
     from nanocommander.engine.request.options import merge_sampling
     from nanocommander.engine.request.types import GenerateRequest
 
@@ -238,21 +319,22 @@ def generate(comp, row: Row, prompt: str, num_predict: int) -> str:
     req = GenerateRequest(
         prompt=prompt, sampling=greedy, num_predict=num_predict, member=row.member, steer=row.steer
     )  # type: ignore[arg-type]
-    return "".join(c.text for c in comp.generate(req))
+    text = ""
+    with contextlib.closing(comp.generate(req)) as chunks:  # closing early cancels within a round
+        for c in chunks:
+            text += c.text
+            if until is not None and until(text):
+                break
+    return text
 
 
 def margins_of(comp, prompt: str, reply: str) -> list[float]:
     """The adapter's rejection margins along one of the tuned model's own replies (teacher-forced)."""
-    ids = comp.tokenize(prompt + reply, add_bos=True, special=True)
-    start = len(comp.tokenize(prompt, add_bos=True, special=True))
+    chat = comp.chat_prompt([{"role": "user", "content": prompt}])
+    ids = comp.tokenize(chat + reply, add_bos=True, special=True)
+    start = len(comp.tokenize(chat, add_bos=True, special=True))
     n = len(ids) - start
     if n < 1:
         return []
     logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "tuned")})
     return rejection_margins(logits["large"], logits["tuned"], comp.vocab.n_vocab, comp.vocab.mask)
-
-
-def summary(rows: Sequence[Row]) -> dict[str, Any]:
-    return {
-        r.label: {"accuracy": r.accuracy, "styled": r.style, "marked": r.marked, "open": r.open} for r in rows
-    }

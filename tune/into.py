@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from nanocommander.engine.request.decode_options import RECOMMENDED
+from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.engine.request.recipe import RECIPE_NAME, MemberSpec, Recipe, Source
 from nanocommander.registry import Registry
 from nanocommander.registry.family import member_recipe
@@ -100,10 +100,13 @@ def family_recipe(name: str, family: str, adapter: Path, alpha: float | None = N
     return member_recipe(Registry().resolve(family), name, Source(path=adapter.resolve()), alpha=alpha)
 
 
-def register_member(name: str, family: str, adapter: Path, alpha: float | None = None) -> str:
-    """Register `name` in the store as a member of `family`'s adapter family (its large and base blobs)."""
+def register_member(
+    name: str, family: str, adapter: Path, alpha: float | None = None, *, steer: Steer | None = None
+) -> str:
+    """Register `name` in the store as a member of `family`'s adapter family (its large and base
+    blobs); `steer` (calibrate's choice) replaces the family's."""
 
-    for _event in Registry().create_member(name, family, adapter, alpha=alpha):
+    for _event in Registry().create_member(name, family, adapter, alpha=alpha, steer=steer):
         pass
     return f"registered as {name}, sharing large and base with {family}"
 

@@ -46,6 +46,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", type=Path, help="with --from: the LoRA adapter GGUF (trained on the base)")
     p.add_argument("--alpha", type=float, help="with --from: alpha of the new member (default: the family's)")
     p.add_argument("--adapter-scale", type=float, dest="adapter_scale", help="with --from: LoRA scale")
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="with --adapter: keep the family's steer: instead of calibrating it for this adapter",
+    )
     p.set_defaults(func=cmd_create)
     p = sub.add_parser("push", help="publish a stored model to hf.co/user/repo[:tag]")
     p.add_argument("name")
@@ -134,7 +139,31 @@ def cmd_create(args: argparse.Namespace) -> int:
             args.name, args.family, args.adapter, alpha=args.alpha, adapter_scale=args.adapter_scale
         )
     )
+    if not args.no_calibrate and _calibrate_member(reg, args):
+        return 130  # Ctrl-C during calibration: the member stays registered
     return 0
+
+
+def _calibrate_member(reg: Registry, args: argparse.Namespace) -> bool:
+    """Calibrate the member just stored (over its blobs) and store it again with the chosen steer:.
+    The member stays registered whatever happens here (tune/autocal.py says why in one line);
+    True when Ctrl-C stopped it."""
+    from nanocommander.tune.autocal import after_adapter
+
+    def write(steer) -> str:
+        for _event in reg.create_member(
+            args.name,
+            args.family,
+            args.adapter,
+            alpha=args.alpha,
+            adapter_scale=args.adapter_scale,
+            steer=steer,
+        ):
+            pass
+        return f"the stored {args.name}"
+
+    later = f"nanocommander calibrate RECIPE --write, then create {args.name} -f RECIPE"
+    return after_adapter(lambda: reg.resolve(args.name), write=write, later=later).interrupted
 
 
 def cmd_push(args: argparse.Namespace) -> int:

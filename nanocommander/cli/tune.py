@@ -13,6 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+from nanocommander.tune.autocal import after_adapter, held_out
+from nanocommander.tune.calibrate import BUDGET
+from nanocommander.tune.calibrate_report import write_steer
 from nanocommander.tune.errors import MissingExtra, TrainingError
 from nanocommander.tune.evaluate import evaluate, format_samples, parse_alphas, write_json
 from nanocommander.tune.hfmodel import resolve_base
@@ -84,6 +87,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", type=Path, help="start --into from this recipe (keeps its large and settings)")
     p.add_argument("--alpha", type=float, help="composite alpha written into the recipe (default 1.0)")
     p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="with --into: keep steer: recommended instead of calibrating it for this adapter",
+    )
+    p.add_argument(
         "--from",
         dest="family",
         metavar="FAMILY",
@@ -136,14 +144,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "calibrate",
         help="pick the steering setting that keeps this recipe's adapter's style and the large model's facts",
         description="Runs the members, proxy, the recommended rule and adapter-relative variants on a few "
-        "questions and open prompts; chooses the most styled setting with >= 95 %% of the large model's accuracy.",
+        "questions and open prompts; chooses the most styled setting with >= 95 % of the large model's accuracy.",
     )
     c.add_argument("recipe", type=Path, help="composite recipe YAML (tuned member: an adapter)")
     c.add_argument("--data", type=Path, help="held-out style chats: their user turns are the open prompts")
     c.add_argument("--general", type=Path, help="short questions with answers (default: the shipped ones)")
-    c.add_argument("--facts", type=int, default=10, help="questions to ask (default 10)")
-    c.add_argument("--open", type=int, default=6, help="open prompts to ask (default 6)")
-    c.add_argument("--num-predict", type=int, default=32)
+    c.add_argument(
+        "--facts", type=int, default=BUDGET.facts, help=f"questions to ask (default {BUDGET.facts})"
+    )
+    c.add_argument(
+        "--open", type=int, default=BUDGET.open, help=f"open prompts to ask (default {BUDGET.open})"
+    )
+    c.add_argument(
+        "--num-predict",
+        type=int,
+        default=BUDGET.num_predict,
+        help=f"max tokens per reply (default {BUDGET.num_predict}); the defaults fit 10 minutes on a "
+        "2-core CPU for a 1.5B/0.5B Q4_K_M pair",
+    )
+    c.add_argument(
+        "--prompt-baseline",
+        metavar="TEXT",
+        help="style instruction for the reference row 'large + style instruction' (default: the recipe's system:)",
+    )
     c.add_argument("--style-marker", help="also count replies containing this text")
     c.add_argument("--write", action="store_true", help="write the chosen steer: into the recipe")
     c.add_argument("--json", type=Path, help="write the table as JSON here")
@@ -203,6 +226,7 @@ def run_tune(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"metrics: {result.metrics}\nplot: {result.plot}", file=sys.stderr)
+    path = None
     if args.family:
         path = write_recipe(
             family_recipe(args.into, args.family, result.adapter, args.alpha), result.adapter.parent
@@ -220,8 +244,29 @@ def run_tune(args: argparse.Namespace) -> int:
         )
         path = write_recipe(recipe, result.adapter.parent)
         print(f"recipe: {path}; {register(path, recipe.name)}", file=sys.stderr)
+    interrupted = result.interrupted
+    if path is not None and not args.no_calibrate:
+        interrupted |= _calibrate_tuned(args, cfg, path, interrupted)
     print(result.adapter)
-    return 130 if result.interrupted else 0
+    return 130 if interrupted else 0
+
+
+def _calibrate_tuned(args: argparse.Namespace, cfg: TrainConfig, path: Path, interrupted: bool) -> bool:
+    """Calibrate the fresh recipe on the run's held-out chats and write its steer: (and, with
+    --from, the stored member's); True when Ctrl-C stopped it."""
+    later = f"nanocommander calibrate {path} --write"
+    if interrupted:
+        print(f"calibrate skipped: training was interrupted (run `{later}` once it is done)", file=sys.stderr)
+        return False
+
+    def write(steer) -> str:
+        write_steer(path, steer)
+        if args.family:
+            register_member(args.into, args.family, cfg.out, args.alpha, steer=steer)
+            return f"{path} and the stored {args.into}"
+        return str(path)
+
+    return after_adapter(path, data=lambda: held_out(cfg), write=write, later=later).interrupted
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -275,12 +320,17 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    """Bad inputs end in one TrainingError/DataError line (main prints it), never a traceback."""
     import time
 
-    from nanocommander.tune.calibrate import calibrate, summary, table, write_steer
+    from nanocommander.tune.calibrate import calibrate, prompt_note, table
+    from nanocommander.tune.calibrate_report import report
 
-    if args.data is not None and not args.data.is_file():
-        raise TrainingError(f"--data {args.data}: no such file")
+    for flag, value in (("--data", args.data), ("--general", args.general)):
+        if value is not None and not value.is_file():
+            raise TrainingError(f"{flag} {value}: no such file")
+    if min(args.facts, args.open, args.num_predict) < 1:
+        raise TrainingError("--facts, --open and --num-predict must be >= 1")
     marker = (lambda reply: args.style_marker.lower() in reply.lower()) if args.style_marker else None
     t0 = time.monotonic()
     rows, chosen, measure = calibrate(
@@ -291,15 +341,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
         n_open=args.open,
         num_predict=args.num_predict,
         marker=marker,
+        prompt_baseline=getattr(args, "prompt_baseline", None),
+        progress=lambda msg: print(
+            f"calibrate: {msg} ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True
+        ),
     )
+    seconds = time.monotonic() - t0
     print(table(rows, chosen, measure))
-    print(f"calibrated in {time.monotonic() - t0:.0f} s; chosen: {chosen.label}", file=sys.stderr)
+    note = prompt_note(rows, chosen)
+    if note:
+        print(note)
+    print(f"calibrated in {seconds:.0f} s; chosen: {chosen.label}", file=sys.stderr)
     if args.write and chosen.steer is not None:
         write_steer(args.recipe, chosen.steer)
         print(f"wrote steer into {args.recipe}", file=sys.stderr)
     if args.json:
-        out = {"rows": summary(rows), "chosen": chosen.label, "measure": measure.to_dict()}
-        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(
+            json.dumps(report(rows, chosen, measure, seconds), indent=2) + "\n", encoding="utf-8"
+        )
     return 0
 
 

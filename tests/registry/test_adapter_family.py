@@ -92,7 +92,10 @@ def test_create_from_a_stored_family_reuses_its_blobs(family, adapters, isolated
         sum((isolated / "blobs" / b).stat().st_size for b in added) < adapters["pirate"].stat().st_size + 8192
     )
 
-    assert main(["create", "me/ninja", "--from", "fam", "--adapter", str(adapters["ninja"])]) == 0
+    assert (
+        main(["create", "me/ninja", "--from", "fam", "--adapter", str(adapters["ninja"]), "--no-calibrate"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["ls"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
@@ -111,7 +114,12 @@ def test_the_recipe_form_registers_into_the_family(family, adapters, tmp_path):
     path.write_text(yaml.safe_dump(doc))
     assert main(["create", "ninja", "-f", str(path)]) == 0
     # the --from form also takes a recipe file
-    assert main(["create", "pirate", "--from", str(path), "--adapter", str(adapters["pirate"])]) == 0
+    assert (
+        main(
+            ["create", "pirate", "--from", str(path), "--adapter", str(adapters["pirate"]), "--no-calibrate"]
+        )
+        == 0
+    )
     ids = {e.name.model: e.family for e in family.list()}
     assert ids["fam"] == ids["ninja"] == ids["pirate"] is not None
 

@@ -122,7 +122,7 @@ def test_measure_separates_tuned_replies_from_base_replies(adapter_comp):
     prompts = ["hello there", "tell me a story", "what is up", "count to five"]
     chat = [comp.chat_prompt([{"role": "user", "content": p}], num_predict=12) for p in prompts]
     tuned_row, base_row = cal.Row("tuned", "tuned"), cal.Row("base", "base")
-    cal.run(comp, [tuned_row, base_row], [], chat, 12)
+    cal.run(comp, [tuned_row, base_row], [], prompts, 12)
     assert len(set(tuned_row.ratios + base_row.ratios)) > 1
     assert np.mean(tuned_row.ratios) > np.mean(base_row.ratios)
     m = fit_threshold(tuned_row.ratios, base_row.ratios)

@@ -24,12 +24,19 @@ def store(tmp_path, monkeypatch, write_recipe):
     return reg
 
 
-def test_tune_from_a_family_registers_a_new_member(store, tmp_path, capsys):
+def test_tune_from_a_family_registers_a_new_member(store, tmp_path, capsys, monkeypatch):
+    from nanocommander.tune import calibrate as cal
+
+    monkeypatch.setattr(cal, "BUDGET", cal.Budget(facts=1, open=2, num_predict=4))
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
     out = tmp_path / "adapters" / "tea.gguf"
     args = ["tune", "--from", "fam", "--into", "tea", "--data", str(data), "--out", str(out)]
     assert main([*args, "--max-steps", "2", *FAST]) == 0
-    assert "registered as tea" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "registered as tea" in err and "wrote steer: into" in err and "the stored tea" in err
+    assert (
+        store.resolve("tea").steer is not None and store.resolve("fam").steer is None
+    )  # calibrated: its own
     fam, tea = store.resolve("fam"), store.resolve("tea")
     assert tea.large.source.path == fam.large.source.path and tea.base.source.path == fam.base.source.path
     assert tea.tuned.adapter.path.read_bytes() == out.read_bytes() and tea.alpha == 0.7
