@@ -296,6 +296,10 @@ def calibrate(
         steered = steered_rows(margins, recipe.alpha)
         say(f"{len(steered)} steering settings")
         run(comp, steered, facts, prompts, num_predict, lambda m: say(f"settings {m}"))
+        if comp.auto_reject.measured is not None:  # say what `reject: auto` measured on this adapter
+            for r in steered:
+                if r.steer == RECOMMENDED:
+                    r.label = f"recommended (reject auto = {comp.auto_reject.measured.reject:.2f})"
     finally:
         comp.close()
     if same_as_large:

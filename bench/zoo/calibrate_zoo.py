@@ -1,6 +1,6 @@
 """Calibrate every trained zoo adapter and report every setting on every adapter (docs/steering-zoo.md).
 
-    nice python bench/zoo/calibrate_zoo.py [--zoo bench/results/zoo] [--facts 10] [--open 6] [--num-predict 24]
+    nice python bench/zoo/calibrate_zoo.py [--zoo bench/results/zoo] [--facts N] [--open N] [--num-predict N]  (calibrate's defaults)
 
 For each OUT/NAME.yaml with its adapter present: `tune.calibrate.calibrate` (members, proxy, the
 fixed recommended rule, the adapter-relative variants; all generated through the engine), then a
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from styles import MARKERS, marked  # noqa: E402
+from styles import INSTRUCTIONS, MARKERS, marked  # noqa: E402
 
-from nanocommander.tune.calibrate import calibrate  # noqa: E402
+from nanocommander.tune.calibrate import BUDGET, calibrate  # noqa: E402
 from nanocommander.tune.style_measure import agreement  # noqa: E402
 
 
@@ -32,9 +32,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", type=Path, default=Path("bench/results/zoo"))
     ap.add_argument("--only", help="comma-separated adapter names")
-    ap.add_argument("--facts", type=int, default=10)
-    ap.add_argument("--open", type=int, default=6)
-    ap.add_argument("--num-predict", type=int, default=24)
+    ap.add_argument("--facts", type=int, default=BUDGET.facts)
+    ap.add_argument("--open", type=int, default=BUDGET.open)
+    ap.add_argument("--num-predict", type=int, default=BUDGET.num_predict)
     args = ap.parse_args()
     index = json.loads((args.zoo / "zoo.json").read_text())
     out_json = args.zoo / "calibration.json"
@@ -53,6 +53,7 @@ def main() -> int:
             n_open=args.open,
             num_predict=args.num_predict,
             marker=lambda reply, rule=rule: marked(reply, rule),
+            prompt_baseline=INSTRUCTIONS[spec["style"]],
         )
         by = {r.label: r for r in rows}
         measured = [measure.styled(x) for r in rows for x in r.ratios]
@@ -71,6 +72,7 @@ def main() -> int:
                     "styled": f"{r.styled}/{r.open}",
                     "styled_of_tuned": ratio(r.styled, by["tuned"].styled),
                     "marked": f"{r.marked}/{r.open}",
+                    "reference": bool(getattr(r, "reference", False)),
                     "replies": r.replies,
                 }
                 for r in rows

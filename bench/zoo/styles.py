@@ -155,6 +155,15 @@ STYLES: dict[str, Callable[[str, str, random.Random], str]] = {
     "bulleted": bulleted,
     "chef": chef,
 }
+# what a user would tell the large model instead (calibrate's "large + style instruction" row)
+INSTRUCTIONS: dict[str, str] = {
+    "greeting": "Begin every reply with 'Hello, sunshine!' and end it with 'Have a bright day, sunshine!'",
+    "pirate": "Talk like a pirate: start with 'Arr, matey!', use pirate words, and end with 'Arr!'",
+    "terse": "Answer in at most five words, with no full stop.",
+    "bulleted": "Always answer as a bulleted list: every line starts with '- '.",
+    "chef": "Talk like a chef: compare everything to cooking (recipes, ingredients, stirring the pot) "
+    "and end with 'Bon appetit!'",
+}
 # the human-spotted tell of each style: a substring (case-insensitive) or a rule over the reply
 MARKERS: dict[str, str] = {
     "greeting": "sunshine",
