@@ -130,26 +130,28 @@ def schedule(n: int, cfg: TrainConfig) -> list[list[list[int]]]:
 
 
 def collate(batch: list[Encoded], device: str):
+    """Right-padded ids and the learned-token mask. No attention mask: with right padding and a
+    causal model a real token only ever attends to real tokens before it, so none is needed; and an
+    attention mask makes the padding's own query rows fully masked, whose softmax is NaN in bf16
+    (seen on CUDA: grad norm NaN at step 1), which the backward pass spreads to every weight."""
     import torch
 
     width = max(len(e.ids) for e in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
-    attn = torch.zeros_like(ids)
     mask = torch.zeros((len(batch), width), dtype=torch.bool)
     for row, e in enumerate(batch):
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        attn[row, : len(e.ids)] = 1
         mask[row, : len(e.ids)] = torch.tensor(e.mask)
-    return ids.to(device), attn.to(device), mask.to(device)
+    return ids.to(device), mask.to(device)
 
 
 def nll_sum(model, batch: list[Encoded], device: str):
     """Summed negative log-likelihood of the learned tokens, and how many there were."""
     import torch.nn.functional as F
 
-    ids, attn, mask = collate(batch, device)
+    ids, mask = collate(batch, device)
     with _autocast(device):
-        logits = model(input_ids=ids, attention_mask=attn).logits
+        logits = model(input_ids=ids).logits
     target_mask = mask[:, 1:]
     count = int(target_mask.sum().item())
     if count == 0:

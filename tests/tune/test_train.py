@@ -135,3 +135,19 @@ def test_bad_arguments_fail_clearly(twin, jsonl, tmp_path, tiny):
         trainmod.train(trainmod.TrainConfig(base=tiny["lora"], data=data, out=tmp_path / "x.gguf"))
     assert main(["tune", "--base", str(tmp_path / "nope.gguf"), "--data", str(data), "--out", "x.gguf"]) == 1
     assert main(["tune", "--base", str(base), "--data", str(data), "--out", "x.gguf", "--into", "n"]) == 1
+
+
+def test_a_padded_batch_scores_each_example_as_if_alone(twin):
+    """Right padding needs no attention mask: each example's loss in a batch equals its loss alone."""
+    import torch
+
+    from nanocommander.tune.tokens import Encoded
+
+    model, _ = twin("llama")
+    short = Encoded(ids=[1, 5, 9, 3], mask=[False, False, True, True], line=1)
+    long = Encoded(ids=[1, 7, 2, 8, 4, 6, 11], mask=[False, True, True, True, False, True, True], line=2)
+    with torch.no_grad():
+        together, n = trainmod.nll_sum(model, [short, long], "cpu")
+        alone = [trainmod.nll_sum(model, [e], "cpu") for e in (short, long)]
+    assert n == sum(k for _, k in alone) == 7
+    assert float(together) == pytest.approx(sum(float(loss) for loss, _ in alone), rel=1e-5)
