@@ -140,10 +140,15 @@ def baseline_row(instruction: str | None) -> Row | None:
     return Row(BASELINE, "large", reference=True, instruction=instruction)
 
 
+CHEAPNESS = {"nudge": 2, "gated": 1}  # proxy, plausible: 0
+
+
 def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
     """The composite row with the most styled replies among those keeping >= `keep` x large's
-    accuracy (ties: the higher accuracy, then the earlier row); with none, the most accurate.
-    Reference rows are never candidates."""
+    accuracy (ties: the cheaper rule, then the higher accuracy, then the earlier row); with none,
+    the most accurate. Reference rows are never candidates. Cheaper: nudge runs the large and a lazy
+    tuned model, gated all three lazily, proxy all three at every token (one member less where
+    possible: the speed a user gets)."""
     by = {r.label: r for r in rows}
     if "large" not in by:
         raise TrainingError("calibration needs the large model's row to compare with")
@@ -154,7 +159,15 @@ def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
     ok = [r for r in pool if r.asked and r.accuracy >= floor - 1e-9]
     if not ok:
         return max(pool, key=lambda r: (r.accuracy, -pool.index(r)))
-    return max(ok, key=lambda r: (r.style, r.accuracy, -pool.index(r)))
+    return max(
+        ok,
+        key=lambda r: (
+            r.style,
+            CHEAPNESS.get(r.steer.mode if r.steer else "", 0),
+            r.accuracy,
+            -pool.index(r),
+        ),
+    )
 
 
 def prompts_from(data: Path | None, limit: int) -> list[str]:

@@ -172,3 +172,18 @@ def test_calibrate_cli_writes_a_recipe_that_loads(write_recipe, tmp_path, capsys
     assert "<- chosen" in out.out and "calibrated in" in out.err
     assert "# mine" in path.read_text() and "steer:" in path.read_text()
     assert Recipe.load(path).steer is not None
+
+
+def test_an_equally_styled_cheaper_rule_wins_over_proxy():
+    """One member less where possible: nudge (large + a lazy tuned) before proxy (all three, every token)."""
+    nudge = Steer("nudge", reject=2.0, sentences=True)
+    rows = [
+        _row("large", 10, 0, "large"),
+        _row("proxy", 10, 6, steer=Steer()),
+        _row("gated", 10, 6, steer=Steer("gated", reject=2.0)),
+        _row("nudge", 10, 6, steer=nudge),
+        _row("more styled proxy", 10, 6, steer=Steer()),
+    ]
+    assert cal.choose(rows).label == "nudge"
+    rows[2].styled = rows[3].styled = 5  # style first: a cheaper rule never wins by styling fewer
+    assert cal.choose(rows).label == "proxy"
