@@ -318,6 +318,9 @@ def main() -> int:
     results: dict = {"recipe": recipe.name, "tokens": args.tokens}
     warm = comp.chat_prompt([{"role": "user", "content": "Hi"}])
     decode_speed(comp, warm, 8)  # warm-up
+    if not args.no_steering:  # `reject: auto` is measured once per composite: not inside a timed row
+        comp.auto_reject.resolve(comp, parse_steer("recommended"))
+        results["auto_reject"] = comp.auto_reject.measured.to_dict()
     results["overhead_ms"] = overhead_ms(comp)
     results["batch_ceiling"] = batch_ceiling(comp)
     results["chat"] = run_prompt(comp, CHAT, args.tokens, not args.no_steering)
