@@ -63,28 +63,43 @@ def fit_threshold(tuned: Sequence[float], base: Sequence[float]) -> StyleMeasure
     return StyleMeasure(float(best), float(np.mean(t)), float(np.mean(b)), right(best) / (len(t) + len(b)))
 
 
-def reply_ratio(comp, prompt_ids: Sequence[int], reply_ids: Sequence[int]) -> float:
-    """Mean per-token log p_tuned - log p_base of `reply_ids` after `prompt_ids` (teacher-forced).
+def _top_mean(k: int):
+    def stat(r: np.ndarray) -> float:
+        return float(np.mean(np.sort(r)[-k:])) if len(r) else math.nan
 
-    Scored by the engine's own `Composite.score` with each small member alone, so this is the
-    distribution the tuned and base members give when serving."""
-    if not reply_ids:
-        return math.nan
-    ids = list(prompt_ids) + list(reply_ids)
-    start = len(prompt_ids)
-    tuned = comp.score(ids, start, member="tuned")
-    base = comp.score(ids, start, member="base")
-    return float(np.mean(tuned - base))
+    return stat
 
 
-def text_ratio(comp, prompt: str, reply: str) -> float:
-    """`reply_ratio` of a reply given as text after a rendered chat prompt."""
+def _mean(r: np.ndarray) -> float:
+    return float(np.mean(r)) if len(r) else math.nan
+
+
+def _sum(r: np.ndarray) -> float:
+    return float(np.sum(r)) if len(r) else math.nan
+
+
+# Statistics of a reply's per-token log-ratios (bench/zoo/measure_study.py compares them on the zoo)
+STATISTICS = {"mean": _mean, "sum": _sum, "top4 mean": _top_mean(4), "top8 mean": _top_mean(8)}
+
+
+def token_ratios(comp, prompt: str, reply: str) -> np.ndarray:
+    """Per token of `reply` (text after a rendered chat prompt): log p_tuned - log p_base.
+
+    Teacher-forced by the engine's own `Composite.score` with each small member alone, so these
+    are the distributions the tuned and base members give when serving."""
     prompt_ids = comp.tokenize(prompt, add_bos=True, special=True)
     full = comp.tokenize(prompt + reply, add_bos=True, special=True)
     n = 0
     while n < min(len(prompt_ids), len(full)) and prompt_ids[n] == full[n]:
         n += 1
-    return reply_ratio(comp, full[:n], full[n:])
+    if n >= len(full):
+        return np.zeros(0)
+    return comp.score(full, n, member="tuned") - comp.score(full, n, member="base")
+
+
+def text_ratio(comp, prompt: str, reply: str) -> float:
+    """The reply's style statistic (mean per-token log-ratio) of `token_ratios`."""
+    return _mean(token_ratios(comp, prompt, reply))
 
 
 def agreement(measured: Sequence[bool], marked: Sequence[bool]) -> float:
