@@ -257,9 +257,9 @@ def run_prompt(comp: Composite, user: str, tokens: int, steering: bool) -> dict:
     rows = {"large alone": decode_speed(comp, prompt, tokens, member="large", speculative=OFF)}
     for label, kw in DECODING.items():
         rows[label] = decode_speed(comp, prompt, tokens, **kw)
-    comp.concurrent = True  # members on threads at once (each with half the threads)
+    comp.core.concurrent = True  # members on threads at once (each with half the threads)
     rows["composite, concurrent"] = decode_speed(comp, prompt, tokens, speculative=OFF)
-    comp.concurrent = False
+    comp.core.concurrent = False
     if steering:
         for label, steer in STEERING.items():
             rows[label] = decode_speed(comp, prompt, tokens, steer=parse_steer(steer), speculative=OFF)
@@ -314,7 +314,7 @@ def main() -> int:
     if args.threads:
         recipe = dataclasses.replace(recipe, parameters={**recipe.parameters, "num_thread": args.threads})
     comp = Composite.load(recipe, views=True)  # a steering row reads plainly (engine/decode/plain_view.py)
-    comp.concurrent = False  # on a 2-core CPU members share the cores either way (README)
+    comp.core.concurrent = False  # on a 2-core CPU members share the cores either way (README)
     results: dict = {"recipe": recipe.name, "tokens": args.tokens}
     warm = comp.chat_prompt([{"role": "user", "content": "Hi"}])
     decode_speed(comp, warm, 8)  # warm-up
