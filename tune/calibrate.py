@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from nanocommander.engine.decode.steering import rejection_margins
-from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
 from nanocommander.tune.calibrate_report import prompt_note as prompt_note
 from nanocommander.tune.calibrate_report import summary as summary
@@ -353,5 +352,5 @@ def margins_of(comp, prompt: str, reply: str) -> list[float]:
     n = len(ids) - start
     if n < 1:
         return []
-    logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "tuned")})
+    logits = comp.forced(ids, n, ("large", "tuned"))
     return rejection_margins(logits["large"], logits["tuned"], comp.vocab.n_vocab, comp.vocab.mask)

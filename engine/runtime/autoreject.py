@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanocommander.engine.decode.steering import rejection_margins
-from nanocommander.engine.llama.member import Hold
 from nanocommander.engine.request.decode_options import AUTO, Steer
 from nanocommander.engine.request.options import merge_sampling
 from nanocommander.engine.request.types import GenerateRequest
@@ -84,7 +83,7 @@ def measure(comp, probes: Sequence[str] = PROBES, n_tokens: int = PROBE_TOKENS) 
         n = len(ids) - len(comp.tokenize(prompt, add_bos=True, special=True))
         if n < 1:
             continue
-        logits = comp.hold({r: Hold(0, ids[:-1], n) for r in ("large", "tuned")})
+        logits = comp.forced(ids, n, ("large", "tuned"))
         margins += rejection_margins(logits["large"], logits["tuned"], comp.vocab.n_vocab, comp.vocab.mask)
     return threshold(margins)
 

@@ -365,6 +365,13 @@ class Composite:
 
         return self.core.job(prompt, role, bound)
 
+    def forced(self, ids: Sequence[int], n: int, roles: Sequence[str]) -> Logits:
+        """Each role's logits at the last `n` positions of `ids[:-1]` (predicting ids[-n:]), teacher-
+        forced as one scheduler job, so the request's slot is bound (an adapter family's tuned
+        context) like any generation's."""
+        prefix = list(ids[:-1])
+        return self._job(prefix, roles[0], lambda seq: {r: Hold(seq, prefix, n) for r in roles})
+
     def score(
         self, token_ids: Sequence[int], start: int, *, alpha: float | None = None, member: str = "composite"
     ) -> np.ndarray:

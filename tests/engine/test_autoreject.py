@@ -74,3 +74,32 @@ def test_a_stronger_adapter_gets_a_higher_threshold(tiny, tmp_path):
         assert m.margins > 0, name
         raw[name] = m.raw
     assert raw["strong"] > 1.5 * raw["gentle"]
+
+
+def test_each_composite_of_an_adapter_family_measures_its_own(tiny, tmp_path):
+    """A family's composites share the large and base contexts but not a threshold; the probes run
+    as scheduler jobs, so each request's slot holds that composite's adapter (was: a 500 from the
+    server, 'no tuned context is bound to slot 0')."""
+    from nanocommander.engine.runtime.family import Family
+    from nanocommander.engine.runtime.pool import ModelPool
+
+    recipes = []
+    for name, std in (("gentle", 0.15), ("strong", 0.6)):
+        lora = tiny_models.write_lora(tmp_path / f"{name}.gguf", seed=11, std=std, q8_a=True)
+        recipes.append(
+            Recipe.parse(
+                f"name: {name}\nmembers:\n  large: {{path: {tiny['base']}}}\n  base: {{path: {tiny['base']}}}\n"
+                f"  tuned: {{adapter: {lora}}}\nalpha: 1.0\nparameters: {{num_ctx: 512}}\n",
+                check_files=True,
+            )
+        )
+    family = Family.load(recipes[0], ModelPool(), capacity=2)
+    views = [family.view(r) for r in recipes]
+    try:
+        for view in views:
+            assert ask(view)[-1].done
+        gentle, strong = (v.auto_reject.measured for v in views)
+        assert gentle is not None and strong is not None and strong.raw > gentle.raw
+    finally:
+        for view in views:
+            view.close()
