@@ -87,6 +87,10 @@ def after_adapter(
         note = cal.prompt_note(rows, chosen)
         if note:
             print(note, file=out)
+        refused = cal.no_setting_keeps_facts(rows, chosen)
+        if refused:
+            print(refused, file=out)
+            return Outcome(None, refused)
         where = write(chosen.steer) if write is not None and chosen.steer is not None else None
     except KeyboardInterrupt:
         line = f"calibrate skipped: interrupted; the adapter and recipe are kept (run `{later}` later)"

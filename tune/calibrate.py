@@ -169,6 +169,21 @@ def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
     )
 
 
+def no_setting_keeps_facts(rows: Sequence[Row], chosen: Row, keep: float = 0.95) -> str | None:
+    """One line when even the chosen setting loses the facts (then nothing should be written): the
+    adapter is likely broken (a diverged run), and no steering fixes that."""
+    by = {r.label: r for r in rows}
+    large, tuned = by["large"], by.get("tuned")
+    if chosen.accuracy >= keep * large.accuracy - 1e-9:
+        return None
+    alone = f"; the tuned model alone {tuned.correct}/{tuned.asked}" if tuned and tuned.asked else ""
+    return (
+        f"no steering setting keeps {keep:.0%} of the large model's facts (best: {chosen.label}, "
+        f"{chosen.correct}/{chosen.asked}; large {large.correct}/{large.asked}{alone}): the adapter may be "
+        "broken (check its training loss); steer: is left as it was"
+    )
+
+
 def prompts_from(data: Path | None, limit: int) -> list[str]:
     """The first user turn of each held-out style chat, or the shipped prompts."""
     if data is None:

@@ -323,7 +323,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Bad inputs end in one TrainingError/DataError line (main prints it), never a traceback."""
     import time
 
-    from nanocommander.tune.calibrate import calibrate, prompt_note, table
+    from nanocommander.tune.calibrate import calibrate, no_setting_keeps_facts, prompt_note, table
     from nanocommander.tune.calibrate_report import report
 
     for flag, value in (("--data", args.data), ("--general", args.general)):
@@ -352,7 +352,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if note:
         print(note)
     print(f"calibrated in {seconds:.0f} s; chosen: {chosen.label}", file=sys.stderr)
-    if args.write and chosen.steer is not None:
+    refused = no_setting_keeps_facts(rows, chosen)
+    if refused:
+        print(refused, file=sys.stderr)
+    if args.write and chosen.steer is not None and not refused:
         write_steer(args.recipe, chosen.steer)
         print(f"wrote steer into {args.recipe}", file=sys.stderr)
     if args.json:

@@ -187,3 +187,13 @@ def test_an_equally_styled_cheaper_rule_wins_over_proxy():
     assert cal.choose(rows).label == "nudge"
     rows[2].styled = rows[3].styled = 5  # style first: a cheaper rule never wins by styling fewer
     assert cal.choose(rows).label == "proxy"
+
+
+def test_a_broken_adapter_gets_a_refusal_not_a_steer():
+    """When no setting keeps the facts (a diverged adapter), calibrate says so and writes nothing."""
+    rows = [_row("large", 10, 0, "large"), _row("tuned", 0, 6, "tuned"), _row("proxy", 0, 6, steer=Steer())]
+    chosen = cal.choose(rows)
+    line = cal.no_setting_keeps_facts(rows, chosen)
+    assert line and "keeps 95% of the large model's facts" in line and "tuned model alone 0/10" in line
+    rows[2].correct = 10
+    assert cal.no_setting_keeps_facts(rows, cal.choose(rows)) is None
