@@ -139,15 +139,18 @@ def baseline_row(instruction: str | None) -> Row | None:
     return Row(BASELINE, "large", reference=True, instruction=instruction)
 
 
-CHEAPNESS = {"nudge": 2, "gated": 1}  # proxy, plausible: 0
+def cheapness(steer: Steer | None) -> int:
+    """How many member evaluations a rule saves: nudge never runs the base, a lazy gate (one the
+    large model alone can keep shut) lets the small members sleep; proxy, plausible and an
+    always-open gate run all three at every token."""
+    return 0 if steer is None else int(steer.mode == "nudge") + int(steer.lazy)
 
 
 def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
     """The composite row with the most styled replies among those keeping >= `keep` x large's
     accuracy (ties: the cheaper rule, then the higher accuracy, then the earlier row); with none,
-    the most accurate. Reference rows are never candidates. Cheaper: nudge runs the large and a lazy
-    tuned model, gated all three lazily, proxy all three at every token (one member less where
-    possible: the speed a user gets)."""
+    the most accurate. Reference rows are never candidates. Cheaper (`cheapness`): one member less
+    where possible, the speed a user gets."""
     by = {r.label: r for r in rows}
     if "large" not in by:
         raise TrainingError("calibration needs the large model's row to compare with")
@@ -162,7 +165,7 @@ def choose(rows: Sequence[Row], keep: float = 0.95) -> Row:
         ok,
         key=lambda r: (
             r.style,
-            CHEAPNESS.get(r.steer.mode if r.steer else "", 0),
+            cheapness(r.steer),
             r.accuracy,
             -pool.index(r),
         ),

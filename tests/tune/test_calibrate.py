@@ -180,11 +180,12 @@ def test_an_equally_styled_cheaper_rule_wins_over_proxy():
     rows = [
         _row("large", 10, 0, "large"),
         _row("proxy", 10, 6, steer=Steer()),
-        _row("gated", 10, 6, steer=Steer("gated", reject=2.0)),
+        _row("gated", 10, 6, steer=Steer("gated", reject=2.0, sentences=True)),
         _row("nudge", 10, 6, steer=nudge),
         _row("more styled proxy", 10, 6, steer=Steer()),
     ]
     assert cal.choose(rows).label == "nudge"
+    assert cal.cheapness(Steer("gated", reject=2.0)) == cal.cheapness(Steer()) == 0  # an always-open gate
     rows[2].styled = rows[3].styled = 5  # style first: a cheaper rule never wins by styling fewer
     assert cal.choose(rows).label == "proxy"
 
