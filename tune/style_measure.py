@@ -80,6 +80,7 @@ def _sum(r: np.ndarray) -> float:
 
 # Statistics of a reply's per-token log-ratios (bench/zoo/measure_study.py compares them on the zoo)
 STATISTICS = {"mean": _mean, "sum": _sum, "top4 mean": _top_mean(4), "top8 mean": _top_mean(8)}
+DEFAULT = "mean"  # the statistic `text_ratio` (eval --style-measure, calibrate) uses
 
 
 def token_ratios(comp, prompt: str, reply: str) -> np.ndarray:
@@ -99,7 +100,7 @@ def token_ratios(comp, prompt: str, reply: str) -> np.ndarray:
 
 def text_ratio(comp, prompt: str, reply: str) -> float:
     """The reply's style statistic (mean per-token log-ratio) of `token_ratios`."""
-    return _mean(token_ratios(comp, prompt, reply))
+    return STATISTICS[DEFAULT](token_ratios(comp, prompt, reply))
 
 
 def agreement(measured: Sequence[bool], marked: Sequence[bool]) -> float:

@@ -70,10 +70,70 @@ def main() -> int:
             agree, total = agree + a, total + n
         table[stat] = (agree / total, per)
     names = list(study)
-    print(f"{'statistic':<14} {'all':>5} " + " ".join(f"{n[:14]:>14}" for n in names))
+    lines = [f"| statistic | all | {' | '.join(names)} |", "|---" * (len(names) + 2) + "|"]
     for stat, (overall, per) in table.items():
-        print(f"{stat:<14} {overall:>5.0%} " + " ".join(f"{per[n]:>14.0%}" for n in names))
+        lines.append(f"| {stat} | {overall:.0%} | " + " | ".join(f"{per[n]:.0%}" for n in names) + " |")
+    (args.zoo / "measure_study.md").write_text("\n".join(lines) + "\n\n" + report(cal, study) + "\n")
+    print("\n".join(lines))
+    print(report(cal, study))
     return 0
+
+
+def report(cal: dict, study: dict) -> str:
+    """Every setting on every adapter, styled by the product's statistic (style_measure.DEFAULT),
+    chosen by calibrate's own `choose`: what `calibrate` reports for the same replies."""
+    from nanocommander.tune import calibrate as calmod
+    from nanocommander.tune.style_measure import DEFAULT
+
+    fn = STATISTICS[DEFAULT]
+    out = []
+    for name, res in cal.items():
+        s = study[name]
+        rule = MARKERS[s["style"]]
+        value = {k: [fn(np.asarray(v)) for v in vs] for k, vs in s["rows"].items()}
+        measure = fit_threshold(value["tuned"], value["base"])
+        rows = []
+        for r in res["rows"]:
+            right, asked = (int(x) for x in r["facts"].split("/"))
+            label = r["setting"]
+            member = label if label in ("large", "tuned", "base") else "composite"
+            row = calmod.Row(label, "large" if r.get("reference") else member, steer=_steer(label))
+            row.correct, row.asked, row.reference = right, asked, bool(r.get("reference"))
+            row.open = len(value[label])
+            row.styled = sum(measure.styled(v) for v in value[label])
+            row.marked = sum(marked(x, rule) for x in s["replies"][label])
+            rows.append(row)
+        chosen = calmod.choose(rows)
+        refused = calmod.no_setting_keeps_facts(rows, chosen)
+        by = {r.label: r for r in rows}
+        out.append(
+            f"\n### {name} (chosen: {'none: ' + refused if refused else chosen.label}; "
+            f"threshold {measure.threshold:.2f} nats, {DEFAULT})\n"
+        )
+        out.append("| setting | facts | kept vs large | styled (measure) | of tuned | styled (marker) |")
+        out.append("|---|---|---|---|---|---|")
+        for r in rows:
+            kept = r.accuracy / by["large"].accuracy if by["large"].accuracy else float("nan")
+            of = r.styled / by["tuned"].styled if by["tuned"].styled else float("nan")
+            mark = " **(chosen)**" if r is chosen and not refused else ""
+            out.append(
+                f"| {r.label}{mark} | {r.correct}/{r.asked} | {kept:.0%} | {r.styled}/{r.open} | {of:.0%} | "
+                f"{r.marked}/{r.open} |"
+            )
+    return "\n".join(out)
+
+
+def _steer(label: str):
+    """The steer of a calibrate row, from its label (for `choose`'s cheapness)."""
+    from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
+
+    if label.startswith("recommended"):
+        return RECOMMENDED
+    if label.startswith("gated"):
+        return Steer("gated", reject=2.0)
+    if label.startswith("proxy"):
+        return Steer()
+    return None
 
 
 if __name__ == "__main__":
