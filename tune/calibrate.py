@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nanocommander.engine.decode.steering import rejection_margins
-from nanocommander.engine.request.decode_options import RECOMMENDED, Steer
+from nanocommander.engine.request.decode_options import AUTO, RECOMMENDED, Steer
 from nanocommander.tune.calibrate_report import prompt_note as prompt_note
 from nanocommander.tune.calibrate_report import summary as summary
 from nanocommander.tune.calibrate_report import table as table
@@ -115,6 +115,11 @@ def member_rows() -> list[Row]:
     return [Row("large", "large"), Row("tuned", "tuned"), Row("base", "base")]
 
 
+# the recommended rule with its gate open at every token: a dialect's mid-sentence words too, at
+# the cost of the tuned model's every step (the base still never runs)
+EVERYWHERE = Steer("nudge", reject=AUTO, word=True, plain=0.0)
+
+
 def steered_rows(margins: Sequence[float], alpha: float = 1.0) -> list[Row]:
     """The `steer:` candidates: proxy (at the recipe's `alpha`), the recommended rule (its `reject:
     auto` measured by the engine), the old fixed 6 nats, the adapter-relative ones, gated."""
@@ -122,6 +127,7 @@ def steered_rows(margins: Sequence[float], alpha: float = 1.0) -> list[Row]:
         Row(f"proxy a={alpha:g}", steer=Steer()),
         Row("recommended (reject auto)", steer=RECOMMENDED),
         Row("recommended, fixed reject 6", steer=dataclasses.replace(RECOMMENDED, reject=6.0)),
+        Row("nudge reject auto, every token", steer=EVERYWHERE),
         *adapter_relative_rows(margins),
         Row("gated reject 2", steer=Steer("gated", reject=2.0)),
     ]
@@ -291,6 +297,7 @@ def calibrate(
     keep: float = 0.95,
     prompt_baseline: str | None = None,
     progress: Callable[[str], None] | None = None,
+    settings: Callable[[Sequence[float], float], list[Row]] | None = None,
 ) -> tuple[list[Row], Row, StyleMeasure]:
     """Fit the style measure, derive the adapter-relative settings, run them all, choose one.
 
@@ -323,13 +330,15 @@ def calibrate(
             for p, reply in zip(prompts, members[1].replies, strict=True)
             for m in margins_of(comp, p, reply)
         ]
-        steered = steered_rows(margins, recipe.alpha)
+        steered = (settings or steered_rows)(margins, recipe.alpha)
         say(f"{len(steered)} steering settings")
         run(comp, steered, facts, prompts, num_predict, lambda m: say(f"settings {m}"))
         if comp.auto_reject.measured is not None:  # say what `reject: auto` measured on this adapter
             for r in steered:
                 if r.steer == RECOMMENDED:
                     r.label = f"recommended (reject auto = {comp.auto_reject.measured.reject:.2f})"
+                elif r.steer == EVERYWHERE:
+                    r.label = f"nudge reject auto = {comp.auto_reject.measured.reject:.2f}, every token"
     finally:
         comp.close()
     if same_as_large:

@@ -20,12 +20,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from styles import INSTRUCTIONS, MARKERS, marked  # noqa: E402
 
-from nanocommander.tune.calibrate import BUDGET, calibrate  # noqa: E402
+from nanocommander.tune.calibrate import BUDGET, calibrate, steered_rows  # noqa: E402
 from nanocommander.tune.style_measure import agreement  # noqa: E402
 
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.0%}" if b else "-"
+
+
+def row_dict(r, by: dict) -> dict:
+    return {
+        "setting": r.label,
+        "facts": f"{r.correct}/{r.asked}",
+        "facts_kept": ratio(r.accuracy, by["large"].accuracy),
+        "styled": f"{r.styled}/{r.open}",
+        "styled_of_tuned": ratio(r.styled, by["tuned"].styled),
+        "marked": f"{r.marked}/{r.open}",
+        "reference": bool(getattr(r, "reference", False)),
+        "replies": r.replies,
+    }
 
 
 def main() -> int:
@@ -35,6 +48,9 @@ def main() -> int:
     ap.add_argument("--facts", type=int, default=BUDGET.facts)
     ap.add_argument("--open", type=int, default=BUDGET.open)
     ap.add_argument("--num-predict", type=int, default=BUDGET.num_predict)
+    ap.add_argument(
+        "--add", metavar="LABEL", help="run only this calibrate candidate (its label's start) and add its row"
+    )
     args = ap.parse_args()
     index = json.loads((args.zoo / "zoo.json").read_text())
     out_json = args.zoo / "calibration.json"
@@ -46,6 +62,10 @@ def main() -> int:
             continue
         rule = MARKERS[spec["style"]]
         t0 = time.monotonic()
+
+        def only(margins, alpha, want=args.add):
+            return [r for r in steered_rows(margins, alpha) if r.label.startswith(want)]
+
         rows, chosen, measure = calibrate(
             args.zoo / f"{name}.yaml",
             data=args.zoo / f"{name}.heldout.jsonl",
@@ -53,33 +73,30 @@ def main() -> int:
             n_open=args.open,
             num_predict=args.num_predict,
             marker=lambda reply, rule=rule: marked(reply, rule),
-            prompt_baseline=INSTRUCTIONS[spec["style"]],
+            prompt_baseline=None if args.add else INSTRUCTIONS[spec["style"]],
+            settings=only if args.add else None,
         )
         by = {r.label: r for r in rows}
-        measured = [measure.styled(x) for r in rows for x in r.ratios]
-        markers = [marked(x, rule) for r in rows for x in r.replies]
-        results[name] = {
-            "spec": spec,
-            "seconds": round(time.monotonic() - t0, 1),
-            "chosen": chosen.label,
-            "measure": measure.to_dict(),
-            "agreement": agreement(measured, markers),
-            "rows": [
-                {
-                    "setting": r.label,
-                    "facts": f"{r.correct}/{r.asked}",
-                    "facts_kept": ratio(r.accuracy, by["large"].accuracy),
-                    "styled": f"{r.styled}/{r.open}",
-                    "styled_of_tuned": ratio(r.styled, by["tuned"].styled),
-                    "marked": f"{r.marked}/{r.open}",
-                    "reference": bool(getattr(r, "reference", False)),
-                    "replies": r.replies,
-                }
-                for r in rows
-            ],
-        }
+        dicts = [row_dict(r, by) for r in rows]
+        if args.add:  # keep the earlier run; add (or replace) the new rows before the reference row
+            new = [d for r, d in zip(rows, dicts, strict=True) if r.member == "composite"]
+            old = [d for d in results[name]["rows"] if d["setting"] not in {n["setting"] for n in new}]
+            at = next((i for i, d in enumerate(old) if d.get("reference")), len(old))
+            results[name]["rows"] = old[:at] + new + old[at:]
+            results[name]["seconds_added"] = round(time.monotonic() - t0, 1)
+        else:
+            measured = [measure.styled(x) for r in rows for x in r.ratios]
+            markers = [marked(x, rule) for r in rows for x in r.replies]
+            results[name] = {
+                "spec": spec,
+                "seconds": round(time.monotonic() - t0, 1),
+                "chosen": chosen.label,
+                "measure": measure.to_dict(),
+                "agreement": agreement(measured, markers),
+                "rows": dicts,
+            }
         out_json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        print(f"{name}: chosen {chosen.label} in {results[name]['seconds']} s", file=sys.stderr, flush=True)
+        print(f"{name}: {chosen.label} in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     lines = []
     for name, res in results.items():
         lines.append(

@@ -46,11 +46,16 @@ def main() -> int:
             rows = {}
             for row in res["rows"]:
                 rows[row["setting"]] = [
-                    token_ratios(comp, p, reply).tolist() for p, reply in zip(chat, row["replies"], strict=True)
+                    token_ratios(comp, p, reply).tolist()
+                    for p, reply in zip(chat, row["replies"], strict=True)
                 ]
         finally:
             comp.close()
-        study[name] = {"style": res["spec"]["style"], "rows": rows, "replies": {r["setting"]: r["replies"] for r in res["rows"]}}
+        study[name] = {
+            "style": res["spec"]["style"],
+            "rows": rows,
+            "replies": {r["setting"]: r["replies"] for r in res["rows"]},
+        }
         out_path.write_text(json.dumps(study) + "\n", encoding="utf-8")
         print(f"{name}: scored", file=sys.stderr, flush=True)
     table = {}

@@ -51,7 +51,15 @@ def main() -> int:
     port = free_port()
     env = dict(os.environ, NANOCOMMANDER_MODELS=str(args.zoo / ".serve-store"))
     server = subprocess.Popen(
-        [sys.executable, "-m", "nanocommander", "serve", str(args.zoo / f"{args.name}.yaml"), "--host", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "nanocommander",
+            "serve",
+            str(args.zoo / f"{args.name}.yaml"),
+            "--host",
+            f"127.0.0.1:{port}",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(args.zoo / f"{args.name}.serve.log", "w"),
@@ -65,7 +73,12 @@ def main() -> int:
             except Exception:
                 time.sleep(1)
         model = f"zoo-{args.name}"
-        options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": BUDGET.num_predict, "steer": args.steer}
+        options = {
+            "temperature": 0,
+            "repeat_penalty": 1.0,
+            "num_predict": BUDGET.num_predict,
+            "steer": args.steer,
+        }
         t0 = time.monotonic()
         got = []
         for q in [q for q, _ in facts] + prompts:
