@@ -37,27 +37,28 @@ def main() -> int:
     out_path = args.zoo / "measure_study.json"
     study = json.loads(out_path.read_text()) if out_path.exists() else {}
     for name, res in cal.items():
-        if name in study and len(study[name]["rows"]) == len(res["rows"]):
+        have = study.get(name, {"rows": {}, "replies": {}})
+        todo = [r for r in res["rows"] if have["replies"].get(r["setting"]) != r["replies"]]
+        if not todo:
             continue
         comp = Composite.load(Recipe.load(args.zoo / f"{name}.yaml"))
         try:
             prompts = prompts_from(args.zoo / f"{name}.heldout.jsonl", len(res["rows"][0]["replies"]))
             chat = [comp.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
-            rows = {}
-            for row in res["rows"]:
-                rows[row["setting"]] = [
+            for row in todo:
+                have["rows"][row["setting"]] = [
                     token_ratios(comp, p, reply).tolist()
                     for p, reply in zip(chat, row["replies"], strict=True)
                 ]
+                have["replies"][row["setting"]] = row["replies"]
         finally:
             comp.close()
-        study[name] = {
-            "style": res["spec"]["style"],
-            "rows": rows,
-            "replies": {r["setting"]: r["replies"] for r in res["rows"]},
-        }
+        keep = [r["setting"] for r in res["rows"]]  # calibrate's order; rows it no longer has dropped
+        have["rows"] = {k: have["rows"][k] for k in keep}
+        have["replies"] = {k: have["replies"][k] for k in keep}
+        study[name] = dict(have, style=res["spec"]["style"])
         out_path.write_text(json.dumps(study) + "\n", encoding="utf-8")
-        print(f"{name}: scored", file=sys.stderr, flush=True)
+        print(f"{name}: scored {len(todo)} rows", file=sys.stderr, flush=True)
     table = {}
     for stat, fn in STATISTICS.items():
         agree = total = 0
