@@ -2,10 +2,15 @@
 
 A substring marker ("matey") needs the user to know their style's tell, and some styles have none
 (terse answers, a persona's vocabulary). The adapter itself knows its style: a reply is in the
-tuned style when its mean per-token log-likelihood ratio, log p_tuned - log p_base over the reply's
-tokens, is high. The threshold is fitted per adapter, from the tuned model's own greedy replies
-(styled by definition) against the base model's (unstyled), to the same prompts: the midpoint
-that best separates the two groups. Fitting per adapter is the point: an under-fitted rank-4
+tuned style when the tokens the tuned model likes far more than its base does are there: the mean
+of the reply's 4 highest per-token log-likelihood ratios, log p_tuned - log p_base, is high. The
+top 4 rather than all tokens, because a style may live in a few of them (a greeting, a sign-off,
+"Arr!") while the rest is the large model's own wording, which is what steering aims at: over the
+zoo's replies the top-4 mean agreed with the styles' markers on 88 % against 79 % for the plain
+mean (bench/zoo/measure_study.py). It misses what no token shows: a terse style is in the reply's
+length, and there the plain mean agreed more (82 % against 53 %). The threshold is fitted per
+adapter, from the tuned model's own greedy replies (styled by definition) against the base model's
+(unstyled), to the same prompts: the midpoint that best separates the two groups. Fitting per adapter is the point: an under-fitted rank-4
 adapter and an over-fitted rank-32 one live at very different ratios.
 """
 
@@ -80,7 +85,7 @@ def _sum(r: np.ndarray) -> float:
 
 # Statistics of a reply's per-token log-ratios (bench/zoo/measure_study.py compares them on the zoo)
 STATISTICS = {"mean": _mean, "sum": _sum, "top4 mean": _top_mean(4), "top8 mean": _top_mean(8)}
-DEFAULT = "mean"  # the statistic `text_ratio` (eval --style-measure, calibrate) uses
+DEFAULT = "top4 mean"  # the statistic `text_ratio` (eval --style-measure, calibrate) uses
 
 
 def token_ratios(comp, prompt: str, reply: str) -> np.ndarray:
