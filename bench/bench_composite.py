@@ -67,6 +67,7 @@ STEERING = {
     "steer gated(opening=12,follow=4,delta=4)": {"mode": "gated", "opening": 12, "follow": 4, "delta": 4.0},
     "steer nudge(top1=0.4)": {"mode": "nudge", "top1": 0.4},
     "steer recommended": "recommended",
+    "steer nudge reject auto, every token": {"mode": "nudge", "reject": "auto", "word": True, "plain": 0.0},
     "steer recommended, plain 0.3": {"mode": "recommended", "plain": 0.3},
     "steer recommended without plain": {"mode": "recommended", "plain": None},
 }
