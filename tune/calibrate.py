@@ -189,7 +189,8 @@ def no_setting_keeps_facts(rows: Sequence[Row], chosen: Row, keep: float = 0.95)
     return (
         f"no steering setting keeps {keep:.0%} of the large model's facts (best: {chosen.label}, "
         f"{chosen.correct}/{chosen.asked}; large {large.correct}/{large.asked}{alone}): the adapter may be "
-        "broken (check its training loss); steer: is left as it was"
+        "broken (check its training loss) or its style cost facts (try prompting the large model); "
+        "steer: is left as it was"
     )
 
 
