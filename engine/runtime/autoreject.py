@@ -12,7 +12,8 @@ threshold is a low quantile of those margins, clipped to [FLOOR, CEILING]: at it
 tokens a tuned model disagrees by more than at the positions where it merely guesses otherwise.
 
 The measurement runs once per composite (an adapter family's composites each measure their own),
-at the first request that needs it: about 3 x 24 tuned tokens and one large-model reading,
+at load when the recipe asks for it (fresh caches: the threshold then depends on the recipe alone),
+else at the first request that needs it: about 3 x 24 tuned tokens and one large-model reading,
 ~2-4 s on a 2-core CPU for the 0.5B/1.5B pair. Requests set a number to skip it.
 """
 
@@ -29,6 +30,7 @@ from nanocommander.engine.decode.steering import rejection_margins
 from nanocommander.engine.request.decode_options import AUTO, Steer
 from nanocommander.engine.request.options import merge_sampling
 from nanocommander.engine.request.types import GenerateRequest
+from nanocommander.errors import NanoCommanderError
 
 PROBES = (
     "Tell me about your favourite season.",
@@ -101,5 +103,8 @@ class AutoReject:
             return steer
         with self._lock:
             if self.measured is None:
-                self.measured = measure(comp)
+                try:
+                    self.measured = measure(comp)
+                except NanoCommanderError:  # e.g. a context too small for the probes: the fixed rule
+                    self.measured = Measured(CEILING, 0)
         return dataclasses.replace(steer, reject=self.measured.reject)

@@ -62,7 +62,17 @@ class Composite:
     @classmethod
     def load(cls, recipe: Recipe, pool: ModelPool | None = None, **options: Any) -> Composite:
         """Load `recipe`'s members into a core of its own (options: see `Core.load`)."""
-        return cls(recipe, Core.load(recipe, pool, **options))
+        comp = cls(recipe, Core.load(recipe, pool, **options))
+        comp.measure_steer()
+        return comp
+
+    def measure_steer(self) -> None:
+        """Measure the recipe's `reject: auto` now, on fresh caches, so the threshold depends on the
+        recipe alone and not on which requests came first (their cached prefixes change Q4_K_M
+        numerics: docs/reproducibility.md); a request's own `reject: auto` is measured when it comes."""
+        steer = self.recipe.steer
+        if steer is not None and steer.reject == AUTO and self.recipe.alpha != 0.0:
+            self.auto_reject.resolve(self, steer)
 
     def close(self) -> None:
         if self.closed:

@@ -173,6 +173,7 @@ class Family:
             view = FamilyComposite(recipe, self)
             self._keep_warm(view.adapter[0])  # a bad adapter fails now, not mid-request
             self.views.append(view)
+        view.measure_steer()  # outside the lock: the probes run through the scheduler
         view.load_s = time.perf_counter() - t0
         return view
 

@@ -103,3 +103,36 @@ def test_each_composite_of_an_adapter_family_measures_its_own(tiny, tmp_path):
     finally:
         for view in views:
             view.close()
+
+
+def test_a_recipe_asking_for_auto_is_measured_at_load(tiny):
+    """At load, on fresh caches: the threshold then depends on the recipe alone, not on the requests
+    that came first; a recipe that does not ask for it measures nothing."""
+    comp = Composite.load(recipe_over(tiny, adapter=True, extra="steer: recommended\n"))
+    plain = Composite.load(recipe_over(tiny, adapter=True))
+    try:
+        assert comp.auto_reject.measured is not None and plain.auto_reject.measured is None
+        again = Composite.load(recipe_over(tiny, adapter=True, extra="steer: recommended\n"))
+        try:
+            assert again.auto_reject.measured.reject == comp.auto_reject.measured.reject
+        finally:
+            again.close()
+    finally:
+        comp.close()
+        plain.close()
+
+
+def test_probes_that_cannot_run_fall_back_to_the_fixed_rule(tiny, monkeypatch):
+    """A context too small for the probes is no reason to refuse the model: reject 6, as before."""
+    from nanocommander.errors import ContextOverflow
+
+    def overflow(comp):
+        raise ContextOverflow(40, 24, 32)
+
+    monkeypatch.setattr(autoreject, "measure", overflow)
+    comp = Composite.load(recipe_over(tiny, adapter=True, extra="steer: recommended\n"))
+    try:
+        assert comp.auto_reject.measured == autoreject.Measured(autoreject.CEILING, 0)
+        assert ask(comp)[-1].done
+    finally:
+        comp.close()
