@@ -318,6 +318,7 @@ def calibrate(
         members.append(baseline)
     comp = Composite.load(recipe)
     try:
+        comp.auto_reject.resolve(comp, RECOMMENDED)  # on fresh caches, as a served `steer: recommended` is
         say(f"members alone on {len(facts)} questions and {len(prompts)} prompts")
         run(comp, members, facts, prompts, num_predict, lambda m: say(f"members {m}"))
         try:

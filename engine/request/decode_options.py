@@ -34,7 +34,7 @@ class Steer:
     delta prefers it by at least that many nats (engine/decode/steering.py, `overrides`), and `reject`
     that the tuned model itself puts the large model's token at least that many nats below its
     own favourite (`rejects`); elsewhere the large model decides alone. `reject: auto` measures
-    that threshold on the composite's own adapter at its first request (engine/runtime/autoreject.py).
+    that threshold on the composite's own adapter at load, or at the first request asking for it.
     plausible: fused logits restricted to tokens the large model gives >= beta x its top probability.
     nudge: where the gate opens (the large-model test, then `reject`), the tuned model's own token
     (or `word`) is taken; the base model never runs. `plain` (beta): the large model also reads the
