@@ -80,8 +80,14 @@ def main() -> int:
         dicts = [row_dict(r, by) for r in rows]
         if args.add:  # keep the earlier run; add (or replace) the new rows before the reference row
             new = [d for r, d in zip(rows, dicts, strict=True) if r.member == "composite"]
-            old = [d for d in results[name]["rows"] if not d["setting"].startswith(args.add)]
-            at = next((i for i, d in enumerate(old) if d.get("reference")), len(old))
+            rows0 = results[name]["rows"]
+            replaced = [i for i, d in enumerate(rows0) if d["setting"].startswith(args.add)]
+            old = [d for d in rows0 if not d["setting"].startswith(args.add)]
+            at = (
+                replaced[0]
+                if replaced
+                else next((i for i, d in enumerate(old) if d.get("reference")), len(old))
+            )
             results[name]["rows"] = old[:at] + new + old[at:]
             results[name]["seconds_added"] = round(time.monotonic() - t0, 1)
         else:
