@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanocommander.engine.decode.steering import rejection_margins
+from nanocommander.engine.decode.steering import rejection_margins as rejection_margins
 from nanocommander.engine.request.decode_options import AUTO, RECOMMENDED, Steer
 from nanocommander.tune.calibrate_report import prompt_note as prompt_note
 from nanocommander.tune.calibrate_report import summary as summary
@@ -374,12 +374,7 @@ def generate(
 
 
 def margins_of(comp, prompt: str, reply: str) -> list[float]:
-    """The adapter's rejection margins along one of the tuned model's own replies (teacher-forced)."""
-    chat = comp.chat_prompt([{"role": "user", "content": prompt}])
-    ids = comp.tokenize(chat + reply, add_bos=True, special=True)
-    start = len(comp.tokenize(chat, add_bos=True, special=True))
-    n = len(ids) - start
-    if n < 1:
-        return []
-    logits = comp.forced(ids, n, ("large", "tuned"))
-    return rejection_margins(logits["large"], logits["tuned"], comp.vocab.n_vocab, comp.vocab.mask)
+    """The adapter's rejection margins along one of the tuned model's own replies to `prompt`."""
+    from nanocommander.engine.runtime.autoreject import margins_of as along
+
+    return along(comp, comp.chat_prompt([{"role": "user", "content": prompt}]), reply)

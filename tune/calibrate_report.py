@@ -8,6 +8,7 @@ and write the same things after training, and because writing the recipe must to
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,12 @@ def write_steer(path: Path, steer: Steer) -> str:
         new = STEER_LINE.sub(lambda _m: line, text, count=1)
     else:
         new = text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
-    path.write_text(new, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")  # a failure leaves the old recipe, never half of one
+    try:
+        tmp.write_text(new, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return new
 
 

@@ -79,15 +79,21 @@ def measure(comp, probes: Sequence[str] = PROBES, n_tokens: int = PROBE_TOKENS) 
         for p in prompts
     ]
     replies = ["".join(c.text for c in chunks) for chunks in comp.generate_batch(reqs)]
-    margins: list[float] = []
-    for prompt, reply in zip(prompts, replies, strict=True):
-        ids = comp.tokenize(prompt + reply, add_bos=True, special=True)
-        n = len(ids) - len(comp.tokenize(prompt, add_bos=True, special=True))
-        if n < 1:
-            continue
-        logits = comp.forced(ids, n, ("large", "tuned"))
-        margins += rejection_margins(logits["large"], logits["tuned"], comp.vocab.n_vocab, comp.vocab.mask)
+    margins = [
+        m for prompt, reply in zip(prompts, replies, strict=True) for m in margins_of(comp, prompt, reply)
+    ]
     return threshold(margins)
+
+
+def margins_of(comp, prompt: str, reply: str) -> list[float]:
+    """The rejection margins along `reply` after the rendered `prompt` (teacher-forced, one job);
+    calibrate collects them the same way."""
+    ids = comp.tokenize(prompt + reply, add_bos=True, special=True)
+    n = len(ids) - len(comp.tokenize(prompt, add_bos=True, special=True))
+    if n < 1:
+        return []
+    logits = comp.forced(ids, n, ("large", "tuned"))
+    return rejection_margins(logits["large"], logits["tuned"], comp.vocab.n_vocab, comp.vocab.mask)
 
 
 class AutoReject:

@@ -198,3 +198,23 @@ def test_a_broken_adapter_gets_a_refusal_not_a_steer():
     assert line and "keeps 95% of the large model's facts" in line and "tuned model alone 0/10" in line
     rows[2].correct = 10
     assert cal.no_setting_keeps_facts(rows, cal.choose(rows)) is None
+
+
+def test_a_failed_write_leaves_the_recipe_as_it_was(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r  # mine\nsteer: proxy\n", encoding="utf-8")
+    real = Path.write_text
+
+    def full_disk(self, text, *a, **k):
+        if self.name.endswith(".tmp"):
+            real(self, text[:5], *a, **k)
+            raise OSError("No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        cal.write_steer(path, RECOMMENDED)
+    assert path.read_text() == "name: r  # mine\nsteer: proxy\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.yaml"]
